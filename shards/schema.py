@@ -1,0 +1,175 @@
+"""The medshards sample format, written down once.
+
+A shard set is a folder::
+
+    OUT/
+      train/shard-000000.tar ...   WebDataset tar shards, one folder per split
+      val/shard-000000.tar ...
+      test/shard-000000.tar ...
+      manifest.parquet             one row per sample (MANIFEST_COLUMNS)
+      dataset.json                 the dataset card (tool version, parameters, counts, sha256 per shard)
+      rejects.jsonl                inputs that could not be used, with the reason (operator-only: it
+                                   names source paths, which may embed the archive's own identifiers)
+
+Every sample in a shard is a group of tar members sharing one key (no dots in keys, so WebDataset
+splits ``key.ext`` at the first dot):
+
+    <key>.png       pixels: 1-channel uint16 PNG for radiographs (full bit depth kept),
+                    3-channel uint8 PNG for colour photographs
+    <key>.npy       pixels: (H, W, C) uint16 for multi-channel images; plain .npy, loaded with
+                    ``allow_pickle=False``
+    <key>.mask.png  optional uint8 segmentation mask, 0 = background (same H, W as the pixels)
+    <key>.json      SampleMeta as JSON (UTF-8, sorted keys)
+
+Exactly one pixel member (png or npy) per sample.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+FORMAT_NAME = "medshards"
+SCHEMA_VERSION = 1
+
+SPLITS = ("train", "val", "test")
+CROP_KINDS = ("lesion", "random", "whole", "cell")
+
+PIXELS_PNG = "png"
+PIXELS_NPY = "npy"
+MASK_PNG = "mask.png"
+META_JSON = "json"
+PIXEL_MEMBERS = (PIXELS_PNG, PIXELS_NPY)
+ALL_MEMBERS = (PIXELS_PNG, PIXELS_NPY, MASK_PNG, META_JSON)
+
+SHARD_PATTERN = "shard-{index:06d}.tar"
+SHARD_GLOB = "shard-*.tar"
+MANIFEST_FILE = "manifest.parquet"
+CARD_FILE = "dataset.json"
+REJECTS_FILE = "rejects.jsonl"
+
+KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+# Columns of manifest.parquet, in order. `labels` is a struct whose fields depend on the source.
+MANIFEST_COLUMNS = (
+    "key",
+    "shard",
+    "split",
+    "official_split",
+    "source",
+    "patient",
+    "laterality",
+    "view",
+    "crop_kind",
+    "crop_box",
+    "height",
+    "width",
+    "channels",
+    "dtype",
+    "labels",
+    "source_fingerprint",
+)
+
+
+class SchemaError(ValueError):
+    """A sample or member that does not follow the medshards format."""
+
+
+@dataclass(frozen=True)
+class SampleMeta:
+    """The JSON member of one sample.
+
+    crop_box is (x0, y0, x1, y1) in source pixels, end-exclusive, before any resize; it may extend
+    past the source image where a square crop needed padding. pixel_spacing_mm is (row, col) of the
+    *source* image when the file states it, else None. patient is a keyed pseudonym, never the
+    archive's own ID. source_fingerprint is the sha256 of the source file's bytes.
+    """
+
+    key: str
+    source: str
+    patient: str
+    split: str
+    crop_kind: str
+    crop_box: tuple[int, int, int, int]
+    source_size: tuple[int, int]  # (height, width) of the source image
+    height: int
+    width: int
+    channels: int
+    dtype: str
+    labels: dict[str, Any]
+    source_fingerprint: str
+    official_split: str | None = None
+    laterality: str | None = None
+    view: str | None = None
+    pixel_spacing_mm: tuple[float, float] | None = None
+    channel_names: tuple[str, ...] | None = None
+    has_mask: bool = False
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not KEY_RE.match(self.key):
+            raise SchemaError(f"sample key {self.key!r} must match {KEY_RE.pattern} (no dots)")
+        if self.split not in SPLITS:
+            raise SchemaError(f"split {self.split!r} not in {SPLITS}")
+        if self.crop_kind not in CROP_KINDS:
+            raise SchemaError(f"crop_kind {self.crop_kind!r} not in {CROP_KINDS}")
+        if self.dtype not in ("uint8", "uint16"):
+            raise SchemaError(f"dtype {self.dtype!r} must be uint8 or uint16")
+
+    def to_json_bytes(self) -> bytes:
+        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
+
+    @classmethod
+    def from_json_bytes(cls, data: bytes) -> SampleMeta:
+        raw = json.loads(data)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(raw) - known
+        if unknown:
+            raise SchemaError(f"unknown metadata fields {sorted(unknown)}")
+        for name in ("crop_box", "source_size", "pixel_spacing_mm", "channel_names"):
+            if raw.get(name) is not None:
+                raw[name] = tuple(raw[name])
+        return cls(**raw)
+
+    def manifest_row(self, shard: str) -> dict[str, Any]:
+        return {
+            "key": self.key,
+            "shard": shard,
+            "split": self.split,
+            "official_split": self.official_split,
+            "source": self.source,
+            "patient": self.patient,
+            "laterality": self.laterality,
+            "view": self.view,
+            "crop_kind": self.crop_kind,
+            "crop_box": list(self.crop_box),
+            "height": self.height,
+            "width": self.width,
+            "channels": self.channels,
+            "dtype": self.dtype,
+            "labels": self.labels,
+            "source_fingerprint": self.source_fingerprint,
+        }
+
+
+def pixel_member(channels: int, dtype: str) -> str:
+    """Which pixel member a (channels, dtype) image is stored as."""
+    if channels == 1 and dtype in ("uint8", "uint16"):
+        return PIXELS_PNG
+    if channels == 3 and dtype == "uint8":
+        return PIXELS_PNG
+    return PIXELS_NPY
+
+
+def split_member_name(name: str) -> tuple[str, str]:
+    """'a/b/key.mask.png' -> ('key', 'mask.png'); the key is the basename up to the first dot."""
+    base = name.rsplit("/", 1)[-1]
+    if "." not in base:
+        raise SchemaError(f"tar member {name!r} has no extension")
+    key, ext = base.split(".", 1)
+    if ext not in ALL_MEMBERS:
+        raise SchemaError(f"tar member {name!r}: unknown extension {ext!r}")
+    return key, ext
