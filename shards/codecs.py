@@ -59,7 +59,7 @@ def decode_pixels(member: str, data: bytes) -> np.ndarray:
     if member == schema.PIXELS_NPY:
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except ValueError as exc:
+        except (ValueError, EOFError) as exc:  # np.load raises EOFError on an empty member
             raise DecodeError(f"npy member does not decode: {exc}") from exc
         if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
             raise DecodeError(f"npy member has shape {arr.shape} dtype {arr.dtype}, expected (H, W, C) uint8/16")

@@ -1,0 +1,84 @@
+"""The dataset card (dataset.json): what was made, from what, how, and the sha256 of every shard.
+
+Written last by an ingest job, so its presence marks a complete shard set. It holds no timestamps:
+the same inputs and parameters give the same card.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+from shards import schema
+from shards.writer import ShardRecord, atomic_write_bytes
+
+
+def label_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
+    """split -> label name -> value -> count. List-valued (multi-label) labels count each element."""
+    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+    for row in rows:
+        for name, value in row["labels"].items():
+            values = value if isinstance(value, list) else [value]
+            for v in values:
+                if v is not None:
+                    counts[row["split"]][name][str(v)] += 1
+    return {split: {name: dict(sorted(c.items())) for name, c in sorted(by.items())} for split, by in sorted(counts.items())}
+
+
+def build_card(
+    *,
+    source: str,
+    tool_version: str,
+    parameters: dict[str, Any],
+    rows: list[dict[str, Any]],
+    records: list[ShardRecord],
+    pixel_stats: dict[str, Any] | None,
+    rejects_by_reason: dict[str, int],
+    notes: dict[str, Any],
+) -> dict[str, Any]:
+    splits: dict[str, Any] = {}
+    for split in schema.SPLITS:
+        split_rows = [r for r in rows if r["split"] == split]
+        shards = [vars(r) for r in records if r.path.startswith(split + "/")]
+        if not split_rows and not shards:
+            continue
+        splits[split] = {
+            "samples": len(split_rows),
+            "patients": len({r["patient"] for r in split_rows}),
+            "crop_kinds": dict(sorted(Counter(r["crop_kind"] for r in split_rows).items())),
+            "shards": shards,
+        }
+    return {
+        "format": schema.FORMAT_NAME,
+        "schema_version": schema.SCHEMA_VERSION,
+        "tool_version": tool_version,
+        "source": source,
+        "parameters": parameters,
+        "splits": splits,
+        "label_counts": label_counts(rows),
+        "pixel_stats": pixel_stats,
+        "rejects": {"count": sum(rejects_by_reason.values()), "by_reason": dict(sorted(rejects_by_reason.items()))},
+        "notes": notes,
+    }
+
+
+def write_card(root: Path, card: dict[str, Any]) -> None:
+    data = json.dumps(card, indent=2, sort_keys=True).encode() + b"\n"
+    atomic_write_bytes(Path(root) / schema.CARD_FILE, data)
+
+
+def read_card(root: Path) -> dict[str, Any]:
+    path = Path(root) / schema.CARD_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: no dataset card (not a shard set, or its ingest did not finish)")
+    card = json.loads(path.read_text())
+    if card.get("format") != schema.FORMAT_NAME:
+        raise schema.SchemaError(f"{path}: format is {card.get('format')!r}, not {schema.FORMAT_NAME!r}")
+    return card
+
+
+def shard_records(card: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every shard of the card, all splits, in order."""
+    return [shard for split in card["splits"].values() for shard in split["shards"]]

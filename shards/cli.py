@@ -1,0 +1,66 @@
+"""The `shards` console script: ls, verify, preview. Argument parsing only; each command lives in
+its own module (listing, verify, preview) and returns the exit code.
+
+Exit codes: 0 good, 1 `verify` found problems, 2 usage error or ROOT is not a readable shard set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from shards import listing, preview, schema, verify
+from shards.card import read_card
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="shards", description="Inspect and check medshards shard sets.")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    ls = commands.add_parser("ls", help="summarise a shard set from its dataset.json and manifest")
+    ls.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    ls.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+    check = commands.add_parser("verify", help="check every shard against the card and the manifest")
+    check.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    check.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+
+    sheet = commands.add_parser("preview", help="write a contact-sheet PNG of a few samples")
+    sheet.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    sheet.add_argument("--split", default="train", choices=schema.SPLITS)
+    sheet.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
+    sheet.add_argument("--out", type=Path, default=None, help="PNG path (default ROOT/preview.png)")
+    sheet.add_argument("--seed", type=int, default=0, help="seed of the sample choice")
+    sheet.add_argument("--cols", type=int, default=None, help="tiles per row (default: square-ish)")
+    sheet.add_argument("--channel", type=int, default=0, help="channel shown for multi-channel images")
+    sheet.add_argument("--tile", type=int, default=preview.TILE, help="tile side in pixels")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    for name in ("workers", "n", "cols", "tile"):
+        value = getattr(args, name, None)
+        if value is not None and value < 1:
+            parser.error(f"{name} must be at least 1, got {value}")
+    try:
+        card = read_card(args.root)
+    except (OSError, ValueError) as exc:  # missing, unreadable, not JSON, not a medshards card
+        print(f"shards {args.command}: error: {args.root} is not a readable shard set: {exc}", file=sys.stderr)
+        return 2
+    if args.command == "ls":
+        return listing.run(args.root, card, as_json=args.json)
+    if args.command == "verify":
+        return verify.run(args.root, card, workers=args.workers)
+    try:
+        return preview.run(args.root, card, split=args.split, n=args.n, out=args.out, seed=args.seed,
+                           cols=args.cols, channel=args.channel, tile=args.tile)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"shards preview: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,114 @@
+"""`shards ls`: what a shard set holds, read from its card (and the manifest's row count).
+
+Nothing here opens a shard: the card already states counts, bytes and label tallies, so listing a
+set of terabytes takes as long as reading one JSON file and one Parquet footer.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from shards import schema
+
+TOP_LABEL_VALUES = 5
+
+
+def summarize(root: Path, card: dict[str, Any]) -> dict[str, Any]:
+    """The card without its per-shard records (counts and bytes instead), plus the manifest's
+    row count (None when the manifest is missing or unreadable)."""
+    splits = {}
+    by_split = card.get("splits", {})
+    # train, val, test in that order (the card's JSON sorts them alphabetically)
+    for split in sorted(by_split, key=lambda s: (schema.SPLITS.index(s) if s in schema.SPLITS else 99, s)):
+        entry = by_split[split]
+        shards = entry.get("shards", [])
+        splits[split] = {
+            "samples": entry.get("samples", 0),
+            "patients": entry.get("patients", 0),
+            "shards": len(shards),
+            "bytes": sum(s.get("bytes", 0) for s in shards),
+            "crop_kinds": entry.get("crop_kinds", {}),
+        }
+    try:
+        manifest_rows = pq.read_metadata(Path(root) / schema.MANIFEST_FILE).num_rows
+    except (OSError, ValueError):
+        manifest_rows = None
+    summary = {name: card.get(name) for name in
+               ("format", "schema_version", "source", "tool_version", "parameters", "label_counts",
+                "pixel_stats", "rejects", "notes")}
+    return {**summary, "splits": splits, "manifest_rows": manifest_rows}
+
+
+def _human_bytes(n: float) -> str:
+    units = ("B", "KiB", "MiB", "GiB", "TiB")
+    power = 0
+    while n >= 1024 and power < len(units) - 1:
+        n, power = n / 1024, power + 1
+    return f"{n:.0f} B" if power == 0 else f"{n:.1f} {units[power]}"
+
+
+def _flat(value: Any, prefix: str = "") -> list[str]:
+    """Nested stats dict -> ['uint16.mean=2047.5', ...]: the card does not fix pixel_stats' shape,
+    so show whatever it holds, one leaf per item."""
+    if isinstance(value, dict):
+        return [item for k, v in value.items() for item in _flat(v, f"{prefix}{k}.")]
+    return [f"{prefix.rstrip('.')}={_number(value)}"]
+
+
+def _number(value: Any) -> str:
+    """Floats to 6 significant digits, per element for per-channel lists."""
+    if isinstance(value, list):
+        return "[" + ", ".join(_number(v) for v in value) + "]"
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _counts(counter: dict[str, int], top: int) -> str:
+    ranked = sorted(counter.items(), key=lambda kv: (-kv[1], kv[0]))
+    shown = ", ".join(f"{name} {count}" for name, count in ranked[:top])
+    return shown + (f", +{len(ranked) - top} more" if len(ranked) > top else "")
+
+
+def render(root: Path, summary: dict[str, Any]) -> str:
+    """The summary as a few readable lines: one table row per split, then labels and stats."""
+    lines = [f"{root}: {summary['format']} schema {summary['schema_version']}, tool {summary['tool_version']}",
+             f"source: {summary['source']}"]
+    header = f"{'split':<6} {'samples':>9} {'patients':>9} {'shards':>7} {'bytes':>11}"
+    lines += ["", header]
+    total = Counter()
+    crop_kinds = Counter()
+    for split, entry in summary["splits"].items():
+        lines.append(f"{split:<6} {entry['samples']:>9} {entry['patients']:>9} {entry['shards']:>7} "
+                     f"{_human_bytes(entry['bytes']):>11}")
+        total.update({k: entry[k] for k in ("samples", "shards", "bytes")})
+        crop_kinds.update(entry["crop_kinds"])
+    lines.append(f"{'total':<6} {total['samples']:>9} {'':>9} {total['shards']:>7} {_human_bytes(total['bytes']):>11}")
+    lines += ["", f"crop kinds: {_counts(crop_kinds, len(crop_kinds)) or 'none'}"]
+    labels: dict[str, Counter] = {}
+    for by_name in (summary.get("label_counts") or {}).values():
+        for name, values in by_name.items():
+            labels.setdefault(name, Counter()).update(values)
+    lines.append(f"labels (top {TOP_LABEL_VALUES} values, all splits):" if labels else "labels: none")
+    lines += [f"  {name}: {_counts(values, TOP_LABEL_VALUES)}" for name, values in sorted(labels.items())]
+    stats = summary.get("pixel_stats")
+    lines.append(f"pixel stats: {', '.join(_flat(stats)) if stats else 'none'}")
+    rejects = summary.get("rejects") or {}
+    by_reason = rejects.get("by_reason") or {}
+    reasons = f" ({_counts(by_reason, len(by_reason))})" if by_reason else ""
+    lines.append(f"rejects: {rejects.get('count', 0)}{reasons}")
+    rows = summary.get("manifest_rows")
+    if rows is None:
+        lines.append(f"manifest: missing or unreadable ({schema.MANIFEST_FILE})")
+    elif rows != total["samples"]:
+        lines.append(f"manifest: {rows} rows, but the card counts {total['samples']} samples (run `shards verify`)")
+    return "\n".join(lines)
+
+
+def run(root: Path, card: dict[str, Any], *, as_json: bool = False, out=None) -> int:
+    summary = summarize(root, card)
+    print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render(root, summary), file=out)
+    return 0

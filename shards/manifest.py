@@ -1,0 +1,42 @@
+"""The Parquet manifest: one row per sample (columns in schema.MANIFEST_COLUMNS)."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from shards import schema
+from shards.writer import atomic_write_bytes
+
+
+def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
+    """Write rows atomically. `labels` becomes a struct column whose fields are the union of the
+    label names of all rows (missing ones null), so a shard set with lesion and random crops,
+    which carry different labels, is still one table."""
+    columns = {name: [row[name] for row in rows] for name in schema.MANIFEST_COLUMNS}
+    label_names = sorted({name for row in rows for name in row["labels"]})
+    columns["labels"] = [{name: row["labels"].get(name) for name in label_names} for row in rows]
+    arrays = {}
+    for name, values in columns.items():
+        if name == "labels" and not label_names:
+            arrays[name] = pa.array([None] * len(rows), type=pa.struct([]))
+        elif name == "crop_box":
+            arrays[name] = pa.array(values, type=pa.list_(pa.int64(), 4))
+        elif name in ("height", "width", "channels"):
+            arrays[name] = pa.array(values, type=pa.int32())
+        elif name == "labels":
+            arrays[name] = pa.array(values)
+        else:
+            arrays[name] = pa.array(values, type=pa.string())
+    table = pa.table(arrays)
+    buf = io.BytesIO()
+    pq.write_table(table, buf, compression="zstd")
+    atomic_write_bytes(Path(path), buf.getvalue())
+
+
+def read_manifest(root: Path) -> pa.Table:
+    return pq.read_table(Path(root) / schema.MANIFEST_FILE)
