@@ -1,0 +1,355 @@
+"""The ingest job runner shared by every source: parallel, resumable, deterministic.
+
+A source turns its inputs into an ordered list of WorkUnits (one per source image) and a
+module-level `process(unit) -> UnitOutput` that decodes, crops and encodes. This module runs the
+units on a process pool, stages each unit's output on disk (.staging/, written atomically, sidecar
+last), and appends the staged samples to the split's shards strictly in unit order. So:
+
+- worker count and scheduling never change the bytes of a shard (order is the unit order);
+- a killed run resumes: staged units are not recomputed, and shards are rebuilt from the staging
+  area, ending byte-identical to an uninterrupted run;
+- a unit that fails, for any reason, becomes a reject naming its file and the job goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import io
+import json
+import multiprocessing
+import os
+import shutil
+import sys
+import tarfile
+import time
+from collections import Counter
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from shards import card as card_io
+from shards import schema
+from shards.manifest import write_manifest
+from shards.writer import ShardWriter, atomic_write_bytes
+
+STAGING_DIR = ".staging"
+JOB_FILE = "job.json"
+
+
+class IngestError(RuntimeError):
+    """A job that cannot start or finish (bad arguments, an output folder in the wrong state)."""
+
+
+@dataclass(frozen=True)
+class Reject:
+    """An input that could not be used. source_path is relative to the input root."""
+
+    source_path: str
+    reason: str
+
+    @property
+    def reason_kind(self) -> str:
+        """The reason without file-specific detail, for counting ('empty ROI mask: abnormality 2' -> 'empty ROI mask')."""
+        return self.reason.split(":", 1)[0]
+
+
+@dataclass
+class EncodedSample:
+    meta: schema.SampleMeta
+    members: dict[str, bytes]  # extension -> bytes, the json member excluded (it comes from meta)
+    channel_sums: list[float] = field(default_factory=list)  # per channel: sum of pixel values
+    channel_sq_sums: list[float] = field(default_factory=list)
+    pixels: int = 0  # pixels per channel
+
+
+@dataclass
+class UnitOutput:
+    samples: list[EncodedSample] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)
+    notes: Counter = field(default_factory=Counter)  # e.g. input_bytes, random_shortfall
+
+
+@dataclass(frozen=True)
+class WorkUnit:
+    unit_id: str  # pseudonymous, stable across runs: names the staging files and seeds randomness
+    source_path: str  # the main input file, relative to the root, for rejects
+    payload: Any  # source-specific, picklable
+
+
+def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
+    """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics."""
+    arr = pixels.reshape(pixels.shape[0] * pixels.shape[1], -1).astype(np.float64)
+    return arr.sum(axis=0).tolist(), np.square(arr).sum(axis=0).tolist(), arr.shape[0]
+
+
+@dataclass
+class JobSummary:
+    out: Path
+    units: int
+    samples: dict[str, int]
+    rejects: int
+    rejects_by_reason: dict[str, int]
+    seconds: float
+    input_bytes: int
+    resumed_units: int
+
+    def describe(self) -> str:
+        per_split = ", ".join(f"{split} {n}" for split, n in self.samples.items()) or "none"
+        rate = self.units / self.seconds if self.seconds > 0 else 0.0
+        lines = [
+            f"wrote {sum(self.samples.values())} samples ({per_split}) from {self.units} images "
+            f"in {self.seconds:.1f} s ({rate:.1f} images/s, {self.input_bytes / 1e6 / max(self.seconds, 1e-9):.1f} MB/s)",
+            f"shard set: {self.out}",
+        ]
+        if self.resumed_units:
+            lines.append(f"resumed: {self.resumed_units} images were already done")
+        if self.rejects:
+            reasons = "; ".join(f"{reason} x{n}" for reason, n in self.rejects_by_reason.items())
+            lines.append(f"REJECTED {self.rejects} inputs ({reasons}): see {self.out / schema.REJECTS_FILE}")
+        return "\n".join(lines)
+
+
+def _stage_paths(staging: Path, unit_id: str) -> tuple[Path, Path]:
+    return staging / f"{unit_id}.tar", staging / f"{unit_id}.json"
+
+
+def _stage(staging: Path, unit: WorkUnit, output: UnitOutput) -> None:
+    """Write a unit's samples (tar) then its sidecar (json); the sidecar marks the unit as done."""
+    tar_path, side_path = _stage_paths(staging, unit.unit_id)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in output.samples:
+            for ext, data in sorted(sample.members.items()):
+                info = tarfile.TarInfo(f"{sample.meta.key}.{ext}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    atomic_write_bytes(tar_path, buf.getvalue())
+    sidecar = {
+        "samples": [
+            {
+                "meta": json.loads(s.meta.to_json_bytes()),
+                "members": sorted(s.members),
+                "sums": s.channel_sums,
+                "sq_sums": s.channel_sq_sums,
+                "pixels": s.pixels,
+            }
+            for s in output.samples
+        ],
+        "rejects": [asdict(r) for r in output.rejects],
+        "notes": dict(output.notes),
+    }
+    atomic_write_bytes(side_path, json.dumps(sidecar, sort_keys=True).encode())
+
+
+_PROCESS: Callable[[WorkUnit], UnitOutput] | None = None
+
+
+def _init_worker(process: Callable[[WorkUnit], UnitOutput]) -> None:
+    global _PROCESS
+    _PROCESS = process
+
+
+def _run_unit(unit: WorkUnit, staging: Path) -> str:
+    try:
+        output = _PROCESS(unit)
+    except Exception as exc:  # noqa: BLE001 -- any failure of one image becomes a reject, the job goes on
+        output = UnitOutput(rejects=[Reject(unit.source_path, f"unexpected error: {type(exc).__name__}: {exc}")])
+    _stage(staging, unit, output)
+    return unit.unit_id
+
+
+def _load_staged(staging: Path, unit_id: str) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
+    tar_path, side_path = _stage_paths(staging, unit_id)
+    sidecar = json.loads(side_path.read_bytes())
+    members: dict[str, dict[str, bytes]] = {}
+    with tarfile.open(tar_path, mode="r") as tar:
+        for info in tar:
+            key, ext = schema.split_member_name(info.name)
+            members.setdefault(key, {})[ext] = tar.extractfile(info).read()
+    return sidecar, members
+
+
+@dataclass
+class IngestJob:
+    source: str
+    out: Path
+    units: list[WorkUnit]
+    process: Callable[[WorkUnit], UnitOutput]  # module-level function or functools.partial of one
+    parameters: dict[str, Any]  # everything that changes the output; goes into the card
+    tool_version: str
+    workers: int = 1
+    max_samples_per_shard: int = 1000
+    planning_rejects: list[Reject] = field(default_factory=list)  # rejected before any decoding
+    notes: dict[str, Any] = field(default_factory=dict)
+    overwrite: bool = False
+    progress: bool = True
+
+    def fingerprint(self) -> str:
+        blob = json.dumps({"parameters": self.parameters, "units": [u.unit_id for u in self.units]}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _prepare_out(job: IngestJob) -> Path:
+    """Create or validate the output folder; returns the staging folder. Resumes a matching
+    interrupted run, refuses to clobber a finished or different one unless overwrite."""
+    out, staging = job.out, job.out / STAGING_DIR
+    complete = (out / schema.CARD_FILE).exists()
+    job_file = staging / JOB_FILE
+    if job.overwrite:
+        for name in (schema.CARD_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE):
+            (out / name).unlink(missing_ok=True)
+        shutil.rmtree(staging, ignore_errors=True)
+        for split in schema.SPLITS:
+            for shard in (out / split).glob(schema.SHARD_GLOB):
+                shard.unlink()
+    elif complete:
+        raise IngestError(f"{out} already holds a finished shard set ({schema.CARD_FILE}); pass --overwrite to rebuild it")
+    elif job_file.exists() and json.loads(job_file.read_text())["fingerprint"] != job.fingerprint():
+        raise IngestError(
+            f"{out} holds an interrupted run with other inputs or parameters; "
+            "re-run that command to resume it, or pass --overwrite to start over"
+        )
+    elif out.exists() and any(p.name != STAGING_DIR for p in out.iterdir()) and not job_file.exists():
+        raise IngestError(f"{out} is not empty and holds no medshards run; choose an empty folder or pass --overwrite")
+    staging.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(job_file, json.dumps({"fingerprint": job.fingerprint(), "source": job.source}).encode())
+    # Leftovers of a killed run: temp files never became shards; shards are rebuilt from staging.
+    for leftover in list(out.glob("**/.*.tmp-*")):
+        leftover.unlink()
+    for split in schema.SPLITS:
+        for shard in (out / split).glob(schema.SHARD_GLOB):
+            shard.unlink()
+    return staging
+
+
+def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[str]:
+    """Yield unit ids in unit order once each is staged, computing the missing ones in parallel."""
+    pending = [u for u in job.units if u.unit_id not in done]
+    run = functools.partial(_run_unit, staging=staging)
+    if job.workers <= 1 or len(pending) <= 1:
+        _init_worker(job.process)
+        results: Iterator[str] = map(run, pending)
+        pool = None
+    else:
+        ctx = multiprocessing.get_context("forkserver" if sys.platform != "linux" else "fork")
+        pool = ctx.Pool(job.workers, initializer=_init_worker, initargs=(job.process,))
+        results = pool.imap(run, pending, chunksize=1)
+    try:
+        for unit in job.units:
+            yield unit.unit_id if unit.unit_id in done else next(results)
+    finally:
+        if pool is not None:
+            pool.terminate()
+            pool.join()
+
+
+def run_job(job: IngestJob) -> JobSummary:
+    """Run (or resume) the job; returns its summary. Raises IngestError for unusable arguments."""
+    if not job.units and not job.planning_rejects:
+        raise IngestError(f"{job.source}: nothing to ingest (no images found)")
+    ids = [u.unit_id for u in job.units]
+    if len(set(ids)) != len(ids):
+        raise IngestError(f"{job.source}: duplicate work unit ids; this is a bug in the source")
+    start = time.perf_counter()
+    job.out.mkdir(parents=True, exist_ok=True)
+    staging = _prepare_out(job)
+    done = {u.unit_id for u in job.units if _stage_paths(staging, u.unit_id)[1].exists()}
+
+    writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard) for split in schema.SPLITS}
+    rows: list[dict[str, Any]] = []
+    rejects = list(job.planning_rejects)
+    notes: Counter = Counter()
+    stats: dict[str, Any] = {}
+    bar = tqdm(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
+               disable=not job.progress, file=sys.stderr, mininterval=1.0)
+    try:
+        for unit_id in _ordered_outputs(job, staging, done):
+            sidecar, members = _load_staged(staging, unit_id)
+            for sample in sidecar["samples"]:
+                meta = schema.SampleMeta.from_json_bytes(json.dumps(sample["meta"]).encode())
+                record = {"__key__": meta.key, **members[meta.key], schema.META_JSON: meta.to_json_bytes()}
+                shard = writers[meta.split].write(record)
+                rows.append(meta.manifest_row(shard))
+                if meta.split == "train":
+                    _accumulate(stats, sample, meta)
+            rejects.extend(Reject(**r) for r in sidecar["rejects"])
+            notes.update(sidecar["notes"])
+            bar.update(0 if unit_id in done else 1)
+    except BaseException:
+        for writer in writers.values():
+            writer.abort()
+        raise
+    finally:
+        bar.close()
+    records = [rec for split in schema.SPLITS for rec in writers[split].close()]
+    for split in schema.SPLITS:  # drop split folders left empty
+        folder = job.out / split
+        if folder.is_dir() and not any(folder.iterdir()):
+            folder.rmdir()
+
+    write_manifest(job.out / schema.MANIFEST_FILE, rows)
+    reject_lines = "".join(json.dumps(asdict(r), sort_keys=True) + "\n" for r in rejects)
+    atomic_write_bytes(job.out / schema.REJECTS_FILE, reject_lines.encode())
+    by_reason = dict(sorted(Counter(r.reason_kind for r in rejects).items()))
+    input_bytes = int(notes.pop("input_bytes", 0))
+    card = card_io.build_card(
+        source=job.source,
+        tool_version=job.tool_version,
+        parameters=job.parameters,
+        rows=rows,
+        records=records,
+        pixel_stats=_finish_stats(stats),
+        rejects_by_reason=by_reason,
+        notes={**job.notes, **dict(sorted(notes.items()))},
+    )
+    card_io.write_card(job.out, card)  # last: its presence marks the shard set complete
+    shutil.rmtree(staging)
+    samples = Counter(r["split"] for r in rows)
+    return JobSummary(
+        out=job.out,
+        units=len(job.units),
+        samples={s: samples[s] for s in schema.SPLITS if samples[s]},
+        rejects=len(rejects),
+        rejects_by_reason=by_reason,
+        seconds=time.perf_counter() - start,
+        input_bytes=input_bytes,
+        resumed_units=len(done),
+    )
+
+
+def _accumulate(stats: dict[str, Any], sample: dict[str, Any], meta: schema.SampleMeta) -> None:
+    if not sample["pixels"]:
+        return
+    if not stats:
+        stats.update(sums=np.zeros(meta.channels), sq=np.zeros(meta.channels), n=0, dtype=meta.dtype,
+                     channel_names=meta.channel_names)
+    stats["sums"] += np.asarray(sample["sums"])
+    stats["sq"] += np.asarray(sample["sq_sums"])
+    stats["n"] += sample["pixels"]
+
+
+def _finish_stats(stats: dict[str, Any]) -> dict[str, Any] | None:
+    """Per-channel mean/std of the train split in stored pixel units (the trainer normalises with
+    these, never with ImageNet constants)."""
+    if not stats:
+        return None
+    mean = stats["sums"] / stats["n"]
+    std = np.sqrt(np.maximum(stats["sq"] / stats["n"] - mean**2, 0.0))
+    return {
+        "split": "train",
+        "dtype": stats["dtype"],
+        "channels": len(mean),
+        "channel_names": list(stats["channel_names"]) if stats["channel_names"] else None,
+        "mean": [round(float(m), 4) for m in mean],
+        "std": [round(float(s), 4) for s in std],
+        "pixels": int(stats["n"]),
+    }
+
+
+def default_workers() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
