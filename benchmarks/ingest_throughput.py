@@ -1,0 +1,94 @@
+"""Ingest throughput beside its decode-bound limit, measured in one run. Prints one JSON line.
+
+limit:  for each mammogram, in one process and nothing else: pydicom decode of the mammogram and
+        of its ROI mask, the lesion crop, and the PNG encode of crop and mask;
+ingest: `ingest cbis --crops lesion` on the same files, with 1 and with 2 worker processes.
+Targets (issue 2): ingest_1 >= 0.9 x limit, ingest_2 >= 1.8 x ingest_1.
+
+    python benchmarks/ingest_throughput.py [--patients 16] [--height 3072 --width 1920]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from ingest import mammogram  # noqa: E402
+from ingest.dicom_pixels import decode_dicom  # noqa: E402
+from ingest.pipeline import run_job  # noqa: E402
+from ingest.sample_data.cbis_ddsm import make_cbis_sample  # noqa: E402
+from ingest.sources import cbis  # noqa: E402
+from shards import codecs  # noqa: E402
+
+
+def decode_bound(job: cbis.IngestJob) -> tuple[float, int]:
+    params = mammogram.CropParams()
+    start = time.perf_counter()
+    nbytes = 0
+    for unit in job.units:
+        image = unit.payload
+        data = Path(image.image_file).read_bytes()
+        nbytes += len(data)
+        pixels = decode_dicom(data).pixels
+        for _, _, candidates, _ in image.abnormalities:
+            mask, _ = mammogram.find_roi_mask([Path(c) for c in candidates], pixels.shape, Path("/"))
+            crop, mask_crop, _ = mammogram.lesion_crop(pixels, mask, params)
+            codecs.encode_pixels(crop)
+            codecs.encode_mask(mask_crop)
+    return time.perf_counter() - start, nbytes
+
+
+def timed_ingest(root: Path, out: Path, workers: int) -> float:
+    shutil.rmtree(out, ignore_errors=True)
+    job = cbis.build_job(root=root, out=out, crops="lesion", workers=workers, progress=False)
+    start = time.perf_counter()
+    summary = run_job(job)
+    assert summary.rejects == 0, summary.describe()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--patients", type=int, default=16)
+    parser.add_argument("--height", type=int, default=3072)
+    parser.add_argument("--width", type=int, default=1920)
+    parser.add_argument("--repeats", type=int, default=2, help="best of N for each measurement")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = make_cbis_sample(Path(tmp) / "dl", patients=args.patients, seed=0, layout="tcia",
+                                image_shape=(args.height, args.width)).root
+        job = cbis.build_job(root=root, out=Path(tmp) / "plan", crops="lesion", progress=False)
+        images = len(job.units)
+        decode_bound(job)  # warm the page cache so every measurement reads from memory alike
+        limit_s, nbytes = min(decode_bound(job) for _ in range(args.repeats))
+        one_s = min(timed_ingest(root, Path(tmp) / "one", 1) for _ in range(args.repeats))
+        two_s = min(timed_ingest(root, Path(tmp) / "two", 2) for _ in range(args.repeats))
+    print(json.dumps({
+        "benchmark": "ingest_cbis_lesion",
+        "images": images,
+        "dicom_mb": round(nbytes / 1e6, 1),
+        "image_shape": [args.height, args.width],
+        "cpu_count": os.cpu_count(),
+        "python": platform.python_version(),
+        "limit_images_per_s": round(images / limit_s, 2),
+        "limit_mb_per_s": round(nbytes / 1e6 / limit_s, 1),
+        "ingest_1proc_images_per_s": round(images / one_s, 2),
+        "ingest_1proc_mb_per_s": round(nbytes / 1e6 / one_s, 1),
+        "ingest_2proc_images_per_s": round(images / two_s, 2),
+        "ingest_2proc_mb_per_s": round(nbytes / 1e6 / two_s, 1),
+        "ratio_1proc_to_limit": round(limit_s / one_s, 3),
+        "speedup_2proc_over_1proc": round(one_s / two_s, 3),
+    }))
+
+
+if __name__ == "__main__":
+    main()
