@@ -199,7 +199,7 @@ def _monochrome_uint16(stored: np.ndarray, ds: pydicom.Dataset, photometric: str
         voi = "window"
     if high <= low:
         raise ValueError(f"the header gives an empty value range [{low}, {high}]")
-    if values is stored and low == 0 and stored.dtype.kind == "u":
+    if values is stored and low == 0 and stored.dtype.kind == "u" and high <= UINT16_MAX:
         pixels = _stretch_unsigned(stored, int(high))
         return (UINT16_MAX - pixels if photometric == "MONOCHROME1" else pixels), voi
     scaled = np.rint((np.asarray(values, dtype=np.float64) - low) * (UINT16_MAX / (high - low)))
@@ -210,13 +210,16 @@ def _monochrome_uint16(stored: np.ndarray, ds: pydicom.Dataset, photometric: str
 
 
 def _stretch_unsigned(stored: np.ndarray, high: int) -> np.ndarray:
-    """Unsigned stored values in [0, high] -> round(x * 65535 / high) in integers: the same numbers as
-    the float path, without a float64 copy of a 30-megapixel mammogram (and no copy at all for
-    16-bit data, the common case)."""
+    """Unsigned stored values in [0, high] -> round(x * 65535 / high), as the float path computes it,
+    through a (high + 1)-entry integer table: no float64 copy of a 30-megapixel mammogram, and no
+    copy at all for 16-bit data, the common case. (high is 2**bits - 1, odd, so no .5 ties.)"""
     if high == UINT16_MAX and stored.dtype == np.uint16:
         return stored
-    clipped = np.minimum(stored, high).astype(np.uint64)
-    return ((clipped * UINT16_MAX + high // 2) // high).astype(np.uint16)
+    if UINT16_MAX % high == 0 and stored.dtype.itemsize * 8 <= high.bit_length():
+        return np.multiply(stored, UINT16_MAX // high, dtype=np.uint16)  # 8-bit: x * 257, exact
+    table = ((np.arange(high + 1, dtype=np.uint64) * UINT16_MAX + high // 2) // high).astype(np.uint16)
+    index = stored if stored.dtype.itemsize * 8 <= high.bit_length() else np.minimum(stored, high)
+    return table[index]
 
 
 def _modality_values(stored: np.ndarray, ds: pydicom.Dataset) -> tuple[np.ndarray, tuple[float, float]]:

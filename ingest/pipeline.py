@@ -25,6 +25,7 @@ import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -81,6 +82,18 @@ class WorkUnit:
     payload: Any  # source-specific, picklable
 
 
+def fingerprint_in_background(data: bytes) -> Future:
+    """sha256 hex digest of `data`, computed on a thread while the caller decodes: hashlib releases
+    the GIL, so a worker's fingerprint of a 30 MB mammogram costs no wall time beside its decode."""
+    global _HASHER
+    if _HASHER is None or _HASHER[0] != os.getpid():  # one per process: a forked pool must not inherit it
+        _HASHER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fingerprint"))
+    return _HASHER[1].submit(lambda: hashlib.sha256(data).hexdigest())
+
+
+_HASHER: tuple[int, ThreadPoolExecutor] | None = None
+
+
 def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
     """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics."""
     arr = pixels.reshape(pixels.shape[0] * pixels.shape[1], -1).astype(np.float64)
@@ -114,26 +127,25 @@ class JobSummary:
         return "\n".join(lines)
 
 
-def _stage_paths(staging: Path, unit_id: str) -> tuple[Path, Path]:
-    return staging / f"{unit_id}.tar", staging / f"{unit_id}.json"
+SIDECAR = "unit.json"  # the staged tar's last member: what the samples are, rejects, notes
 
 
-def _stage(staging: Path, unit: WorkUnit, output: UnitOutput) -> None:
-    """Write a unit's samples (tar) then its sidecar (json); the sidecar marks the unit as done."""
-    tar_path, side_path = _stage_paths(staging, unit.unit_id)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in output.samples:
-            for ext, data in sorted(sample.members.items()):
-                info = tarfile.TarInfo(f"{sample.meta.key}.{ext}")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
-    atomic_write_bytes(tar_path, buf.getvalue())
+def _stage_path(staging: Path, unit_id: str) -> Path:
+    return staging / f"{unit_id}.tar"
+
+
+def _stage(staging: Path, unit_id: str, output: UnitOutput) -> bytes:
+    """One tar per unit holding its final shard members (json included) and a sidecar, written
+    atomically: the file's existence marks the unit done. Returns the bytes, so the parent process
+    need not read them back."""
     sidecar = {
         "samples": [
             {
-                "meta": json.loads(s.meta.to_json_bytes()),
-                "members": sorted(s.members),
+                "key": s.meta.key,
+                "row": s.meta.manifest_row(""),
+                "channels": s.meta.channels,
+                "dtype": s.meta.dtype,
+                "channel_names": s.meta.channel_names,
                 "sums": s.channel_sums,
                 "sq_sums": s.channel_sq_sums,
                 "pixels": s.pixels,
@@ -143,7 +155,56 @@ def _stage(staging: Path, unit: WorkUnit, output: UnitOutput) -> None:
         "rejects": [asdict(r) for r in output.rejects],
         "notes": dict(output.notes),
     }
-    atomic_write_bytes(side_path, json.dumps(sidecar, sort_keys=True).encode())
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
+        for sample in output.samples:
+            members = {**sample.members, schema.META_JSON: sample.meta.to_json_bytes()}
+            for ext, data in sorted(members.items()):
+                _add_member(tar, f"{sample.meta.key}.{ext}", data)
+        _add_member(tar, SIDECAR, json.dumps(sidecar, sort_keys=True).encode())
+    data = buf.getvalue()
+    # Not fsynced: staging must survive a killed run, which the page cache does; a staged tar cut
+    # short by a power loss fails to parse on resume and its unit is recomputed.
+    atomic_write_bytes(_stage_path(staging, unit_id), data, durable=False)
+    return data
+
+
+def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+    info = tarfile.TarInfo(name)
+    info.size = len(data)
+    tar.addfile(info, io.BytesIO(data))
+
+
+def _parse_staged(data: bytes) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
+    """Staged tar bytes -> (sidecar, key -> {extension: bytes}). Raises on a damaged tar."""
+    members: dict[str, dict[str, bytes]] = {}
+    sidecar = None
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
+        for info in tar:
+            payload = tar.extractfile(info).read()
+            if info.name == SIDECAR:
+                sidecar = json.loads(payload)
+            else:
+                key, ext = schema.split_member_name(info.name)
+                members.setdefault(key, {})[ext] = payload
+    if sidecar is None:
+        raise ValueError("staged unit has no sidecar")
+    return sidecar, members
+
+
+def _staged_units(staging: Path, units: list[WorkUnit]) -> set[str]:
+    """Ids of units whose staged tar is complete and parses (the rest are recomputed)."""
+    done = set()
+    for unit in units:
+        path = _stage_path(staging, unit.unit_id)
+        if not path.exists():
+            continue
+        try:
+            _parse_staged(path.read_bytes())
+            done.add(unit.unit_id)
+        except (OSError, ValueError, KeyError, tarfile.TarError, schema.SchemaError):
+            path.unlink()
+    return done
 
 
 _PROCESS: Callable[[WorkUnit], UnitOutput] | None = None
@@ -154,24 +215,12 @@ def _init_worker(process: Callable[[WorkUnit], UnitOutput]) -> None:
     _PROCESS = process
 
 
-def _run_unit(unit: WorkUnit, staging: Path) -> str:
+def _run_unit(unit: WorkUnit, staging: Path) -> bytes:
     try:
         output = _PROCESS(unit)
     except Exception as exc:  # noqa: BLE001 -- any failure of one image becomes a reject, the job goes on
         output = UnitOutput(rejects=[Reject(unit.source_path, f"unexpected error: {type(exc).__name__}: {exc}")])
-    _stage(staging, unit, output)
-    return unit.unit_id
-
-
-def _load_staged(staging: Path, unit_id: str) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
-    tar_path, side_path = _stage_paths(staging, unit_id)
-    sidecar = json.loads(side_path.read_bytes())
-    members: dict[str, dict[str, bytes]] = {}
-    with tarfile.open(tar_path, mode="r") as tar:
-        for info in tar:
-            key, ext = schema.split_member_name(info.name)
-            members.setdefault(key, {})[ext] = tar.extractfile(info).read()
-    return sidecar, members
+    return _stage(staging, unit.unit_id, output)
 
 
 @dataclass
@@ -227,13 +276,13 @@ def _prepare_out(job: IngestJob) -> Path:
     return staging
 
 
-def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[str]:
-    """Yield unit ids in unit order once each is staged, computing the missing ones in parallel."""
+def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[tuple[str, bytes]]:
+    """Yield (unit id, staged tar bytes) in unit order, computing the missing units in parallel."""
     pending = [u for u in job.units if u.unit_id not in done]
     run = functools.partial(_run_unit, staging=staging)
     if job.workers <= 1 or len(pending) <= 1:
         _init_worker(job.process)
-        results: Iterator[str] = map(run, pending)
+        results: Iterator[bytes] = map(run, pending)
         pool = None
     else:
         ctx = multiprocessing.get_context("forkserver" if sys.platform != "linux" else "fork")
@@ -241,7 +290,10 @@ def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[
         results = pool.imap(run, pending, chunksize=1)
     try:
         for unit in job.units:
-            yield unit.unit_id if unit.unit_id in done else next(results)
+            if unit.unit_id in done:
+                yield unit.unit_id, _stage_path(staging, unit.unit_id).read_bytes()
+            else:
+                yield unit.unit_id, next(results)
     finally:
         if pool is not None:
             pool.terminate()
@@ -258,7 +310,7 @@ def run_job(job: IngestJob) -> JobSummary:
     start = time.perf_counter()
     job.out.mkdir(parents=True, exist_ok=True)
     staging = _prepare_out(job)
-    done = {u.unit_id for u in job.units if _stage_paths(staging, u.unit_id)[1].exists()}
+    done = _staged_units(staging, job.units)
 
     writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard) for split in schema.SPLITS}
     rows: list[dict[str, Any]] = []
@@ -268,15 +320,14 @@ def run_job(job: IngestJob) -> JobSummary:
     bar = tqdm(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
                disable=not job.progress, file=sys.stderr, mininterval=1.0)
     try:
-        for unit_id in _ordered_outputs(job, staging, done):
-            sidecar, members = _load_staged(staging, unit_id)
+        for unit_id, staged in _ordered_outputs(job, staging, done):
+            sidecar, members = _parse_staged(staged)
             for sample in sidecar["samples"]:
-                meta = schema.SampleMeta.from_json_bytes(json.dumps(sample["meta"]).encode())
-                record = {"__key__": meta.key, **members[meta.key], schema.META_JSON: meta.to_json_bytes()}
-                shard = writers[meta.split].write(record)
-                rows.append(meta.manifest_row(shard))
-                if meta.split == "train":
-                    _accumulate(stats, sample, meta)
+                row = sample["row"]
+                row["shard"] = writers[row["split"]].write({"__key__": sample["key"], **members[sample["key"]]})
+                rows.append(row)
+                if row["split"] == "train":
+                    _accumulate(stats, sample)
             rejects.extend(Reject(**r) for r in sidecar["rejects"])
             notes.update(sidecar["notes"])
             bar.update(0 if unit_id in done else 1)
@@ -322,12 +373,12 @@ def run_job(job: IngestJob) -> JobSummary:
     )
 
 
-def _accumulate(stats: dict[str, Any], sample: dict[str, Any], meta: schema.SampleMeta) -> None:
+def _accumulate(stats: dict[str, Any], sample: dict[str, Any]) -> None:
     if not sample["pixels"]:
         return
     if not stats:
-        stats.update(sums=np.zeros(meta.channels), sq=np.zeros(meta.channels), n=0, dtype=meta.dtype,
-                     channel_names=meta.channel_names)
+        stats.update(sums=np.zeros(sample["channels"]), sq=np.zeros(sample["channels"]), n=0,
+                     dtype=sample["dtype"], channel_names=sample["channel_names"])
     stats["sums"] += np.asarray(sample["sums"])
     stats["sq"] += np.asarray(sample["sq_sums"])
     stats["n"] += sample["pixels"]

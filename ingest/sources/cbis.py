@@ -15,7 +15,6 @@ Quirks handled (each seen in the real files, see ../shared/data/README.md):
 from __future__ import annotations
 
 import csv
-import hashlib
 import random
 from collections import defaultdict
 from dataclasses import asdict, dataclass
@@ -24,7 +23,9 @@ from typing import Any
 
 from ingest import mammogram, pseudonym, splits, tcia
 from ingest.dicom_pixels import DicomDecodeError, decode_dicom
-from ingest.pipeline import EncodedSample, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments
+from ingest.pipeline import (
+    EncodedSample, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+)
 from shards import codecs, schema
 
 SOURCE = "cbis-ddsm"
@@ -262,6 +263,7 @@ class CbisProcess:
         out = UnitOutput()
         data = Path(image.image_file).read_bytes()
         out.notes["input_bytes"] += len(data)
+        fingerprint = fingerprint_in_background(data)
         try:
             decoded = decode_dicom(data, name=unit.source_path)
         except DicomDecodeError as exc:
@@ -271,12 +273,7 @@ class CbisProcess:
             out.rejects.append(Reject(unit.source_path, f"not a grayscale mammogram: pixels of shape {decoded.pixels.shape}"))
             return out
         pixels = decoded.pixels
-        common = dict(
-            source=SOURCE, patient=image.patient, split=image.split, official_split=image.official_split,
-            laterality=image.laterality, view=image.view, source_size=pixels.shape, channels=1, dtype="uint16",
-            height=self.params.size, width=self.params.size, pixel_spacing_mm=decoded.pixel_spacing_mm,
-            source_fingerprint=hashlib.sha256(data).hexdigest(),
-        )
+        made = []  # (per-sample metadata fields, pixels, mask or None)
         masks, pathologies = [], []
         for abn_id, labels, candidates, mask_rel in image.abnormalities:
             try:
@@ -284,15 +281,15 @@ class CbisProcess:
             except mammogram.RoiMaskError as exc:
                 out.rejects.append(Reject(mask_rel, f"{exc} (abnormality {abn_id})"))
                 continue
-            masks.append(mask)
+            if self.crops != "lesion":  # full-size masks are kept only for placing random crops
+                masks.append(mask)
             pathologies.append(labels["pathology"])
             out.notes["masks_resized"] += int(resized)
             if self.crops in ("lesion", "both"):
                 crop, mask_crop, box = mammogram.lesion_crop(pixels, mask, self.params)
-                meta = schema.SampleMeta(key=f"cbis_{unit.unit_id}_lesion{abn_id}", crop_kind="lesion", crop_box=box,
-                                         labels=labels, has_mask=True,
-                                         extra={"abnormality_id": abn_id, "mask_resized": resized}, **common)
-                out.samples.append(_encode(meta, crop, mask_crop))
+                fields = dict(key=f"cbis_{unit.unit_id}_lesion{abn_id}", crop_kind="lesion", crop_box=box,
+                              labels=labels, has_mask=True, extra={"abnormality_id": abn_id, "mask_resized": resized})
+                made.append((fields, crop, mask_crop))
         if self.crops in ("random", "both"):
             rng = random.Random(f"{self.seed}:{unit.unit_id}")
             found = mammogram.random_tissue_crops(pixels, masks, self.params, rng)
@@ -300,9 +297,15 @@ class CbisProcess:
             worst = "MALIGNANT" if "MALIGNANT" in pathologies else (pathologies[0] if pathologies else None)
             labels = {"breast_density": image.breast_density, "image_pathology": worst}
             for i, (crop, box) in enumerate(found):
-                meta = schema.SampleMeta(key=f"cbis_{unit.unit_id}_random{i}", crop_kind="random", crop_box=box,
-                                         labels=labels, **common)
-                out.samples.append(_encode(meta, crop, None))
+                made.append((dict(key=f"cbis_{unit.unit_id}_random{i}", crop_kind="random", crop_box=box, labels=labels), crop, None))
+        # Waited for last, so hashing the file overlaps all of the decoding and cropping above.
+        common = dict(
+            source=SOURCE, patient=image.patient, split=image.split, official_split=image.official_split,
+            laterality=image.laterality, view=image.view, source_size=pixels.shape, channels=1, dtype="uint16",
+            height=self.params.size, width=self.params.size, pixel_spacing_mm=decoded.pixel_spacing_mm,
+            source_fingerprint=fingerprint.result(),
+        )
+        out.samples.extend(_encode(schema.SampleMeta(**fields, **common), crop, mask) for fields, crop, mask in made)
         return out
 
 
