@@ -1,0 +1,1 @@
+"""Reusable building blocks, one per file, that know nothing of the SSL methods using them."""

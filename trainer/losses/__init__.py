@@ -1,0 +1,1 @@
+"""Losses, one per file: tensors in, scalar out, no model state."""

@@ -1,0 +1,1 @@
+"""Self-supervised methods, one per file; `catalog.METHODS` maps registry names to factories."""
