@@ -1,7 +1,8 @@
-"""The `shards` console script: ls, verify, preview. Argument parsing only; each command lives in
-its own module (listing, verify, preview) and returns the exit code.
+"""The `shards` console script: ls, verify, preview, stats. Argument parsing only; each command lives
+in its own module (listing, verify, preview, stats) and returns the exit code.
 
-Exit codes: 0 good, 1 `verify` found problems, 2 usage error or ROOT is not a readable shard set.
+Exit codes: 0 good, 1 `verify` found problems, 2 usage error, ROOT is not a readable shard set, or
+`stats` could not compute the statistics.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from shards import listing, preview, schema, verify
+from shards import listing, preview, schema, stats, verify
 from shards.card import read_card
 
 
@@ -35,6 +36,10 @@ def _parser() -> argparse.ArgumentParser:
     sheet.add_argument("--cols", type=int, default=None, help="tiles per row (default: square-ish)")
     sheet.add_argument("--channel", type=int, default=0, help="channel shown for multi-channel images")
     sheet.add_argument("--tile", type=int, default=preview.TILE, help="tile side in pixels")
+
+    moments = commands.add_parser("stats", help="write per-channel pixel mean/std of the train split into the card")
+    moments.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    moments.add_argument("--force", action="store_true", help="recompute when the card already has pixel_stats")
     return parser
 
 
@@ -54,6 +59,12 @@ def main(argv: list[str] | None = None) -> int:
         return listing.run(args.root, card, as_json=args.json)
     if args.command == "verify":
         return verify.run(args.root, card, workers=args.workers)
+    if args.command == "stats":
+        try:
+            return stats.run(args.root, card, force=args.force)
+        except (OSError, ValueError) as exc:  # SampleError and schema errors are ValueErrors
+            print(f"shards stats: error: {exc}", file=sys.stderr)
+            return 2
     try:
         return preview.run(args.root, card, split=args.split, n=args.n, out=args.out, seed=args.seed,
                            cols=args.cols, channel=args.channel, tile=args.tile)

@@ -1,0 +1,199 @@
+"""Loader throughput beside its decode-bound limit and beside a folder of PNG files, in one run.
+Prints one JSON line.
+
+decode_bound: the train split's pixel members, read into memory first, decoded by N processes
+              (codecs.decode_pixels, nothing else): what N cores can do at best, since a 224 px
+              16-bit PNG decode is most of a sample's cost.
+stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, normalise,
+              batch) with N DataLoader workers, `--samples` per epoch.
+folder:       the same crops written out as PNG files, read by a map-style Dataset (file read,
+              decode, the same augment and normalisation) in a DataLoader with N workers.
+Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
+process decoding; and the cost a sample of filling a fresh shared-memory batch, which every
+DataLoader worker pays to hand a batch over and a decode-only process does not.
+Rounds alternate and the best of each is kept. Targets (issue 4): stream >= 0.9 x decode_bound,
+and stream >= folder.
+
+    python benchmarks/loader_throughput.py [--patients 60] [--workers N] [--batch-size 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+
+import cv2  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
+
+from shards import codecs, schema  # noqa: E402
+from shards import sample_stages as stages  # noqa: E402
+from shards.augment import Augment  # noqa: E402
+from shards.card import read_card  # noqa: E402
+from shards.stream import StreamSource, keep_sample_buffers_in_heap, make_loader, pixel_stats  # noqa: E402
+
+
+def train_members(root: Path) -> list[tuple[str, str, bytes]]:
+    """(key, pixel extension, bytes) of every train sample, through the stream's own tar stage."""
+    paths = [str(root / r["path"]) for r in read_card(root)["splits"]["train"]["shards"]]
+    out = []
+    for sample in stages.tar_samples(paths, stages.raise_sample_error):
+        ext = next(e for e in schema.PIXEL_MEMBERS if sample.get(e) is not None)
+        out.append((sample["__key__"], ext, sample[ext]))
+    return out
+
+
+_MEMBERS: list[tuple[str, str, bytes]] = []
+
+
+def _hold_members(members: list[tuple[str, str, bytes]]) -> None:
+    global _MEMBERS
+    _MEMBERS = members
+    cv2.setNumThreads(1)
+
+
+def _decode_share(args: tuple[int, int, int]) -> int:
+    start, step, total = args
+    count = 0
+    for i in range(start, total, step):
+        _, ext, data = _MEMBERS[i % len(_MEMBERS)]
+        codecs.decode_pixels(ext, data)
+        count += 1
+    return count
+
+
+def decode_bound(pool, workers: int, samples: int) -> float:
+    """samples/s of the pool's N processes decoding the in-memory members round robin."""
+    start = time.perf_counter()
+    done = sum(pool.map(_decode_share, [(w, workers, samples) for w in range(workers)]))
+    return done / (time.perf_counter() - start)
+
+
+def epoch_rate(loader, samples: int, epoch: int) -> float:
+    if hasattr(loader.dataset, "set_epoch"):
+        loader.dataset.set_epoch(epoch)
+    start = time.perf_counter()
+    count = sum(len(batch["image"] if isinstance(batch, dict) else batch) for batch in loader)
+    assert count == samples, (count, samples)
+    return count / (time.perf_counter() - start)
+
+
+def shm_handoff_us(batch_size: int, side: int) -> float:
+    """Microseconds a sample to fill a new shared-memory float32 batch, as every DataLoader worker
+    must to hand a batch over (fresh pages each batch: page faults, which cost a lot on some VMs)."""
+    start = time.perf_counter()
+    for _ in range(10):
+        torch.empty((batch_size, 1, side, side)).share_memory_().fill_(1.0)
+    return (time.perf_counter() - start) / (10 * batch_size) * 1e6
+
+
+class PngFolder(Dataset):
+    """A folder of 16-bit PNG crops, decoded, augmented and normalised as the stream does."""
+
+    def __init__(self, files: list[Path], mean: tuple[float, ...], std: tuple[float, ...]):
+        self.files = files
+        self.mean = np.float32(mean[0])
+        self.scale = np.float32(1.0 / std[0])
+        self.augment = None
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> torch.Tensor:
+        if self.augment is None:  # built in the worker, seeded by torch's per-worker seed
+            cv2.setNumThreads(1)
+            self.augment = Augment("mae", 224, seed=torch.initial_seed() % 2**32)
+        pixels = codecs.decode_pixels(schema.PIXELS_PNG, self.files[index].read_bytes())
+        image = self.augment(pixels)
+        out = np.empty(image.shape, np.float32)
+        np.subtract(image, self.mean, out=out)
+        out *= self.scale
+        return torch.from_numpy(out)
+
+
+def folder_loader(folder: PngFolder, *, workers: int, batch_size: int, samples: int) -> DataLoader:
+    sampler = RandomSampler(folder, num_samples=samples)
+    return DataLoader(folder, batch_size=batch_size, sampler=sampler, num_workers=workers, drop_last=True,
+                      persistent_workers=workers > 0)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--patients", type=int, default=60)
+    parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--samples", type=int, default=4096, help="samples per epoch")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up); best is kept")
+    parser.add_argument("--shard-size", type=int, default=16)
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        root = tmp / "shards"
+        # In child processes: ingest forks its pool, and this process has torch's threads by now.
+        ingest = [sys.executable, "-m", "ingest.cli"]
+        quiet = dict(check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, cwd=Path(__file__).parents[1])
+        subprocess.run(ingest + ["sample-data", "cbis", str(tmp / "dl"), "--patients", str(args.patients)], **quiet)
+        subprocess.run(ingest + ["cbis", str(tmp / "dl"), "--out", str(root), "--crops", "both", "--random-side", "160",
+                                 "--shard-size", str(args.shard_size)], **quiet)
+        members = train_members(root)
+        folder = tmp / "png"
+        folder.mkdir()
+        files = []
+        for key, ext, data in members:
+            files.append(folder / f"{key}.{ext}")
+            files[-1].write_bytes(data)
+        mean, std = pixel_stats(read_card(root), root)
+        samples = args.samples - args.samples % args.batch_size
+        stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
+                                num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
+        folder = folder_loader(PngFolder(files, mean, std), workers=args.workers, batch_size=args.batch_size,
+                               samples=samples)
+        one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
+                                  seed=0, augment="mae", samples_per_epoch=samples // 4)
+        best = dict.fromkeys(("limit", "stream", "folder", "limit_1", "stream_1"), 0.0)
+        with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
+            epoch_rate(stream, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
+            keep_sample_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
+            for repeat in range(args.repeats):  # alternate, keep the best of each: this VM's speed drifts
+                measured = {"limit": decode_bound(pool, args.workers, samples),
+                            "stream": epoch_rate(stream, samples, repeat + 1),
+                            "folder": epoch_rate(folder, samples, repeat + 1),
+                            "limit_1": decode_bound(pool, 1, samples // 4),
+                            "stream_1": epoch_rate(one_core, samples // 4, repeat)}
+                best = {name: max(best[name], rate) for name, rate in measured.items()}
+        handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
+    print(json.dumps({
+        "benchmark": "loader_cbis_both_crops_224_mae",
+        "train_samples": len(members),
+        "shard_size": args.shard_size,
+        "workers": args.workers,
+        "batch_size": args.batch_size,
+        "samples_per_epoch": samples,
+        "cpu_count": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "decode_bound_samples_per_s": round(best["limit"], 1),
+        "stream_samples_per_s": round(best["stream"], 1),
+        "folder_samples_per_s": round(best["folder"], 1),
+        "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
+        "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
+        "decode_bound_1proc_samples_per_s": round(best["limit_1"], 1),
+        "stream_in_process_samples_per_s": round(best["stream_1"], 1),
+        "ratio_in_process_stream_to_1proc_decode": round(best["stream_1"] / best["limit_1"], 3),
+        "shm_handoff_us_per_sample": round(handoff, 1),
+    }))
+
+
+if __name__ == "__main__":
+    main()

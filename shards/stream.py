@@ -1,0 +1,254 @@
+"""Stream shard sets into training: mixed sources, split by rank and DataLoader worker, seeded
+shuffles that change every epoch, safe decoding, augmentation, per-set normalisation, batches.
+
+    loader, steps = make_loader([StreamSource(Path("shards/cbis"), crop_kinds=("lesion",), weight=0.75),
+                                 StreamSource(Path("shards/cbis"), crop_kinds=("random",), weight=0.25,
+                                              name="cbis-random")],
+                                batch_size=64, image_size=224, rank=rank, world_size=world_size,
+                                num_workers=8, seed=0, augment="mae")
+    for epoch in range(epochs):
+        loader.dataset.set_epoch(epoch)
+        for batch in loader:        # exactly `steps` batches on every rank
+            batch["image"]          # (B, C, 224, 224) float32, normalised with each set's own stats
+
+Which rank and worker reads what, and what an epoch covers: shards.stream_plan. The stages a
+sample goes through: shards.sample_stages, then shards.stream_stages. Error policy: `handler`
+(raise_sample_error, the default, or warn_and_skip; skips are counted in each batch's
+"skipped"). Ray is not imported here: the trainer passes its rank and world size in.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import cv2
+import numpy as np
+import pyarrow.parquet as pq
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from shards import sample_stages as reading, schema, stream_stages as stages
+from shards.sample_stages import SampleError, raise_sample_error, warn_and_skip
+from shards.stream_stages import StreamError
+from shards.augment import Augment
+from shards.card import read_card
+from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
+
+__all__ = ["OpenSource", "SampleError", "ShardStream", "StreamError", "StreamLoader", "StreamPlanError", "StreamSource",
+           "keep_sample_buffers_in_heap", "make_loader", "open_source", "pixel_stats", "raise_sample_error",
+           "warn_and_skip"]
+
+# Members a batch needs; a mask is checked by name but not read.
+_READ = (schema.PIXELS_PNG, schema.PIXELS_NPY, schema.META_JSON)
+_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
+
+
+def keep_sample_buffers_in_heap() -> None:
+    """Keep freed sample buffers (encoded bytes in the shuffle buffer, decoded and augmented
+    images) in the heap for reuse instead of returning them to the kernel. Measured here, the
+    shuffle buffer alone cost 16-18 page faults a sample at about 3.5 us each (60 us of kernel
+    time beside a 0.7-1.3 ms decode) as glibc trimmed and re-grew the heap; raising the mmap and
+    trim thresholds (glibc's mallopt, as ingest's workers do) removes them. Done in DataLoader
+    workers only, which are this stream's own processes. No-op without glibc."""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, _GLIBC_MAX_MMAP_THRESHOLD)
+    libc.mallopt(m_trim_threshold, 8 * _GLIBC_MAX_MMAP_THRESHOLD)
+
+
+@dataclass(frozen=True)
+class StreamSource:
+    """One shard set's split in a mix. crop_kinds None takes every sample; name (shown in each
+    batch's "source") defaults to the card's source."""
+
+    root: Path
+    split: str = "train"
+    weight: float = 1.0
+    crop_kinds: tuple[str, ...] | None = None
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class OpenSource:
+    """A StreamSource resolved against its card: its shards and its normalisation."""
+
+    name: str
+    shards: tuple[ShardSpan, ...]
+    crop_kinds: frozenset[str] | None
+    weight: float
+    mean: tuple[float, ...]  # per channel, stored units (card pixel_stats)
+    std: tuple[float, ...]
+
+    @property
+    def channels(self) -> int:
+        return len(self.mean)
+
+
+def pixel_stats(card: dict[str, Any], root: Path) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) per channel from the card, checked."""
+    stats = card.get("pixel_stats") or {}
+    mean, std = stats.get("mean"), stats.get("std")
+    if not isinstance(mean, list) or not isinstance(std, list) or not mean or len(mean) != len(std):
+        raise ValueError(f"{root}: dataset.json has no per-channel pixel_stats mean/std lists; "
+                         f"run `shards stats {root}` to compute them")
+    if not all(np.isfinite(mean)) or not all(s > 0 and np.isfinite(s) for s in std):
+        raise ValueError(f"{root}: pixel_stats mean {mean} / std {std} must be finite with std > 0")
+    return tuple(float(m) for m in mean), tuple(float(s) for s in std)
+
+
+def _samples_per_shard(root: Path, split: str, crop_kinds: frozenset[str]) -> Counter:
+    table = pq.read_table(root / schema.MANIFEST_FILE, columns=["shard", "split", "crop_kind"])
+    return Counter(row["shard"] for row in table.to_pylist()
+                   if row["split"] == split and row["crop_kind"] in crop_kinds)
+
+
+def open_source(source: StreamSource) -> OpenSource:
+    root = Path(source.root).resolve()
+    card = read_card(root)
+    if source.split not in card["splits"]:
+        raise ValueError(f"{root}: no {source.split!r} split (has {sorted(card['splits'])})")
+    kinds = None if source.crop_kinds is None else frozenset(source.crop_kinds)
+    if kinds is not None and (not kinds or not kinds <= set(schema.CROP_KINDS)):
+        raise ValueError(f"crop_kinds {source.crop_kinds} must be a non-empty subset of {schema.CROP_KINDS}")
+    records = card["splits"][source.split]["shards"]
+    counts = None if kinds is None else _samples_per_shard(root, source.split, kinds)
+    shards = []
+    for record in records:
+        rel = Path(record["path"])
+        if rel.parent != Path(source.split) or not rel.match(schema.SHARD_GLOB):  # stay inside the set
+            raise ValueError(f"{root}: dataset.json lists shard {record['path']!r} outside {source.split}/")
+        shards.append(ShardSpan(str(root / rel), record["samples"] if counts is None else counts[record["path"]]))
+    mean, std = pixel_stats(card, root)
+    return OpenSource(name=source.name or card["source"], shards=tuple(shards), crop_kinds=kinds,
+                      weight=float(source.weight), mean=mean, std=std)
+
+
+class ShardStream(IterableDataset):
+    """An epoch of whole batches for one rank; with a DataLoader of `num_workers` workers (which
+    must match) every rank gets exactly `steps_per_epoch` batches. Call set_epoch(e) before each
+    epoch: the epoch lives in shared memory, so persistent DataLoader workers see it too."""
+
+    def __init__(self, sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
+                 world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
+                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
+                 handler: reading.Handler = raise_sample_error):
+        if not 0 <= rank < world_size:
+            raise StreamPlanError(f"rank {rank} is not in [0, world_size {world_size})")
+        if seed < 0 or shuffle_buffer < 1:
+            raise ValueError(f"seed {seed} must be >= 0 and shuffle_buffer {shuffle_buffer} >= 1")
+        self.sources = [open_source(s) for s in sources]
+        names = [s.name for s in self.sources]
+        if len(set(names)) != len(names):
+            raise ValueError(f"sources need distinct names, got {names}: pass StreamSource(name=...)")
+        channels = {s.name: s.channels for s in self.sources}
+        if len(set(channels.values())) != 1:
+            raise ValueError(f"sources in one stream need one channel count, got {channels}")
+        Augment(augment, image_size)  # unknown name or bad size: fail here, not in a worker
+        self.channels = self.sources[0].channels
+        self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
+        self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
+        self.seed, self.shuffle_buffer, self.samples_per_epoch = seed, shuffle_buffer, samples_per_epoch
+        self.handler = handler
+        self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.steps_per_epoch = self.plan(0).steps_per_epoch  # raises here if no plan is possible
+
+    @property
+    def epoch(self) -> int:
+        return int(self._epoch)
+
+    def set_epoch(self, epoch: int) -> None:
+        self._epoch.fill_(epoch)
+
+    def __len__(self) -> int:
+        return self.steps_per_epoch
+
+    def plan(self, epoch: int | None = None) -> EpochPlan:
+        return plan_epoch([s.shards for s in self.sources], [s.weight for s in self.sources],
+                          batch_size=self.batch_size, world_size=self.world_size, num_workers=self.num_workers,
+                          seed=self.seed, epoch=self.epoch if epoch is None else epoch,
+                          samples_per_epoch=self.samples_per_epoch, names=[s.name for s in self.sources])
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        info = get_worker_info()
+        worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
+        if workers != max(self.num_workers, 1):
+            raise StreamPlanError(f"planned for num_workers={self.num_workers}, running in {workers} "
+                                  f"(give the DataLoader the same num_workers, or use make_loader)")
+        if info is not None:
+            keep_sample_buffers_in_heap()
+        epoch = self.epoch
+        yield from self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch)
+
+    def reader_batches(self, reader: ReaderPlan, epoch: int) -> Iterator[dict[str, Any]]:
+        """One reader's epoch: its sources' samples in a seeded order, in whole batches."""
+        seeds = np.random.SeedSequence(self.seed, spawn_key=(epoch, reader.rank, reader.worker))
+        augment_seed, mix_seed, *source_seeds = (int(child.generate_state(1)[0])
+                                                  for child in seeds.spawn(2 + len(self.sources)))
+        handler = reading.CountingHandler(self.handler)
+        augment = Augment(self.augment, self.image_size, seed=augment_seed)
+        streams = [islice(self._source_samples(source, shards, random.Random(seed), augment, handler), quota)
+                   for source, shards, quota, seed in zip(self.sources, reader.shards, reader.quotas, source_seeds)]
+        order = np.repeat(np.arange(len(streams)), reader.quotas)
+        np.random.default_rng(mix_seed).shuffle(order)
+        yield from stages.batches(stages.interleave(streams, order.tolist()), self.batch_size, handler)
+
+    def _source_samples(self, source: OpenSource, shards: tuple[ShardSpan, ...], rng: random.Random,
+                        augment: Augment, handler: reading.Handler) -> Iterator[dict[str, Any]]:
+        """One source's samples for one reader, pass after pass over its shards (a new shard order
+        each pass after the first, which the plan shuffled)."""
+        def one_pass(number: int) -> Iterator[dict[str, Any]]:
+            paths = [s.path for s in shards]
+            if number:
+                rng.shuffle(paths)
+            samples = reading.tar_samples(paths, handler, read=_READ)
+            samples = reading.parse_meta(samples, handler)
+            samples = reading.select_crop_kinds(samples, source.crop_kinds)
+            samples = reading.shuffle(samples, self.shuffle_buffer, rng)
+            samples = reading.decode(samples, handler, channels=source.channels)
+            samples = stages.augment(samples, augment, handler)
+            return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
+
+        return stages.repeat_passes(one_pass, f"{source.name}'s shards {[Path(s.path).name for s in shards]}")
+
+
+def _as_made(batch: dict[str, Any]) -> dict[str, Any]:
+    """The batch as the worker made it (the DataLoader's default here walks every label dict)."""
+    return batch
+
+
+class StreamLoader(NamedTuple):
+    """make_loader's result: unpacks as (loader, steps_per_epoch)."""
+
+    loader: DataLoader
+    steps_per_epoch: int
+
+
+def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
+                world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
+                shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
+                handler: reading.Handler = raise_sample_error, pin_memory: bool = False,
+                prefetch_factor: int | None = None) -> StreamLoader:
+    """A DataLoader over a ShardStream (batches are made in the workers: batch_size=None here),
+    and the number of batches every rank gets per epoch. Call loader.dataset.set_epoch(e) before
+    each epoch. Workers persist across epochs (the epoch reaches them through shared memory)."""
+    if num_workers:
+        # One worker is one core's work, so OpenCV's thread pool only gets in the way; and it must go
+        # before the fork: a worker that inherits the parent's live pool deadlocks in OpenCV.
+        cv2.setNumThreads(1)
+    dataset = ShardStream(sources, batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
+                          num_workers=num_workers, seed=seed, augment=augment, shuffle_buffer=shuffle_buffer,
+                          samples_per_epoch=samples_per_epoch, handler=handler)
+    loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
+                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
+                        prefetch_factor=prefetch_factor if num_workers else None)
+    return StreamLoader(loader, dataset.steps_per_epoch)

@@ -1,0 +1,131 @@
+"""A small, strict reader of the tar members the stream needs: names and bytes, in order.
+
+Why not `tarfile`: it parses every header field in Python, about 40 us a member here, and a sample
+is three members (pixels, mask, json), a fifth of the 0.66 ms a 224 px 16-bit PNG takes to decode.
+The stream reads every shard once an epoch, so it reads only what shards written by ShardWriter
+(through webdataset's TarWriter: POSIX ustar headers, a pax header only for a long name) can hold,
+and rejects the rest instead of interpreting it: regular files, ustar or GNU magic, a checksum on
+every header, pax `path`/`size` records; links, directories, devices and GNU extensions are named
+as errors. Nothing here looks at what a member holds. `shards verify` reads shards with tarfile.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO
+
+BLOCK = 512
+_REGULAR = (b"0", b"\0")
+_PAX_NEXT = b"x"  # pax extended header for the next member
+_PAX_GLOBAL = b"g"  # pax global header: applies to no member the stream reads
+_MAGICS = (b"ustar\x0000", b"ustar  \0")  # POSIX, and GNU tar's pre-POSIX spelling
+
+
+class TarFormatError(ValueError):
+    """Bytes that are not a tar member this reader accepts."""
+
+
+@dataclass(frozen=True)
+class TarEntry:
+    name: str
+    size: int
+    regular: bool  # a regular file; anything else is reported, never followed
+    typeflag: str
+
+
+def _number(field: bytes) -> int:
+    if field[:1] and field[0] & 0x80:  # base-256, for sizes past 8 GiB
+        return int.from_bytes(field[1:], "big")
+    text = field.rstrip(b"\0 ").lstrip(b" ")
+    if not text:
+        return 0
+    try:
+        return int(text, 8)
+    except ValueError:
+        raise TarFormatError(f"numeric field {field!r} is not octal") from None
+
+
+def _checksum_ok(header: bytes) -> bool:
+    stored = _number(header[148:156])
+    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+
+
+def _text(field: bytes) -> str:
+    try:
+        return field.decode("utf-8")
+    except UnicodeDecodeError:
+        raise TarFormatError(f"member name {field!r} is not UTF-8") from None
+
+
+def _pax_records(data: bytes) -> dict[str, str]:
+    """'<len> <key>=<value>\\n' records (POSIX.1-2001)."""
+    records, pos = {}, 0
+    try:
+        while pos < len(data):
+            space = data.index(b" ", pos)
+            length = int(data[pos:space])
+            if length <= space - pos:
+                raise ValueError(f"record length {length}")
+            key, _, value = data[space + 1:pos + length - 1].partition(b"=")
+            records[_text(key)] = _text(value)
+            pos += length
+        if "size" in records:
+            records["size"] = str(int(records["size"]))
+    except ValueError as exc:  # no space, no length, a size that is not a number: not a pax header
+        raise TarFormatError(f"malformed pax header: {exc}") from None
+    return records
+
+
+class TarReader:
+    """Iterate a tar stream's members; `read()` returns the current member's bytes, and a member
+    not read is skipped without reading it. Raises TarFormatError on a damaged or truncated tar."""
+
+    def __init__(self, fh: BinaryIO):
+        self._fh = fh
+        self._left = 0  # data bytes of the current member not yet consumed
+        self._pad = 0
+
+    def _read_exact(self, n: int) -> bytes:
+        data = self._fh.read(n)
+        if len(data) != n:
+            raise TarFormatError(f"truncated: wanted {n} bytes at offset {self._fh.tell() - len(data)}, "
+                                 f"got {len(data)}")
+        return data
+
+    def _skip_rest(self) -> None:
+        if self._left or self._pad:
+            self._fh.seek(self._left + self._pad, 1)
+            self._left = self._pad = 0
+
+    def read(self) -> bytes:
+        data = self._read_exact(self._left)
+        self._left = 0
+        return data
+
+    def __iter__(self) -> Iterator[TarEntry]:
+        pax: dict[str, str] = {}
+        while True:
+            self._skip_rest()
+            header = self._fh.read(BLOCK)
+            if header == bytes(BLOCK):  # end-of-archive blocks
+                return
+            if len(header) != BLOCK:  # a skipped member's seek may pass the end of a truncated file
+                raise TarFormatError("truncated: the file ends before its end-of-archive blocks")
+            if header[257:265] not in _MAGICS or not _checksum_ok(header):
+                raise TarFormatError(f"damaged header at offset {self._fh.tell() - BLOCK}")
+            size = _number(header[124:136])
+            self._left, self._pad = size, -size % BLOCK
+            typeflag = header[156:157]
+            if typeflag in (_PAX_NEXT, _PAX_GLOBAL):
+                records = _pax_records(self.read())
+                if typeflag == _PAX_NEXT:
+                    pax = records
+                continue
+            name = _text(header[:100].split(b"\0", 1)[0])
+            prefix = _text(header[345:500].split(b"\0", 1)[0]) if header[257:263] == b"ustar\0" else ""
+            name = pax.get("path", f"{prefix}/{name}" if prefix else name)
+            if "size" in pax:
+                self._left, self._pad = int(pax["size"]), -int(pax["size"]) % BLOCK
+            pax = {}
+            yield TarEntry(name, self._left, typeflag in _REGULAR, typeflag.decode("latin-1"))
