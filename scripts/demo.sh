@@ -11,10 +11,15 @@ shards=$demo/shards/cbis-lesion
 if [ ! -f "$sample/metadata.csv" ]; then
     "$bin/ingest" sample-data cbis "$sample" --patients 12 --seed 0
 fi
-"$bin/ingest" cbis "$sample" --crops lesion --out "$shards" --overwrite
+"$bin/ingest" cbis "$sample" --crops lesion --out "$shards" --overwrite --shard-size 4  # small shards: every reader of the 2-worker run needs its own
 "$bin/shards" verify "$shards"
 "$bin/shards" preview "$shards" --split train -n 16 --out "$demo/cbis-lesion-preview.png"
+# A short MIRAM pretraining on those shards with an embedded local Ray (2 CPU workers).
+rm -rf "$demo/runs/tiny-cpu"
+"$bin/python" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml \
+    "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs"
 echo
-echo "shards:   $shards/{train,val,test}/shard-*.tar  (manifest.parquet, dataset.json beside them)"
-echo "preview:  $demo/cbis-lesion-preview.png"
-echo "inspect:  $bin/shards ls $shards"
+echo "shards:      $shards/{train,val,test}/shard-*.tar  (manifest.parquet, dataset.json beside them)"
+echo "preview:     $demo/cbis-lesion-preview.png"
+echo "inspect:     $bin/shards ls $shards"
+echo "pretraining: $demo/runs/tiny-cpu/  (checkpoint_*/, epochs.csv, steps.csv, tensorboard/, images/*.png)"

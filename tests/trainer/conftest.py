@@ -1,0 +1,89 @@
+"""A real local Ray cluster for the trainer tests: a head and a second node on 127.0.0.1, each a
+`ray start --block` process of ours, stopped by PID at the end of the session."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+PROJECT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@dataclass(frozen=True)
+class RayCluster:
+    gcs_address: str
+    dashboard_url: str
+    env: dict[str, str]
+
+
+def _ray_env() -> dict[str, str]:
+    # RAY_AUTH_MODE=disabled: this cluster listens on loopback only, and Ray turns token auth on for
+    # every later cluster once any run on the machine has written a token (~/.ray).
+    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled",
+               PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
+    env.pop("RAY_ADDRESS", None)
+    return env
+
+
+def _alive_nodes(dashboard_url: str) -> int:
+    try:
+        with urllib.request.urlopen(f"{dashboard_url}/nodes?view=summary", timeout=5) as resp:
+            nodes = json.load(resp)["data"]["summary"]
+        return sum(1 for n in nodes if n.get("raylet", {}).get("state") == "ALIVE")
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(tmp_path_factory) -> RayCluster:
+    gcs_port, dash_port = _free_port(), _free_port()
+    env = _ray_env()
+    logs = tmp_path_factory.mktemp("ray-logs")
+    common = ["--node-ip-address", "127.0.0.1", "--block", "--disable-usage-stats"]
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--port", str(gcs_port), "--dashboard-host", "127.0.0.1",
+         "--dashboard-port", str(dash_port), "--num-cpus", "2", *common],
+        env=env, stdout=open(logs / "head.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+    procs = [head]
+    dashboard = f"http://127.0.0.1:{dash_port}"
+    try:
+        deadline = time.monotonic() + 90
+        while _alive_nodes(dashboard) < 1:
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"ray head did not start: {(logs / 'head.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        node = subprocess.Popen(
+            [str(BIN / "ray"), "start", "--address", f"127.0.0.1:{gcs_port}", "--num-cpus", "1", *common],
+            env=env, stdout=open(logs / "node.log", "wb"), stderr=subprocess.STDOUT, start_new_session=True)
+        procs.append(node)
+        while _alive_nodes(dashboard) < 2:
+            if node.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"second ray node did not join: {(logs / 'node.log').read_text()[-2000:]}")
+            time.sleep(0.5)
+        yield RayCluster(f"127.0.0.1:{gcs_port}", dashboard, env)
+    finally:
+        for proc in reversed(procs):  # `ray start --block` stops the processes it started on SIGTERM
+            if proc.poll() is None:
+                proc.send_signal(signal.SIGTERM)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                    proc.wait()

@@ -1,0 +1,45 @@
+from pathlib import Path
+
+import pytest
+
+from trainer.config import ConfigError, config_from_dict, dump_config, load_config
+
+CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path):
+    config = load_config(path)
+    again = config_from_dict(config.to_dict())
+    assert again == config
+    import yaml
+
+    assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+
+
+def test_dotted_overrides_are_typed(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  sources:\n    - root: /s\n")
+    config = load_config(path, ["optim.epochs=7", "optim.blr=0.001", "model.options.mask_ratio=0.9", "run.workers=3"])
+    assert config.optim.epochs == 7 and config.optim.blr == 0.001 and config.run.workers == 3
+    assert config.model.options == {"mask_ratio": 0.9}
+
+
+@pytest.mark.parametrize("override, message", [
+    ("optim.epoch=7", "unknown key"),
+    ("optim.epochs=seven", "expected int"),
+    ("run.workers=true", "expected int"),
+    ("nonsense", "section.key=value"),
+])
+def test_bad_overrides_say_what_is_wrong(tmp_path, override, message):
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  sources:\n    - root: /s\n")
+    with pytest.raises(ConfigError, match=message):
+        load_config(path, [override])
+
+
+def test_a_config_without_data_is_refused(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("optim: {epochs: 1}\n")
+    with pytest.raises(ConfigError, match="data.sources"):
+        load_config(path)

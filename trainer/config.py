@@ -1,0 +1,180 @@
+"""Typed experiment configuration: one YAML per experiment, dotted command-line overrides.
+
+    python trainer/pretrain.py --config trainer/configs/miram_cbis.yaml optim.epochs=10 data.batch_size=32
+
+Defaults live in the dataclasses; the resolved configuration is saved in the run folder and inside
+every checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    pass
+
+
+@dataclass
+class SourceConfig:
+    """One shard set in the mix (MIRAM's "MGs & Lesions" mixes lesion sets and random-crop sets)."""
+
+    root: str = ""
+    split: str = "train"
+    weight: float = 1.0
+    crop_kinds: list[str] | None = None  # e.g. ["lesion"]; None keeps every kind
+
+
+@dataclass
+class DataConfig:
+    sources: list[SourceConfig] = field(default_factory=list)
+    batch_size: int = 64  # per worker
+    num_workers: int = 4  # DataLoader processes per training worker
+    augment: str = "mae"
+    image_size: int | None = None  # None: the shards' own size
+
+
+@dataclass
+class ModelConfig:
+    name: str = "miram_vit_base_patch16"
+    options: dict[str, Any] = field(default_factory=dict)  # method keyword arguments (mask_ratio, ...)
+
+
+@dataclass
+class OptimConfig:
+    """MAE's recipe (He et al. 2022, Table 8): AdamW, lr = blr * global batch / 256, cosine decay
+    after a linear warm-up."""
+
+    blr: float = 1.5e-4
+    weight_decay: float = 0.05
+    betas: tuple[float, float] = (0.9, 0.95)
+    epochs: int = 400
+    warmup_epochs: int = 40
+    min_lr: float = 0.0
+    clip_grad: float | None = None
+
+
+@dataclass
+class RunConfig:
+    name: str = "pretrain"
+    storage_path: str = "runs"  # local folder or shared storage (NFS path, s3://...)
+    seed: int = 0
+    workers: int = 1  # Ray Train workers (one per GPU)
+    use_gpu: str = "auto"  # auto | true | false
+    precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
+    checkpoint_every_epochs: int = 1
+    keep_checkpoints: int = 3
+    log_every_steps: int = 20
+    images_every_steps: int = 500
+    max_steps_per_epoch: int | None = None  # cut epochs short (smoke runs)
+    max_failures: int = 0  # worker failures Ray Train recovers from (restarts from the last checkpoint)
+    use_ray: bool = True  # false: run the same loop in this process, for debugging
+
+
+@dataclass
+class ExperimentConfig:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, raw: Any, where: str) -> Any:
+    """Dict -> dataclass, recursively, with unknown keys named and types checked loosely."""
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{where or 'config'}: expected a mapping, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(raw) - names)
+    if unknown:
+        raise ConfigError(f"{where or 'config'}: unknown key(s) {unknown}; valid: {sorted(names)}")
+    kwargs = {}
+    for name, value in raw.items():
+        hint, path = hints[name], f"{where}.{name}" if where else name
+        kwargs[name] = _coerce(hint, value, path)
+    return cls(**kwargs)
+
+
+def _coerce(hint: Any, value: Any, path: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if dataclasses.is_dataclass(hint):
+        return _build(hint, value, path)
+    if value is None:
+        if type(None) in args:
+            return None
+        raise ConfigError(f"{path}: may not be null")
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        non_null = [a for a in args if a is not type(None)]
+        return _coerce(non_null[0], value, path)
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"{path}: expected a list, got {value!r}")
+        return [_coerce(args[0], v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if origin is tuple:
+        if not isinstance(value, (list, tuple)) or len(value) != len(args):
+            raise ConfigError(f"{path}: expected {len(args)} values, got {value!r}")
+        return tuple(_coerce(a, v, path) for a, v in zip(args, value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ConfigError(f"{path}: expected a mapping, got {value!r}")
+        return dict(value)
+    if hint is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if hint in (int, float, str, bool) and not isinstance(value, hint) or (hint is int and isinstance(value, bool)):
+        raise ConfigError(f"{path}: expected {hint.__name__}, got {value!r}")
+    return value
+
+
+def apply_override(raw: dict[str, Any], override: str) -> None:
+    """'optim.epochs=10' -> raw['optim']['epochs'] = 10 (the value is parsed as YAML)."""
+    if "=" not in override:
+        raise ConfigError(f"override {override!r} must look like section.key=value")
+    dotted, text = override.split("=", 1)
+    keys = dotted.strip().split(".")
+    node = raw
+    for key in keys[:-1]:
+        node = node.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise ConfigError(f"override {override!r}: {key} is not a section")
+    node[keys[-1]] = yaml.safe_load(text)
+
+
+def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
+    raw: dict[str, Any] = {}
+    if path is not None:
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except (OSError, yaml.YAMLError) as exc:
+            raise ConfigError(f"{path}: cannot read the config ({exc})") from exc
+    for override in overrides:
+        apply_override(raw, override)
+    config = _build(ExperimentConfig, raw, "")
+    if not config.data.sources:
+        raise ConfigError("data.sources: name at least one shard set (root: path/to/shards)")
+    return config
+
+
+def config_from_dict(raw: dict[str, Any]) -> ExperimentConfig:
+    return _build(ExperimentConfig, raw, "")
+
+
+def dump_config(config: ExperimentConfig) -> str:
+    def plain(value: Any) -> Any:
+        if isinstance(value, tuple):
+            return [plain(v) for v in value]
+        if isinstance(value, list):
+            return [plain(v) for v in value]
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return value
+
+    return yaml.safe_dump(plain(config.to_dict()), sort_keys=False)

@@ -1,0 +1,186 @@
+"""The pretraining loop, free of Ray: the same function runs in a Ray Train worker or in one
+process for debugging. What differs (rank, device, DDP wrapping, where checkpoints go) comes in
+through a `Session` (trainer/pretrain.py has the Ray one and the local one).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Protocol
+
+import pyarrow.parquet as pq
+import torch
+from timm.optim import create_optimizer_v2
+from timm.scheduler import CosineLRScheduler
+
+from shards import schema
+from shards.stream import StreamSource, make_loader, open_source
+from trainer.config import ExperimentConfig, dump_config
+from trainer.pictures import reconstruction_grid, write_png
+from trainer.registry import build_method
+from trainer.run_log import RunLog
+
+CHECKPOINT_FILE = "checkpoint.pt"
+
+
+class Session(Protocol):
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module: ...
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None: ...
+
+    def latest_checkpoint(self) -> contextlib.AbstractContextManager[Path | None]: ...
+
+
+def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """Mixed precision on GPU (bf16 where the GPU has it, else fp16), none on CPU."""
+    if device.type != "cuda" or precision == "fp32":
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
+    return model.module if hasattr(model, "module") else model
+
+
+def _batches(loader, steps: int, device: torch.device) -> Iterator[tuple[int, dict[str, Any]]]:
+    for step, batch in enumerate(loader):
+        if step >= steps:
+            return
+        yield step, {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+
+
+def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int, int]:
+    """(channels, image side) shared by every source, from their cards and manifests (image_size,
+    when given, is what the stream resizes to): the model is built for the data, never for RGB."""
+    shapes = set()
+    for source in sources:
+        channels = open_source(source).channels
+        table = pq.read_table(Path(source.root) / schema.MANIFEST_FILE, columns=["height", "width"])
+        sides = set(table.column("height").to_pylist()) | set(table.column("width").to_pylist())
+        if image_size:
+            sides = {image_size}
+        if len(sides) != 1:
+            raise ValueError(f"{source.root}: samples of several sizes {sorted(sides)}; set data.image_size")
+        shapes.add((channels, sides.pop()))
+    if len(shapes) != 1:
+        raise ValueError(f"the sources disagree on (channels, size): {sorted(shapes)}")
+    return shapes.pop()
+
+
+def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str, float]:
+    """Pretrain `config.model` on `config.data`; returns the last epoch's metrics."""
+    run, optim = config.run, config.optim
+    torch.manual_seed(run.seed + session.rank)
+    sources = [StreamSource(root=Path(s.root), split=s.split, weight=s.weight,
+                            crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
+    channels, image_size = data_shape(sources, config.data.image_size)
+    loader, steps_per_epoch = make_loader(
+        sources, batch_size=config.data.batch_size, rank=session.rank, world_size=session.world_size,
+        num_workers=config.data.num_workers, seed=run.seed, augment=config.data.augment, image_size=image_size,
+    )
+    if run.max_steps_per_epoch:
+        steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)
+
+    model = build_method(config.model.name, in_chans=channels, img_size=image_size, **config.model.options)
+    model = session.prepare_model(model.to(session.device))
+    lr = optim.blr * config.data.batch_size * session.world_size / 256
+    optimizer = create_optimizer_v2(_unwrap(model), "adamw", lr=lr, weight_decay=optim.weight_decay, betas=optim.betas)
+    scheduler = CosineLRScheduler(optimizer, t_initial=optim.epochs * steps_per_epoch, lr_min=optim.min_lr,
+                                  warmup_t=optim.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, t_in_epochs=False)
+    dtype = amp_dtype(run.precision, session.device)
+    scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+
+    start_epoch, step = 0, 0
+    with session.latest_checkpoint() as ckpt_dir:
+        if ckpt_dir is not None:
+            state = torch.load(ckpt_dir / CHECKPOINT_FILE, map_location=session.device, weights_only=True)
+            _unwrap(model).load_state_dict(state["model"])
+            optimizer.load_state_dict(state["optimizer"])
+            scheduler.load_state_dict(state["scheduler"])
+            scaler.load_state_dict(state["scaler"])
+            start_epoch, step = state["epoch"] + 1, state["step"]
+    log = RunLog(run_dir) if session.rank == 0 else None
+    metrics: dict[str, float] = {}
+    try:
+        for epoch in range(start_epoch, optim.epochs):
+            loader.dataset.set_epoch(epoch)
+            model.train()
+            sums: dict[str, float] = {}
+            started = time.perf_counter()
+            for i, batch in _batches(loader, steps_per_epoch, session.device):
+                with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
+                    terms = model(batch)
+                loss = terms["loss"]
+                if not math.isfinite(loss.item()):
+                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step} (batch {i}); stopping")
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                if optim.clip_grad:
+                    scaler.unscale_(optimizer)
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
+                scaler.step(optimizer)
+                scaler.update()
+                step += 1
+                scheduler.step_update(step)
+                for name, value in terms.items():
+                    sums[name] = sums.get(name, 0.0) + float(value.detach())
+                if log and step % run.log_every_steps == 0:
+                    log.step(step, {name: float(v.detach()) for name, v in terms.items()}
+                             | {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch})
+                if log and (step % run.images_every_steps == 0 or step == 1):
+                    _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
+            seen = max(1, min(steps_per_epoch, i + 1))
+            metrics = {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "step": step, "lr": optimizer.param_groups[0]["lr"],
+                        "samples_per_s": seen * config.data.batch_size * session.world_size / (time.perf_counter() - started)}
+            if log:
+                log.epoch(step, metrics)
+            last = epoch == optim.epochs - 1
+            if (epoch + 1) % run.checkpoint_every_epochs == 0 or last:
+                _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config)
+            else:
+                session.report(metrics, None)
+    finally:
+        if log:
+            log.close()
+    return metrics
+
+
+def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config) -> None:
+    """Rank 0 writes the checkpoint (model, optimizer, scheduler, scaler, step, epoch, resolved
+    config); every rank reports, as Ray Train requires."""
+    if session.rank != 0:
+        session.report(metrics, None)
+        return
+    with tempfile.TemporaryDirectory(prefix="medshards-ckpt-") as tmp:
+        torch.save({
+            "model": _unwrap(model).state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "epoch": epoch,
+            "step": step,
+            "config": config.to_dict(),
+            "config_yaml": dump_config(config),
+        }, Path(tmp) / CHECKPOINT_FILE)
+        session.report(metrics, Path(tmp))
+
+
+@torch.no_grad()
+def _save_pictures(model: torch.nn.Module, batch: dict[str, Any], path: Path) -> None:
+    net = _unwrap(model)
+    was_training = net.training
+    net.eval()
+    columns = net.reconstruct(batch["image"][:4])
+    net.train(was_training)
+    write_png(path, reconstruction_grid(columns))

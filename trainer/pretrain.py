@@ -1,0 +1,180 @@
+"""Self-supervised pretraining on Ray Train, streaming medshards shards into every worker.
+
+    python trainer/pretrain.py --config trainer/configs/miram_cbis.yaml [section.key=value ...]
+    ray job submit --address http://HEAD:8265 --working-dir . -- \\
+        python trainer/pretrain.py --config trainer/configs/miram_cbis.yaml
+
+Without a cluster (no RAY_ADDRESS) the script starts an embedded local Ray. `run.use_ray=false`
+runs the same loop in this one process, for debugging. `--resume` continues a run from its latest
+checkpoint. This is the one file that touches Ray (marked RAY below).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+if __package__ in (None, ""):  # run as a script (`python trainer/pretrain.py`): make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch
+
+from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
+from trainer.loop import train
+
+
+def run_folder(config: ExperimentConfig) -> Path:
+    """Where metrics, pictures and the resolved config go. Shared storage given as a URI keeps
+    checkpoints there (Ray uploads them) and these files in ./runs/NAME on the driver's rank 0."""
+    storage = config.run.storage_path
+    base = Path("runs") if "://" in storage else Path(storage)
+    return (base / config.run.name).resolve()
+
+
+class LocalSession:
+    """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, the newest kept ones."""
+
+    rank, world_size = 0, 1
+
+    def __init__(self, run_dir: Path, keep: int):
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self.folder = run_dir / "checkpoints"
+        self.keep = keep
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        return model
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        print({k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}, flush=True)
+        if checkpoint_dir is None:
+            return
+        target = self.folder / f"epoch_{int(metrics['epoch']):04d}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+        tmp = target.with_name(target.name + ".tmp")
+        tmp.mkdir(exist_ok=True)
+        for item in checkpoint_dir.iterdir():
+            (tmp / item.name).write_bytes(item.read_bytes())
+        tmp.rename(target)
+        for old in sorted(self.folder.glob("epoch_[0-9][0-9][0-9][0-9]"))[: -self.keep]:
+            for item in old.iterdir():
+                item.unlink()
+            old.rmdir()
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        found = sorted(self.folder.glob("epoch_[0-9][0-9][0-9][0-9]"))
+        yield found[-1] if found else None
+
+
+class RaySession:
+    """RAY: the few places the loop meets Ray Train: rank, device, DDP, report, restore."""
+
+    def __init__(self):
+        import ray.train
+        import ray.train.torch
+
+        context = ray.train.get_context()
+        self.rank = context.get_world_rank()
+        self.world_size = context.get_world_size()
+        self.device = ray.train.torch.get_device()
+        self._train = ray.train
+
+    def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        import ray.train.torch
+
+        return ray.train.torch.prepare_model(model)
+
+    def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
+        checkpoint = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        self._train.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def latest_checkpoint(self) -> Iterator[Path | None]:
+        checkpoint = self._train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+            return
+        with checkpoint.as_directory() as folder:
+            yield Path(folder)
+
+
+def train_loop_per_worker(loop_config: dict) -> None:
+    """RAY: what each Ray Train worker runs."""
+    os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    train(config_from_dict(loop_config["config"]), RaySession(), Path(loop_config["run_dir"]))
+
+
+def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
+    """RAY: TorchTrainer with ScalingConfig / RunConfig / CheckpointConfig / FailureConfig."""
+    import ray
+    from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user: join that cluster
+        ray.init()
+    else:  # embedded single-machine Ray, bound to loopback so no network setup is needed
+        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    use_gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
+    if use_gpu is None:
+        use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    storage = config.run.storage_path
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir)},
+        scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu),
+        run_config=RunConfig(
+            name=config.run.name,
+            storage_path=storage if "://" in storage else str(Path(storage).resolve()),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            failure_config=FailureConfig(max_failures=config.run.max_failures),
+        ),
+    )
+    result = trainer.fit()
+    print(f"finished: {result.metrics}", flush=True)
+    if result.checkpoint is not None:
+        print(f"last checkpoint: {result.checkpoint.path}", flush=True)
+
+
+def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
+    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+        return True
+    storage = config.run.storage_path
+    ray_run = Path(storage) / config.run.name if "://" not in storage else None
+    return bool(ray_run and ray_run.is_dir() and any(re.match(r"checkpoint_", p.name) for p in ray_run.iterdir()))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", type=Path, required=True, help="experiment YAML (trainer/configs/)")
+    parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 run.workers=4")
+    args = parser.parse_intermixed_args(argv)
+    try:
+        config = load_config(args.config, args.overrides)
+    except ConfigError as exc:
+        print(f"pretrain: config error: {exc}", file=sys.stderr)
+        return 2
+    run_dir = run_folder(config)
+    if has_checkpoints(config, run_dir) and not args.resume:
+        print(f"pretrain: run {config.run.name!r} already has checkpoints in {run_dir}; pass --resume to continue "
+              "it, or choose another run.name", file=sys.stderr)
+        return 2
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "config.yaml").write_text(dump_config(config))
+    print(f"run folder: {run_dir}", flush=True)
+    if config.run.use_ray:
+        fit_on_ray(config, run_dir)
+    else:
+        train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+    print(f"metrics: {run_dir / 'epochs.csv'}, {run_dir / 'steps.csv'}, {run_dir / 'tensorboard'}\n"
+          f"pictures: {run_dir / 'images'}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

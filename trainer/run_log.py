@@ -1,0 +1,54 @@
+"""Metrics of a run, written by rank 0 to the run folder: steps.csv (every few steps),
+epochs.csv (one row per epoch) and TensorBoard events."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+from typing import Any
+
+
+class _CsvTable:
+    """Appends rows under a header fixed by the first row (kept when a resumed run reopens it)."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self.fields: list[str] | None = None
+        if path.exists():
+            with open(path, newline="") as fh:
+                self.fields = next(csv.reader(fh), None)
+
+    def append(self, row: dict[str, Any]) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            with open(self.path, "w", newline="") as fh:
+                csv.writer(fh).writerow(self.fields)
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+
+
+class RunLog:
+    def __init__(self, folder: Path):
+        from torch.utils.tensorboard import SummaryWriter
+
+        folder.mkdir(parents=True, exist_ok=True)
+        self.folder = folder
+        self._steps = _CsvTable(folder / "steps.csv")
+        self._epochs = _CsvTable(folder / "epochs.csv")
+        self._tb = SummaryWriter(str(folder / "tensorboard"))
+
+    def step(self, step: int, metrics: dict[str, Any]) -> None:
+        self._write(self._steps, "train", step, metrics)
+
+    def epoch(self, step: int, metrics: dict[str, Any]) -> None:
+        self._write(self._epochs, "epoch", step, metrics)
+
+    def _write(self, table: _CsvTable, prefix: str, step: int, metrics: dict[str, Any]) -> None:
+        row = {"step": step, **{k: float(v) for k, v in metrics.items()}}
+        table.append(row)
+        for name, value in row.items():
+            if name != "step":
+                self._tb.add_scalar(f"{prefix}/{name}", value, step)
+
+    def close(self) -> None:
+        self._tb.close()
