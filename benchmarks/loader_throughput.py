@@ -42,7 +42,8 @@ from shards import codecs, schema  # noqa: E402
 from shards import sample_stages as stages  # noqa: E402
 from shards.augment import Augment  # noqa: E402
 from shards.card import read_card  # noqa: E402
-from shards.stream import StreamSource, keep_sample_buffers_in_heap, make_loader, pixel_stats  # noqa: E402
+from shards.heap import keep_buffers_in_heap  # noqa: E402
+from shards.stream import StreamSource, make_loader, pixel_stats  # noqa: E402
 
 
 def train_members(root: Path) -> list[tuple[str, str, bytes]]:
@@ -165,7 +166,7 @@ def main() -> None:
         best = dict.fromkeys(("limit", "stream", "folder", "limit_1", "stream_1"), 0.0)
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
             epoch_rate(stream, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
-            keep_sample_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
+            keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate, keep the best of each: this VM's speed drifts
                 measured = {"limit": decode_bound(pool, args.workers, samples),
                             "stream": epoch_rate(stream, samples, repeat + 1),

@@ -13,7 +13,6 @@ last), and appends the staged samples to the split's shards strictly in unit ord
 
 from __future__ import annotations
 
-import ctypes
 import functools
 import hashlib
 import io
@@ -36,6 +35,7 @@ from tqdm import tqdm
 
 from shards import card as card_io
 from shards import schema
+from shards.heap import keep_buffers_in_heap, release_free_heap
 from shards.manifest import write_manifest
 from shards.writer import ShardWriter, atomic_write_bytes
 
@@ -214,28 +214,7 @@ _PROCESS: Callable[[WorkUnit], UnitOutput] | None = None
 def _init_worker(process: Callable[[WorkUnit], UnitOutput]) -> None:
     global _PROCESS
     _PROCESS = process
-    _keep_image_buffers_in_heap()
-
-
-def _keep_image_buffers_in_heap() -> None:
-    """Every image allocates arrays of tens of MB. glibc serves those with mmap and returns them with
-    munmap, so each new array costs thousands of page faults and zeroed pages (a third of ingest's
-    time went to the kernel). Raising the mmap and trim thresholds to glibc's 32 MB cap keeps such
-    buffers in the heap for reuse. No-op where there is no glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 32 << 20)
-    libc.mallopt(m_trim_threshold, 256 << 20)
-
-
-def _release_free_heap() -> None:
-    try:
-        ctypes.CDLL("libc.so.6").malloc_trim(0)
-    except (OSError, AttributeError):
-        pass
+    keep_buffers_in_heap()
 
 
 def _run_unit(unit: WorkUnit, staging: Path) -> bytes:
@@ -310,7 +289,7 @@ def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[
     else:
         # fork starts workers in milliseconds; hand the heap's free pages back first, or every worker
         # copies them on first write.
-        _release_free_heap()
+        release_free_heap()
         ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
         pool = ctx.Pool(job.workers, initializer=_init_worker, initargs=(job.process,))
         results = pool.imap(run, pending, chunksize=1)

@@ -19,7 +19,6 @@ sample goes through: shards.sample_stages, then shards.stream_stages. Error poli
 
 from __future__ import annotations
 
-import ctypes
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -39,31 +38,15 @@ from shards.sample_stages import SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError
 from shards.augment import Augment
 from shards.card import read_card
+from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
 
 __all__ = ["OpenSource", "SampleError", "ShardStream", "StreamError", "StreamLoader", "StreamPlanError", "StreamSource",
-           "keep_sample_buffers_in_heap", "make_loader", "open_source", "pixel_stats", "raise_sample_error",
+           "make_loader", "open_source", "pixel_stats", "raise_sample_error",
            "warn_and_skip"]
 
 # Members a batch needs; a mask is checked by name but not read.
 _READ = (schema.PIXELS_PNG, schema.PIXELS_NPY, schema.META_JSON)
-_GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
-
-
-def keep_sample_buffers_in_heap() -> None:
-    """Keep freed sample buffers (encoded bytes in the shuffle buffer, decoded and augmented
-    images) in the heap for reuse instead of returning them to the kernel. Measured here, the
-    shuffle buffer alone cost 16-18 page faults a sample at about 3.5 us each (60 us of kernel
-    time beside a 0.7-1.3 ms decode) as glibc trimmed and re-grew the heap; raising the mmap and
-    trim thresholds (glibc's mallopt, as ingest's workers do) removes them. Done in DataLoader
-    workers only, which are this stream's own processes. No-op without glibc."""
-    try:
-        libc = ctypes.CDLL("libc.so.6")
-    except OSError:
-        return
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, _GLIBC_MAX_MMAP_THRESHOLD)
-    libc.mallopt(m_trim_threshold, 8 * _GLIBC_MAX_MMAP_THRESHOLD)
 
 
 @dataclass(frozen=True)
@@ -185,7 +168,7 @@ class ShardStream(IterableDataset):
             raise StreamPlanError(f"planned for num_workers={self.num_workers}, running in {workers} "
                                   f"(give the DataLoader the same num_workers, or use make_loader)")
         if info is not None:
-            keep_sample_buffers_in_heap()
+            keep_buffers_in_heap()
         epoch = self.epoch
         yield from self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch)
 

@@ -1,0 +1,37 @@
+"""Keeping large image buffers in the process heap (glibc), shared by ingest workers and the
+stream's DataLoader workers.
+
+Every image allocates arrays of megabytes. glibc serves those with mmap and returns them with
+munmap, so each new array costs one page fault per 4 KB page plus zeroing: measured here, a third
+of ingest's time and 16-18 faults per streamed sample went to the kernel. Raising the mmap and
+trim thresholds to glibc's 32 MB cap keeps freed buffers for reuse. No-op without glibc.
+"""
+
+from __future__ import annotations
+
+import ctypes
+
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
+
+
+def _libc():
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:
+        return None
+
+
+def keep_buffers_in_heap() -> None:
+    """Call once in a worker process that handles many images."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD)
+        libc.mallopt(_M_TRIM_THRESHOLD, 8 * GLIBC_MAX_MMAP_THRESHOLD)
+
+
+def release_free_heap() -> None:
+    """Hand free heap pages back before forking, or every child copies them on first write."""
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
