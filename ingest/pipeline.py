@@ -15,13 +15,11 @@ from __future__ import annotations
 
 import functools
 import hashlib
-import io
 import json
 import multiprocessing
 import os
 import shutil
 import sys
-import tarfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ingest.staging import parse_staged, stage_path, stage_unit, staged_units
 from shards import card as card_io
 from shards import schema
 from shards.heap import keep_buffers_in_heap, release_free_heap
@@ -128,86 +127,6 @@ class JobSummary:
         return "\n".join(lines)
 
 
-SIDECAR = "unit.json"  # the staged tar's last member: what the samples are, rejects, notes
-
-
-def _stage_path(staging: Path, unit_id: str) -> Path:
-    return staging / f"{unit_id}.tar"
-
-
-def _stage(staging: Path, unit_id: str, output: UnitOutput) -> bytes:
-    """One tar per unit holding its final shard members (json included) and a sidecar, written
-    atomically: the file's existence marks the unit done. Returns the bytes, so the parent process
-    need not read them back."""
-    sidecar = {
-        "samples": [
-            {
-                "key": s.meta.key,
-                "row": s.meta.manifest_row(""),
-                "channels": s.meta.channels,
-                "dtype": s.meta.dtype,
-                "channel_names": s.meta.channel_names,
-                "sums": s.channel_sums,
-                "sq_sums": s.channel_sq_sums,
-                "pixels": s.pixels,
-            }
-            for s in output.samples
-        ],
-        "rejects": [asdict(r) for r in output.rejects],
-        "notes": dict(output.notes),
-    }
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as tar:
-        for sample in output.samples:
-            members = {**sample.members, schema.META_JSON: sample.meta.to_json_bytes()}
-            for ext, data in sorted(members.items()):
-                _add_member(tar, f"{sample.meta.key}.{ext}", data)
-        _add_member(tar, SIDECAR, json.dumps(sidecar, sort_keys=True).encode())
-    data = buf.getvalue()
-    # Not fsynced: staging must survive a killed run, which the page cache does; a staged tar cut
-    # short by a power loss fails to parse on resume and its unit is recomputed.
-    atomic_write_bytes(_stage_path(staging, unit_id), data, durable=False)
-    return data
-
-
-def _add_member(tar: tarfile.TarFile, name: str, data: bytes) -> None:
-    info = tarfile.TarInfo(name)
-    info.size = len(data)
-    tar.addfile(info, io.BytesIO(data))
-
-
-def _parse_staged(data: bytes) -> tuple[dict[str, Any], dict[str, dict[str, bytes]]]:
-    """Staged tar bytes -> (sidecar, key -> {extension: bytes}). Raises on a damaged tar."""
-    members: dict[str, dict[str, bytes]] = {}
-    sidecar = None
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r") as tar:
-        for info in tar:
-            payload = tar.extractfile(info).read()
-            if info.name == SIDECAR:
-                sidecar = json.loads(payload)
-            else:
-                key, ext = schema.split_member_name(info.name)
-                members.setdefault(key, {})[ext] = payload
-    if sidecar is None:
-        raise ValueError("staged unit has no sidecar")
-    return sidecar, members
-
-
-def _staged_units(staging: Path, units: list[WorkUnit]) -> set[str]:
-    """Ids of units whose staged tar is complete and parses (the rest are recomputed)."""
-    done = set()
-    for unit in units:
-        path = _stage_path(staging, unit.unit_id)
-        if not path.exists():
-            continue
-        try:
-            _parse_staged(path.read_bytes())
-            done.add(unit.unit_id)
-        except (OSError, ValueError, KeyError, tarfile.TarError, schema.SchemaError):
-            path.unlink()
-    return done
-
-
 _PROCESS: Callable[[WorkUnit], UnitOutput] | None = None
 
 
@@ -222,7 +141,7 @@ def _run_unit(unit: WorkUnit, staging: Path) -> bytes:
         output = _PROCESS(unit)
     except Exception as exc:  # noqa: BLE001 -- any failure of one image becomes a reject, the job goes on
         output = UnitOutput(rejects=[Reject(unit.source_path, f"unexpected error: {type(exc).__name__}: {exc}")])
-    return _stage(staging, unit.unit_id, output)
+    return stage_unit(staging, unit.unit_id, output)
 
 
 @dataclass
@@ -296,7 +215,7 @@ def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[
     try:
         for unit in job.units:
             if unit.unit_id in done:
-                yield unit.unit_id, _stage_path(staging, unit.unit_id).read_bytes()
+                yield unit.unit_id, stage_path(staging, unit.unit_id).read_bytes()
             else:
                 yield unit.unit_id, next(results)
     finally:
@@ -315,7 +234,7 @@ def run_job(job: IngestJob) -> JobSummary:
     start = time.perf_counter()
     job.out.mkdir(parents=True, exist_ok=True)
     staging = _prepare_out(job)
-    done = _staged_units(staging, job.units)
+    done = staged_units(staging, [u.unit_id for u in job.units])
 
     writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard) for split in schema.SPLITS}
     rows: list[dict[str, Any]] = []
@@ -326,7 +245,7 @@ def run_job(job: IngestJob) -> JobSummary:
                disable=not job.progress, file=sys.stderr, mininterval=1.0)
     try:
         for unit_id, staged in _ordered_outputs(job, staging, done):
-            sidecar, members = _parse_staged(staged)
+            sidecar, members = parse_staged(staged)
             for sample in sidecar["samples"]:
                 row = sample["row"]
                 row["shard"] = writers[row["split"]].write({"__key__": sample["key"], **members[sample["key"]]})
