@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import re
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -145,7 +144,7 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
         return True
     storage = config.run.storage_path
     ray_run = Path(storage) / config.run.name if "://" not in storage else None
-    return bool(ray_run and ray_run.is_dir() and any(re.match(r"checkpoint_", p.name) for p in ray_run.iterdir()))
+    return bool(ray_run and ray_run.is_dir() and any(ray_run.glob("checkpoint_*")))
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -8,6 +8,7 @@ is for CPU smoke runs. norm_pix_loss defaults on, MAE's recommended target (Tabl
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 from torch import nn
@@ -19,61 +20,13 @@ BASE = dict(patch_size=16, embed_dim=768, depth=12, num_heads=12, decoder_embed_
 TINY = dict(patch_size=16, embed_dim=64, depth=2, num_heads=2, decoder_embed_dim=64, decoder_depth=1, decoder_num_heads=2)
 
 
-def mae_vit_base_patch16(
-    *, img_size: int, in_chans: int, mask_ratio: float = 0.75, norm_pix_loss: bool = True, drop_path_rate: float = 0.0
-) -> MaskedAutoencoder:
-    return MaskedAutoencoder(
-        img_size=img_size, in_chans=in_chans, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-        drop_path_rate=drop_path_rate, **BASE,
-    )
-
-
-def mae_vit_tiny_patch16(
-    *, img_size: int, in_chans: int, mask_ratio: float = 0.75, norm_pix_loss: bool = True, drop_path_rate: float = 0.0
-) -> MaskedAutoencoder:
-    return MaskedAutoencoder(
-        img_size=img_size, in_chans=in_chans, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-        drop_path_rate=drop_path_rate, **TINY,
-    )
-
-
-def miram_vit_base_patch16(
-    *,
-    img_size: int,
-    in_chans: int,
-    mask_ratio: float = 0.75,
-    norm_pix_loss: bool = True,
-    drop_path_rate: float = 0.0,
-    fine_attention: str = "sdpa",
-    num_landmarks: int = 64,
-) -> MIRAM:
-    """img_size is the fine scale (the batch's images, e.g. 224); the encoder sees img_size / 2."""
-    return MIRAM(
-        img_size=img_size, in_chans=in_chans, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-        drop_path_rate=drop_path_rate, fine_attention=fine_attention, num_landmarks=num_landmarks, **BASE,
-    )
-
-
-def miram_vit_tiny_patch16(
-    *,
-    img_size: int,
-    in_chans: int,
-    mask_ratio: float = 0.75,
-    norm_pix_loss: bool = True,
-    drop_path_rate: float = 0.0,
-    fine_attention: str = "sdpa",
-    num_landmarks: int = 64,
-) -> MIRAM:
-    """img_size is the fine scale (the batch's images); the encoder sees img_size / 2."""
-    return MIRAM(
-        img_size=img_size, in_chans=in_chans, mask_ratio=mask_ratio, norm_pix_loss=norm_pix_loss,
-        drop_path_rate=drop_path_rate, fine_attention=fine_attention, num_landmarks=num_landmarks, **TINY,
-    )
-
-
+# Each entry is the method's class with its size fixed; img_size, in_chans and the method's
+# options (mask_ratio, norm_pix_loss, drop_path_rate; MIRAM also fine_attention, num_landmarks)
+# are the caller's keyword arguments. For MIRAM, img_size is the fine scale (the batch's images,
+# e.g. 224); its encoder sees img_size / 2.
 METHODS: dict[str, Callable[..., nn.Module]] = {
-    "mae_vit_base_patch16": mae_vit_base_patch16,
-    "mae_vit_tiny_patch16": mae_vit_tiny_patch16,
-    "miram_vit_base_patch16": miram_vit_base_patch16,
-    "miram_vit_tiny_patch16": miram_vit_tiny_patch16,
+    "mae_vit_base_patch16": functools.partial(MaskedAutoencoder, **BASE),
+    "mae_vit_tiny_patch16": functools.partial(MaskedAutoencoder, **TINY),
+    "miram_vit_base_patch16": functools.partial(MIRAM, **BASE),
+    "miram_vit_tiny_patch16": functools.partial(MIRAM, **TINY),
 }
