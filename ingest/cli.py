@@ -3,16 +3,27 @@
 Exit status: 0 all inputs used; 3 finished but some inputs were rejected (listed in
 OUT/rejects.jsonl with reasons); 2 the job could not run (bad arguments, unusable root or output
 folder); 130 interrupted (re-run the same command to resume).
+
+Each source is one module in ingest/sources/ with `add_arguments(parser)` (its own options and
+positional ROOT) and `job_from_args(args, common) -> IngestJob`, where `common` holds the options
+every source shares (out, size, val_fraction, seed, workers, shard_size, id_salt, overwrite,
+progress, tool_version).
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import sys
 from importlib import metadata
 from pathlib import Path
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+
+# subcommand -> (module in ingest/sources/, one-line help)
+SOURCES: dict[str, tuple[str, str]] = {
+    "cbis": ("ingest.sources.cbis", "CBIS-DDSM mammograms: lesion and/or random tissue crops"),
+}
 
 
 def tool_version() -> str:
@@ -36,22 +47,21 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+def _common(args: argparse.Namespace) -> dict:
+    from ingest.pipeline import default_workers
+
+    return dict(out=args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed,
+                workers=args.workers or default_workers(), shard_size=args.shard_size, id_salt=args.id_salt,
+                overwrite=args.overwrite, progress=not args.no_progress, tool_version=tool_version())
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", required=True)
-
-    cbis = sub.add_parser("cbis", help="CBIS-DDSM mammograms: lesion and/or random tissue crops")
-    cbis.add_argument("root", type=Path, help="CBIS-DDSM folder: a TCIA download (with metadata.csv) or the UID layout")
-    _add_common(cbis)
-    cbis.add_argument("--crops", choices=("lesion", "random", "both"), default="lesion")
-    cbis.add_argument("--csv", type=Path, nargs="+", default=None,
-                      help="case-description CSVs (default: the four official names, found under ROOT)")
-    cbis.add_argument("--margin", type=float, default=0.2, help="lesion context per side, fraction of the ROI (default 0.2)")
-    cbis.add_argument("--random-per-image", type=int, default=4, help="random tissue crops per mammogram (default 4)")
-    cbis.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
-    cbis.add_argument("--min-tissue", type=float, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
-    cbis.add_argument("--overlap", choices=("test", "keep"), default="test",
-                      help="patients in both official splits: move wholly to test (default) or keep as published")
+    for name, (module, help_text) in SOURCES.items():
+        p = sub.add_parser(name, help=help_text)
+        importlib.import_module(module).add_arguments(p)
+        _add_common(p)
 
     sample = sub.add_parser("sample-data", help="write the small built-in sample dataset")
     sample.add_argument("kind", choices=("cbis",), help="which dataset layout to generate")
@@ -71,21 +81,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"sample CBIS-DDSM ({args.layout} layout): {made.images} mammograms, {made.abnormalities} "
               f"abnormalities, {made.patients} patients in {made.root}")
         return EXIT_OK
-    from ingest.pipeline import IngestError, default_workers, run_job
-    from ingest.sources import cbis
+    from ingest.pipeline import IngestError, run_job
 
-    if args.workers is None:
-        args.workers = default_workers()
+    source = importlib.import_module(SOURCES[args.source][0])
     try:
-        job = cbis.build_job(
-            root=args.root, out=args.out, crops=args.crops, csv_paths=args.csv, size=args.size,
-            margin=args.margin, random_per_image=args.random_per_image, random_side=args.random_side,
-            min_tissue=args.min_tissue, val_fraction=args.val_fraction, seed=args.seed, overlap=args.overlap,
-            workers=args.workers, shard_size=args.shard_size, id_salt=args.id_salt, overwrite=args.overwrite,
-            progress=not args.no_progress, tool_version=tool_version(),
-        )
-        summary = run_job(job)
-    except (IngestError, cbis.CbisInputError, FileNotFoundError) as exc:
+        summary = run_job(source.job_from_args(args, _common(args)))
+    except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:

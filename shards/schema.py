@@ -19,6 +19,8 @@ splits ``key.ext`` at the first dot):
     <key>.npy       pixels: (H, W, C) uint16 for multi-channel images; plain .npy, loaded with
                     ``allow_pickle=False``
     <key>.mask.png  optional uint8 segmentation mask, 0 = background (same H, W as the pixels)
+    <key>.fov.png   optional uint8 field-of-view mask, 0 = outside the imaged region (fundus
+                    photographs: the dark rim around the retina), same H, W as the pixels
     <key>.json      SampleMeta as JSON (UTF-8, sorted keys)
 
 Exactly one pixel member (png or npy) per sample.
@@ -41,9 +43,11 @@ CROP_KINDS = ("lesion", "random", "whole", "cell")
 PIXELS_PNG = "png"
 PIXELS_NPY = "npy"
 MASK_PNG = "mask.png"
+FOV_PNG = "fov.png"
 META_JSON = "json"
 PIXEL_MEMBERS = (PIXELS_PNG, PIXELS_NPY)
-ALL_MEMBERS = (PIXELS_PNG, PIXELS_NPY, MASK_PNG, META_JSON)
+MASK_MEMBERS = (MASK_PNG, FOV_PNG)
+ALL_MEMBERS = (PIXELS_PNG, PIXELS_NPY, MASK_PNG, FOV_PNG, META_JSON)
 
 SHARD_PATTERN = "shard-{index:06d}.tar"
 SHARD_GLOB = "shard-*.tar"
@@ -107,6 +111,7 @@ class SampleMeta:
     pixel_spacing_mm: tuple[float, float] | None = None
     channel_names: tuple[str, ...] | None = None
     has_mask: bool = False
+    has_fov: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:

@@ -87,21 +87,24 @@ def check_sample(key: str, members: dict[str, list[bytes]], split: str) -> tuple
             problems.append(f"{key}: json key is {meta.key!r}")
         if meta.split != split:
             problems.append(f"{key}: json split is {meta.split!r} in a {split} shard")
-        if meta.has_mask != (schema.MASK_PNG in members):
-            problems.append(f"{key}: json has_mask={meta.has_mask} but mask member "
-                            f"{'present' if schema.MASK_PNG in members else 'absent'}")
+        for member, flag in ((schema.MASK_PNG, meta.has_mask), (schema.FOV_PNG, meta.has_fov)):
+            if flag != (member in members):
+                problems.append(f"{key}: json has_{member.split('.')[0]}={flag} but {member} member "
+                                f"{'present' if member in members else 'absent'}")
     size = None
     if len(pixel_exts) == 1:
         found, size = _check_pixels(key, pixel_exts[0], members[pixel_exts[0]][0], meta)
         problems += found
-    if schema.MASK_PNG in members:
+    for member in schema.MASK_MEMBERS:
+        if member not in members:
+            continue
         try:
-            mask = codecs.decode_mask(members[schema.MASK_PNG][0])
+            mask = codecs.decode_mask(members[member][0])
         except codecs.DecodeError as exc:
-            problems.append(f"{key}: {exc}")
+            problems.append(f"{key}: {member}: {exc}")
         else:
             if size is not None and mask.shape != size:
-                problems.append(f"{key}: mask is {mask.shape[0]}x{mask.shape[1]}, pixels {size[0]}x{size[1]}")
+                problems.append(f"{key}: {member} is {mask.shape[0]}x{mask.shape[1]}, pixels {size[0]}x{size[1]}")
     summary = None if meta is None else (meta.height, meta.width, meta.channels, meta.dtype)
     return problems, summary
 

@@ -24,7 +24,7 @@ from typing import Any
 from ingest import mammogram, pseudonym, splits, tcia
 from ingest.dicom_pixels import DicomDecodeError, decode_dicom
 from ingest.pipeline import (
-    EncodedSample, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
 )
 from shards import codecs, schema
 
@@ -39,8 +39,8 @@ CROP_CHOICES = ("lesion", "random", "both")
 OVERLAP_POLICIES = ("test", "keep")
 
 
-class CbisInputError(ValueError):
-    pass
+class CbisInputError(IngestError):
+    """The CBIS-DDSM inputs cannot be used (no CSVs, unknown columns, a root that is not a folder)."""
 
 
 @dataclass(frozen=True)
@@ -347,3 +347,23 @@ def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[P
         parameters=parameters, tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,
         planning_rejects=row_rejects + plan_rejects, notes=notes, overwrite=overwrite, progress=progress,
     )
+
+
+def add_arguments(parser) -> None:
+    """`ingest cbis` options beyond the common ones (ingest/cli.py adds those)."""
+    parser.add_argument("root", type=Path, help="CBIS-DDSM folder: a TCIA download (with metadata.csv) or the UID layout")
+    parser.add_argument("--crops", choices=CROP_CHOICES, default="lesion")
+    parser.add_argument("--csv", type=Path, nargs="+", default=None,
+                        help="case-description CSVs (default: the four official names, found under ROOT)")
+    parser.add_argument("--margin", type=float, default=0.2, help="lesion context per side, fraction of the ROI (default 0.2)")
+    parser.add_argument("--random-per-image", type=int, default=4, help="random tissue crops per mammogram (default 4)")
+    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--min-tissue", type=float, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
+    parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="test",
+                        help="patients in both official splits: move wholly to test (default) or keep as published")
+
+
+def job_from_args(args, common: dict[str, Any]) -> IngestJob:
+    return build_job(root=args.root, crops=args.crops, csv_paths=args.csv, margin=args.margin,
+                     random_per_image=args.random_per_image, random_side=args.random_side,
+                     min_tissue=args.min_tissue, overlap=args.overlap, **common)
