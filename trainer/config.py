@@ -49,11 +49,14 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     """MAE's recipe (He et al. 2022, Table 8): AdamW, lr = blr * global batch / 256, cosine decay
-    after a linear warm-up."""
+    after a linear warm-up. `name` is any timm optimizer (adamw, lars, sgd, lamb, ...): betas go
+    to the Adam family, momentum to the others (VICReg / MLVICX train with LARS)."""
 
+    name: str = "adamw"
     blr: float = 1.5e-4
     weight_decay: float = 0.05
     betas: tuple[float, float] = (0.9, 0.95)
+    momentum: float = 0.9
     epochs: int = 400
     warmup_epochs: int = 40
     min_lr: float = 0.0

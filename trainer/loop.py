@@ -20,7 +20,7 @@ from timm.scheduler import CosineLRScheduler
 
 from shards import schema
 from shards.stream import StreamSource, make_loader, open_source
-from trainer.config import ExperimentConfig, dump_config
+from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
 from trainer.run_log import RunLog
@@ -51,6 +51,14 @@ def amp_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 
 def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
+    """timm's optimizer factory (no weight decay on biases and norms); betas for the Adam family,
+    momentum for SGD/LARS and the rest."""
+    name = optim.name.lower()
+    extra = {"betas": optim.betas} if "adam" in name or name in ("lamb", "lion") else {"momentum": optim.momentum}
+    return create_optimizer_v2(model, name, lr=lr, weight_decay=optim.weight_decay, **extra)
 
 
 def _batches(loader, steps: int, device: torch.device) -> Iterator[tuple[int, dict[str, Any]]]:
@@ -95,8 +103,9 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     model = build_method(config.model.name, in_chans=channels, img_size=image_size, **config.model.options)
     model = session.prepare_model(model.to(session.device))
     lr = optim.blr * config.data.batch_size * session.world_size / 256
-    optimizer = create_optimizer_v2(_unwrap(model), "adamw", lr=lr, weight_decay=optim.weight_decay, betas=optim.betas)
-    scheduler = CosineLRScheduler(optimizer, t_initial=optim.epochs * steps_per_epoch, lr_min=optim.min_lr,
+    optimizer = build_optimizer(_unwrap(model), optim, lr)
+    total_steps = optim.epochs * steps_per_epoch
+    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=optim.min_lr,
                                   warmup_t=optim.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, t_in_epochs=False)
     dtype = amp_dtype(run.precision, session.device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
@@ -133,12 +142,14 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 scaler.update()
                 step += 1
                 scheduler.step_update(step)
+                if hasattr(_unwrap(model), "on_step_end"):  # EMA teachers follow the student here
+                    _unwrap(model).on_step_end(step / total_steps)
                 for name, value in terms.items():
                     sums[name] = sums.get(name, 0.0) + float(value.detach())
                 if log and step % run.log_every_steps == 0:
                     log.step(step, {name: float(v.detach()) for name, v in terms.items()}
                              | {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch})
-                if log and (step % run.images_every_steps == 0 or step == 1):
+                if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
             seen = max(1, min(steps_per_epoch, i + 1))
             metrics = {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "step": step, "lr": optimizer.param_groups[0]["lr"],

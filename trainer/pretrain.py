@@ -84,9 +84,15 @@ class RaySession:
         self._train = ray.train
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
+        """DDP across workers. BatchNorm statistics are synchronised across GPUs (SimCLR/VICReg
+        heads depend on batch statistics); a method that leaves some parameters unused in a step
+        (PCRLv2 trains one pyramid level per step) says so with `uses_every_parameter = False`."""
         import ray.train.torch
 
-        return ray.train.torch.prepare_model(model)
+        if self.world_size > 1 and self.device.type == "cuda":
+            model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        unused = not getattr(model, "uses_every_parameter", True)
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": unused})
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
