@@ -77,8 +77,12 @@ def test_ray_job_submit_two_workers_checkpoints_and_resumes(ray_cluster, lesion_
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert list(run_dir.glob("checkpoint_*")), sorted(p.name for p in run_dir.iterdir())
     steps_per_epoch = int(float(rows[0]["step"]))
-    resumed = submit(ray_cluster, [*args, "--resume", "optim.epochs=5"])
+    # the second submission goes through the project's launcher (cluster/submit.py)
+    resumed = subprocess.run([sys.executable, "-m", "cluster.submit", "--address", ray_cluster.dashboard_url, "--wait",
+                              *args, "--resume", "optim.epochs=5"],
+                             cwd=PROJECT, env=ray_cluster.env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    assert "submitted pretrain-tiny-cpu-" in resumed.stdout and "SUCCEEDED" in resumed.stdout
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3, 4]
     assert int(float(rows[3]["step"])) == 4 * steps_per_epoch
