@@ -48,7 +48,8 @@ class DicomImage:
     """Decoded pixels and the header fields sources need.
 
     pixels: monochrome (H, W) uint16, colour (H, W, 3) uint8 RGB; multi-frame files keep every frame
-    on a leading axis, (F, H, W) or (F, H, W, 3). pixel_spacing_mm is (row spacing, column spacing),
+    on a leading axis, (F, H, W) or (F, H, W, 3), unless one frame was asked for. frames is the
+    file's frame count either way. pixel_spacing_mm is (row spacing, column spacing),
     i.e. (dy, dx), from PixelSpacing, else ImagerPixelSpacing, else None.
     """
 
@@ -68,14 +69,22 @@ def read_header(source: str | Path | bytes, name: str | None = None) -> pydicom.
     return _read(source, _display_name(source, name), stop_before_pixels=True)
 
 
-def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: str | None = None) -> DicomImage:
+def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: str | None = None,
+                 frame: int | None = None) -> DicomImage:
     """Decode one DICOM file (path or bytes; `name` is the path used in errors for bytes).
 
     apply_voi: apply the first VOI LUT, else the first Window Center/Width, when the file has one.
+    frame: decode only this frame (0-based) -> pixels (H, W[, 3]); pydicom then decodes that frame
+    alone, so taking one frame of a large multi-frame file costs one frame's time and memory.
     """
     path = _display_name(source, name)
     ds = _read(source, path, stop_before_pixels=False)
     photometric = _check_pixel_module(ds, path)
+    if frame is not None:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if not 0 <= frame < frames:
+            raise DicomDecodeError(path, f"frame {frame} asked of a file with {frames} frame(s)")
+        ds.pixel_array_options(index=frame)
     stored = _stored_values(ds, path)
     try:
         if photometric in MONOCHROME:

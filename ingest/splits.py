@@ -17,3 +17,15 @@ def carve_validation(train_patients: Iterable[str], *, fraction: float, seed: in
     patients = sorted(set(train_patients))
     random.Random(seed).shuffle(patients)
     return set(patients[: round(fraction * len(patients))])
+
+
+def split_patients(patients: Iterable[str], *, test_fraction: float, val_fraction: float, seed: int) -> dict[str, str]:
+    """patient -> "train" | "val" | "test" for a source with no official split: round(test_fraction * n)
+    of the distinct patients go to test, then validation is carved from the rest as above. Like
+    carve_validation, it depends only on the set of patients, the fractions and the seed."""
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test fraction must be in [0, 1), got {test_fraction}")
+    patients = set(patients)
+    test = carve_validation(patients, fraction=test_fraction, seed=seed)
+    val = carve_validation(patients - test, fraction=val_fraction, seed=seed)
+    return {p: "test" if p in test else "val" if p in val else "train" for p in sorted(patients)}

@@ -16,6 +16,8 @@ from pathlib import Path, PureWindowsPath
 _SERIES_COLUMNS = ("Series UID", "Series_UID", "SeriesInstanceUID")
 _LOCATION_COLUMNS = ("File Location", "File_Location")
 _DESCRIPTION_COLUMNS = ("Series Description", "Series_Description")
+_SUBJECT_COLUMNS = ("Subject ID", "Subject_ID")
+_IMAGES_COLUMNS = ("Number of Images", "Number_of_Images")
 
 
 class TciaLayoutError(ValueError):
@@ -27,6 +29,8 @@ class TciaSeries:
     uid: str
     folder: Path  # absolute
     description: str
+    subject: str = ""  # Subject ID: the collection's raw patient ID, for joins and splits only
+    images: int | None = None  # Number of Images, when the column is there
 
 
 def _column(header: list[str], names: tuple[str, ...], path: Path) -> str:
@@ -55,9 +59,14 @@ def read_series_index(root: Path) -> dict[str, TciaSeries]:
             uid_col = _column(header, _SERIES_COLUMNS, meta_path)
             loc_col = _column(header, _LOCATION_COLUMNS, meta_path)
             desc_col = next((c for c in _DESCRIPTION_COLUMNS if c in header), None)
+            subject_col = next((c for c in _SUBJECT_COLUMNS if c in header), None)
+            images_col = next((c for c in _IMAGES_COLUMNS if c in header), None)
             for row in reader:
                 parts = [p for p in PureWindowsPath(row[loc_col].strip()).parts if p not in (".", "")]
                 folder = meta_path.parent.joinpath(*parts)
                 uid = row[uid_col].strip()
-                index[uid] = TciaSeries(uid, folder, row[desc_col].strip() if desc_col else "")
+                images = (row[images_col] or "").strip() if images_col else ""
+                index[uid] = TciaSeries(uid, folder, row[desc_col].strip() if desc_col else "",
+                                        row[subject_col].strip() if subject_col else "",
+                                        int(images) if images.isdigit() else None)
     return index

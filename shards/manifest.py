@@ -23,7 +23,8 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     arrays = {}
     for name, values in columns.items():
         if name == "labels" and not label_names:
-            arrays[name] = pa.array([None] * len(rows), type=pa.struct([]))
+            # Parquet cannot store a struct with no fields (no labels, or no rows at all: every input rejected)
+            arrays[name] = pa.array([None] * len(rows), type=pa.null())
         elif name == "crop_box":
             arrays[name] = pa.array(values, type=pa.list_(pa.int64(), 4))
         elif name in ("height", "width", "channels"):

@@ -398,3 +398,21 @@ def test_error_keeps_path_and_reason_through_pickling():
     err = pickle.loads(pickle.dumps(DicomDecodeError("a/b.dcm", "no pixel data")))
     assert (err.path, err.reason, str(err)) == ("a/b.dcm", "no pixel data", "a/b.dcm: no pixel data")
     assert isinstance(err, ValueError)
+
+
+@real
+@pytest.mark.parametrize("name", ["emri_small.dcm", "emri_small_jpeg_2k_lossless.dcm", "examples_ybr_color.dcm", "CT_small.dcm"])
+def test_one_frame_decodes_as_that_frame_of_the_whole_file(name):
+    whole = decode_dicom(DICOM_DIR / name)
+    for index in sorted({0, whole.frames // 2, whole.frames - 1}):
+        one = decode_dicom(DICOM_DIR / name, frame=index)
+        expected = whole.pixels[index] if whole.frames > 1 else whole.pixels
+        assert one.frames == whole.frames
+        np.testing.assert_array_equal(one.pixels, expected)
+
+
+def test_a_frame_past_the_last_raises(tmp_path):
+    path = write(make_dataset(np.zeros((4, 4), np.uint16)), tmp_path / "x.dcm")
+    with pytest.raises(DicomDecodeError) as info:
+        decode_dicom(path, frame=1)
+    assert_error(info.value, path, r"^frame 1 asked of a file with 1 frame\(s\)$")

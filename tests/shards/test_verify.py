@@ -112,6 +112,17 @@ def test_json_height_disagreeing_with_pixels_fails(shard_set, capsys, rewrite_sh
     assert "manifest says 40x48x1 uint16, json 41x48x1 uint16" in line
 
 
+def test_fov_flag_without_fov_member_fails(shard_set, capsys, rewrite_shard):
+    def claim_fov(name, data):
+        if name != "train00abcdef.json":
+            return data
+        return json.dumps({**json.loads(data), "has_fov": True}, sort_keys=True).encode()
+
+    rewrite_shard(shard_set, FIRST, claim_fov)
+    code, lines = run_verify(shard_set, capsys)
+    assert code == 1 and "train00abcdef: json has_fov=True but fov.png member absent" in fail_line(lines, FIRST)
+
+
 def test_every_problem_in_a_shard_is_named(shard_set, capsys, rewrite_shard):
     def both(name, data):
         return b"garbage" if name == "train00abcdef.png" else _taller(name, data)
