@@ -1,0 +1,314 @@
+"""Any unlabeled DICOM archive (a hospital export, RSNA, SIIM): every decodable image becomes samples.
+
+Files are found by content, not name (ingest.dicom_tree): Part-10 files and bare ones alike,
+DICOMDIRs, DICOM files without pixels (reports, presentation states) and non-DICOM files are
+counted in the card's notes, never ingested. The tree is walked and planned from headers alone;
+pixels are decoded in the workers, one file per work unit, so memory stays flat however large
+the tree.
+
+Rules (each also written into the card's notes):
+- patients: PatientID; a file without one counts as one pseudonymous patient per
+  StudyInstanceUID, a file without either as a patient of its own. PatientID, StudyInstanceUID and
+  SeriesInstanceUID never reach the output: samples carry keyed pseudonyms (`patient`,
+  `extra.study`, `extra.series`);
+- splits: no official split, so a seeded split by patient (--test-fraction), then validation
+  carved from the rest by patient;
+- frames (--frames): `middle` by default, one sample per file: a cine loop's frames are near
+  duplicates, and a tomosynthesis stack's middle slice is its most typical; `first`; `all`, one
+  sample per frame, when the frames are the data (multi-frame CT/MR);
+- one shard set, one pixel format (--color): `gray` (default) makes a colour image grayscale
+  (ITU-R BT.601 luma) so everything is 1-channel uint16 on decode_dicom's 0..65535 scale;
+  `reject` rejects colour images; `rgb` makes a 3-channel uint8 set and rejects grayscale images;
+- crops (--crops): `whole` pads the image to a square with 0 (air), centred, then resizes it to
+  --size, so the aspect ratio is kept and crop_box is that padded square in source pixels;
+  `random` takes --random-per-image squares of --random-side source pixels inside the foreground
+  (the Otsu body mask of ingest.tissue, which works on any radiograph).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import random
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from ingest import crops, dicom_tree, pseudonym, splits, tissue
+from ingest.dicom_pixels import UINT16_MAX, DicomDecodeError, decode_dicom
+from ingest.pipeline import (
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+)
+from shards import codecs, schema
+
+SOURCE = "dicom"
+CROP_CHOICES = ("whole", "random")
+FRAME_CHOICES = ("middle", "first", "all")
+COLOR_CHOICES = ("gray", "reject", "rgb")
+
+
+@dataclass(frozen=True)
+class ArchiveImage:
+    """A work unit's payload: one DICOM image file and where its samples go."""
+
+    path: str
+    patient: str  # pseudonym
+    study: str  # pseudonym
+    series: str  # pseudonym
+    split: str
+    frame: int | None  # the one frame to decode; None: every frame
+    bare_syntax: str | None  # see dicom_tree.DicomFile
+
+
+@dataclass(frozen=True)
+class ArchivePlan:
+    units: list[WorkUnit]
+    rejects: list[Reject]
+    notes: dict[str, Any]
+
+
+def _path_id(rel: str) -> str:
+    """A path as an identifier to hash: Linux paths need not be UTF-8 (os.scandir hands them over
+    with surrogate escapes, which cannot be encoded), so their bytes are used, one char each."""
+    return os.fsencode(rel).decode("latin-1")
+
+
+def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
+    if found.patient_id:
+        return f"patient:{found.patient_id}"
+    if found.study:
+        notes["files_without_patient_id"] += 1
+        return f"study:{found.study}"
+    notes["files_without_patient_id_or_study"] += 1
+    return f"file:{_path_id(found.rel)}"
+
+
+def plan_archive(root: Path, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
+                 test_fraction: float, val_fraction: float, seed: int) -> ArchivePlan:
+    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient."""
+    counts: Counter = Counter()
+    filtered: Counter = Counter()
+    problems: list[tuple[str, str]] = []
+    rejects: list[Reject] = []
+    kept: list[tuple[dicom_tree.DicomFile, str]] = []  # (file, raw patient key): memory per file, no pixels
+    sop_seen: set[bytes] = set()
+    skip_real = os.path.realpath(skip) if skip is not None else None
+    for rel, path in dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems):
+        counts["files_seen"] += 1
+        try:
+            how = dicom_tree.sniff(path)
+            found = dicom_tree.read_plan_header(rel, path, how) if how else None
+        except OSError as exc:
+            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or type(exc).__name__}"))
+            continue
+        except dicom_tree.DicomTreeError as exc:
+            rejects.append(Reject(rel, str(exc)))
+            continue
+        if found is None:
+            counts["non_dicom_files_skipped"] += 1
+            continue
+        if found.kind != "image":
+            counts["dicomdir_files_skipped" if found.kind == "dicomdir" else "dicom_files_without_pixels_skipped"] += 1
+            continue
+        counts["bare_dicom_files_without_preamble"] += found.bare_syntax is not None
+        if modalities is not None and (found.modality or "(none)") not in modalities:
+            filtered[found.modality or "(none)"] += 1
+            continue
+        if found.sop_instance:
+            digest = hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest()
+            counts["files_sharing_a_sop_instance_uid"] += digest in sop_seen
+            sop_seen.add(digest)
+        kept.append((found, _patient_key(found, counts)))
+    rejects += [Reject(rel, reason) for rel, reason in problems]
+    patient_split = splits.split_patients({key for _, key in kept}, test_fraction=test_fraction,
+                                          val_fraction=val_fraction, seed=seed)
+    units = []
+    for found, key in kept:
+        study = found.study or f"file:{_path_id(found.rel)}"
+        payload = ArchiveImage(
+            path=found.path,
+            patient=pseudonym.pseudonym(salt, f"dicom-{key}"),
+            study=pseudonym.pseudonym(salt, f"dicom-study:{study}"),
+            series=pseudonym.pseudonym(salt, f"dicom-series:{study}/{found.series or _path_id(found.rel)}"),
+            split=patient_split[key],
+            frame={"first": 0, "middle": found.frames // 2, "all": None}[frames],
+            bare_syntax=found.bare_syntax,
+        )
+        units.append(WorkUnit(pseudonym.pseudonym(salt, f"dicom-image:{_path_id(found.rel)}"), found.rel, payload))
+    units.sort(key=lambda u: u.unit_id)
+    notes: dict[str, Any] = {
+        **dict(sorted((k, v) for k, v in counts.items() if v)),
+        "image_files": len(units),
+        "patients": len(patient_split),
+        "studies": len({u.payload.study for u in units}),
+        "series": len({u.payload.series for u in units}),
+        "split": "no official split: seeded split by patient (test_fraction), validation carved by patient from the rest",
+        "frames": {"middle": "one sample per file: the middle frame of a multi-frame file",
+                   "first": "one sample per file: the first frame",
+                   "all": "one sample per frame"}[frames],
+    }
+    if counts["files_without_patient_id"] or counts["files_without_patient_id_or_study"]:
+        notes["patient_fallback"] = ("a file without PatientID is one pseudonymous patient per StudyInstanceUID; "
+                                     "without either, a patient of its own")
+    if filtered:
+        notes["filtered_out_by_modality"] = dict(sorted(filtered.items()))
+    return ArchivePlan(units, sorted(rejects, key=lambda r: r.source_path), notes)
+
+
+def luma16(rgb: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8 RGB -> (H, W) uint16 on decode_dicom's scale (BT.601 luma x 257, as 8-bit
+    monochrome is mapped)."""
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY).astype(np.uint16) * np.uint16(UINT16_MAX // 255)
+
+
+@dataclass(frozen=True)
+class ArchiveProcess:
+    """The per-file work, run in a worker process (picklable: plain fields only)."""
+
+    crops: str
+    color: str
+    size: int
+    random_per_image: int
+    random_side: int
+    min_foreground: float
+    seed: int
+
+    def __call__(self, unit: WorkUnit) -> UnitOutput:
+        image: ArchiveImage = unit.payload
+        out = UnitOutput()
+        data = Path(image.path).read_bytes()
+        out.notes["input_bytes"] += len(data)
+        fingerprint = fingerprint_in_background(data)
+        source = data if image.bare_syntax is None else dicom_tree.part10_bytes(data, image.bare_syntax)
+        try:
+            decoded = decode_dicom(source, name=unit.source_path, frame=image.frame)
+        except DicomDecodeError as exc:
+            out.rejects.append(Reject(unit.source_path, f"undecodable DICOM: {exc.reason}"))
+            return out
+        colour = decoded.pixels.dtype == np.uint8
+        if colour and self.color == "reject":
+            out.rejects.append(Reject(unit.source_path, f"colour image: {decoded.photometric} in a grayscale set (--color reject)"))
+            return out
+        if not colour and self.color == "rgb":
+            out.rejects.append(Reject(unit.source_path, f"grayscale image: {decoded.photometric} in a colour set (--color rgb)"))
+            return out
+        if image.frame is None and decoded.frames > 1:
+            frames = list(enumerate(decoded.pixels))
+        else:
+            frames = [(image.frame or 0, decoded.pixels)]
+        made = []
+        for index, pixels in frames:
+            gray = luma16(pixels) if colour else pixels
+            if colour and self.color == "gray":
+                pixels = gray
+                out.notes["colour_frames_made_gray"] += 1
+            extra = {"study": image.study, "series": image.series, "frame": index, "frames": decoded.frames,
+                     "photometric": decoded.photometric, "bits_stored": decoded.bits_stored}
+            for kind, i, crop, box in self._crops(pixels, gray, random.Random(f"{self.seed}:{unit.unit_id}:{index}"), out):
+                made.append((dict(key=f"dicom_{unit.unit_id}_f{index}_{kind}{i}", crop_kind=kind, crop_box=box,
+                                  source_size=gray.shape, extra=extra), crop))
+        common = dict(
+            source=SOURCE, patient=image.patient, split=image.split, laterality=decoded.laterality,
+            view=decoded.view, height=self.size, width=self.size, channels=3 if self.color == "rgb" else 1,
+            dtype="uint8" if self.color == "rgb" else "uint16", labels={"modality": decoded.modality},
+            pixel_spacing_mm=decoded.pixel_spacing_mm, source_fingerprint=fingerprint.result(),
+        )
+        out.samples.extend(_encode(schema.SampleMeta(**fields, **common), crop) for fields, crop in made)
+        return out
+
+    def _crops(self, pixels: np.ndarray, gray: np.ndarray, rng: random.Random, out: UnitOutput):
+        """-> [(crop kind, index, (size, size[, 3]) pixels, box in source pixels)]."""
+        h, w = gray.shape
+        if self.crops == "whole":
+            box = crops.square_context_box((0, 0, w, h), margin=0.0, min_side=0)
+            return [("whole", "", crops.resize_to(crops.crop_padded(pixels, box), self.size), box)]
+        foreground, scale = tissue.tissue_mask(gray)
+        boxes = tissue.random_tissue_boxes(
+            foreground, np.zeros_like(foreground), scale, count=self.random_per_image,
+            side=min(self.random_side, h, w), min_tissue=self.min_foreground, rng=rng, image_shape=(h, w),
+        )
+        out.notes["random_crop_shortfall"] += self.random_per_image - len(boxes)
+        return [("random", i, crops.resize_to(crops.crop_padded(pixels, box), self.size), box) for i, box in enumerate(boxes)]
+
+
+def _encode(meta: schema.SampleMeta, pixels: np.ndarray) -> EncodedSample:
+    member, data = codecs.encode_pixels(pixels)
+    sums, sq, n = pixel_moments(pixels)
+    return EncodedSample(meta, {member: data}, sums, sq, n)
+
+
+def parse_modalities(text: str | None) -> tuple[str, ...] | None:
+    """'MG, cr,DX' -> ('CR', 'DX', 'MG'); None or '' -> None (every modality)."""
+    if not text:
+        return None
+    found = tuple(sorted({part.strip().upper() for part in text.split(",") if part.strip()}))
+    return found or None
+
+
+def build_job(*, root: Path, out: Path, crops: str = "whole", frames: str = "middle", color: str = "gray",
+              modalities: tuple[str, ...] | None = None, size: int = 224, random_per_image: int = 4,
+              random_side: int = 512, min_foreground: float = 0.9, test_fraction: float = 0.1,
+              val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
+              id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
+              tool_version: str = "0+unknown") -> IngestJob:
+    """Plan an `ingest dicom` job: walk the tree, read headers, split by patient."""
+    for name, value, choices in (("--crops", crops, CROP_CHOICES), ("--frames", frames, FRAME_CHOICES),
+                                 ("--color", color, COLOR_CHOICES)):
+        if value not in choices:
+            raise IngestError(f"{name} must be one of {choices}, got {value!r}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise IngestError(f"--test-fraction must be in [0, 1), got {test_fraction}")
+    if not root.is_dir():
+        raise IngestError(f"{root}: not a folder")
+    salt = pseudonym.resolve_salt(id_salt)
+    plan = plan_archive(root, skip=out, salt=salt, modalities=modalities, frames=frames,
+                        test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    if not plan.units and not plan.rejects:
+        wanted = f" of modality {', '.join(modalities)}" if modalities else ""
+        raise IngestError(f"{root}: no DICOM images{wanted} found ({plan.notes.get('files_seen', 0)} files looked at)")
+    notes = dict(plan.notes, color={"gray": "colour images made grayscale (BT.601 luma), 1-channel uint16",
+                                    "reject": "colour images rejected, 1-channel uint16",
+                                    "rgb": "3-channel uint8 set, grayscale images rejected"}[color])
+    parameters = {
+        "root": str(root), "crops": crops, "frames": frames, "color": color,
+        "modalities": list(modalities) if modalities else None, "size": size, "test_fraction": test_fraction,
+        "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+    }
+    if crops == "random":
+        parameters.update(random_per_image=random_per_image, random_side=random_side, min_foreground=min_foreground)
+    process = ArchiveProcess(crops=crops, color=color, size=size, random_per_image=random_per_image,
+                             random_side=random_side, min_foreground=min_foreground, seed=seed)
+    return IngestJob(
+        source=SOURCE, out=out, units=plan.units, process=process, parameters=parameters,
+        tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,
+        planning_rejects=plan.rejects, notes=notes, overwrite=overwrite, progress=progress,
+    )
+
+
+def add_arguments(parser) -> None:
+    """`ingest dicom` options beyond the common ones (ingest/cli.py adds those)."""
+    parser.add_argument("root", type=Path, help="folder holding DICOM files at any depth, named anyhow")
+    parser.add_argument("--crops", choices=CROP_CHOICES, default="whole",
+                        help="whole: image padded to a square and resized (default); random: crops inside the foreground")
+    parser.add_argument("--frames", choices=FRAME_CHOICES, default="middle",
+                        help="multi-frame files: the middle frame (default), the first, or one sample per frame")
+    parser.add_argument("--color", choices=COLOR_CHOICES, default="gray",
+                        help="colour images: make them grayscale (default), reject them, or make an RGB set (rgb)")
+    parser.add_argument("--modality", default=None, help="comma list of modalities to keep, e.g. MG,CR,DX (default: all)")
+    parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of patients in test (default 0.1)")
+    parser.add_argument("--random-per-image", type=int, default=4, help="random crops per image (default 4)")
+    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--min-foreground", type=float, default=0.9,
+                        help="least foreground (body) fraction of a random crop (default 0.9)")
+
+
+def job_from_args(args, common: dict[str, Any]) -> IngestJob:
+    return build_job(root=args.root, crops=args.crops, frames=args.frames, color=args.color,
+                     modalities=parse_modalities(args.modality), test_fraction=args.test_fraction,
+                     random_per_image=args.random_per_image, random_side=args.random_side,
+                     min_foreground=args.min_foreground, **common)
