@@ -23,6 +23,12 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 1
 # subcommand -> (module in ingest/sources/, one-line help)
 SOURCES: dict[str, tuple[str, str]] = {
     "cbis": ("ingest.sources.cbis", "CBIS-DDSM mammograms: lesion and/or random tissue crops"),
+    "drive": ("ingest.sources.drive", "DRIVE fundus photographs with vessel and field-of-view masks"),
+    "if": ("ingest.sources.multiplex_if", "multiplexed immunofluorescence TIFFs: cell-centred or random multi-channel crops"),
+    "dicom": ("ingest.sources.dicom_archive", "any unlabeled DICOM archive: whole images or random foreground crops"),
+    "cmmd": ("ingest.sources.cmmd", "CMMD mammograms (TCIA download + clinical sheet): random tissue or whole crops"),
+    "nih-cxr14": ("ingest.sources.nih_cxr14", "NIH ChestX-ray14 PNGs: 14-finding labels; whole, random or box (lesion) crops"),
+    "chexpert": ("ingest.sources.chexpert", "CheXpert JPEGs (train.csv/valid.csv): 14 observations; whole or random crops"),
 }
 
 
@@ -35,7 +41,7 @@ def tool_version() -> str:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=Path, required=True, help="output folder for the shard set")
-    p.add_argument("--size", type=int, default=224, help="crop side in pixels after resizing (default 224)")
+    p.add_argument("--size", type=int, default=224, help="crop side in pixels after resizing (default %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of training patients carved out as validation (default 0.1)")
     p.add_argument("--seed", type=int, default=0, help="seed for the validation split and random crops")
@@ -60,8 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="source", required=True)
     for name, (module, help_text) in SOURCES.items():
         p = sub.add_parser(name, help=help_text)
+        _add_common(p)  # first, so a source's add_arguments may change a common default (set_defaults)
         importlib.import_module(module).add_arguments(p)
-        _add_common(p)
 
     sample = sub.add_parser("sample-data", help="write the small built-in sample dataset")
     sample.add_argument("kind", choices=("cbis",), help="which dataset layout to generate")
