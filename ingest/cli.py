@@ -61,6 +61,35 @@ def _common(args: argparse.Namespace) -> dict:
                 overwrite=args.overwrite, progress=not args.no_progress, tool_version=tool_version())
 
 
+# kind -> (module, function): each writes a dataset under OUT and returns an object whose .root is
+# the ROOT to give `ingest <kind>`.
+SAMPLE_DATA: dict[str, tuple[str, str]] = {
+    "cbis": ("ingest.sample_data.cbis_ddsm", "make_cbis_sample"),
+    "nih-cxr14": ("ingest.sample_data.nih_cxr14", "make_nih_sample"),
+    "chexpert": ("ingest.sample_data.chexpert", "make_chexpert_sample"),
+    "dicom": ("ingest.sample_data.dicom_archive", "make_dicom_archive"),
+    "cmmd": ("ingest.sample_data.cmmd", "make_cmmd_sample"),
+    "drive": ("ingest.sample_data.drive", "make_drive_sample"),
+    "if": ("ingest.sample_data.multiplex_if", "make_if_sample"),
+}
+
+
+def _write_sample_data(args: argparse.Namespace) -> int:
+    module, function = SAMPLE_DATA[args.kind]
+    make = getattr(importlib.import_module(module), function)
+    options = {"cbis": {"patients": args.patients, "layout": args.layout},
+               "dicom": {"quirks": False},  # the archive's deliberate defects are for tests
+               "cmmd": {"image_shape": (1024, 768)},  # room for the default 512 px random crops
+               }.get(args.kind, {})
+    try:
+        made = make(args.out, seed=args.seed, **options)
+    except (OSError, ValueError) as exc:
+        print(f"ingest sample-data {args.kind}: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    print(f"sample {args.kind} data written; ingest it with: ingest {args.kind} {made.root} --out DIR")
+    return EXIT_OK
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ingest", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="source", required=True)
@@ -69,24 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
         _add_common(p)  # first, so a source's add_arguments may change a common default (set_defaults)
         importlib.import_module(module).add_arguments(p)
 
-    sample = sub.add_parser("sample-data", help="write the small built-in sample dataset")
-    sample.add_argument("kind", choices=("cbis",), help="which dataset layout to generate")
+    sample = sub.add_parser("sample-data", help="write a small sample dataset in a source's real on-disk layout (made-up pixels)")
+    sample.add_argument("kind", choices=sorted(SAMPLE_DATA), help="which dataset layout to generate")
     sample.add_argument("out", type=Path)
-    sample.add_argument("--patients", type=int, default=8)
     sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--layout", choices=("tcia", "uid"), default="tcia")
+    sample.add_argument("--patients", type=int, default=8, help="cbis only: patients to generate")
+    sample.add_argument("--layout", choices=("tcia", "uid"), default="tcia", help="cbis only: download layout")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.source == "sample-data":
-        from ingest.sample_data.cbis_ddsm import make_cbis_sample
-
-        made = make_cbis_sample(args.out, patients=args.patients, seed=args.seed, layout=args.layout)
-        print(f"sample CBIS-DDSM ({args.layout} layout): {made.images} mammograms, {made.abnormalities} "
-              f"abnormalities, {made.patients} patients in {made.root}")
-        return EXIT_OK
+        return _write_sample_data(args)
     from ingest.pipeline import IngestError, run_job
 
     source = importlib.import_module(SOURCES[args.source][0])

@@ -8,7 +8,8 @@ Location` is a Windows path to each series folder (`.\\CMMD\\D1-0001\\07-18-2010
   from its header (ImageLaterality, else Laterality), never from its file name or order;
 - a series holds 2 images (one breast, CC and MLO) or 4 (both breasts); in the real sheet 729
   subjects with 4 images have one row, so their other breast's 2 images have no labels: each is
-  rejected ("no sheet row"), as is any image whose breast has no row;
+  rejected ("no sheet row"), as is any image whose breast has no row, unless `--unlabeled keep`
+  (for self-supervised pretraining: those images become samples whose labels are all None);
 - `subtype` is empty for every benign row and for 567 malignant ones (563 of them D1): None;
 - no official split: a seeded split by subject (the Subject ID, which TCIA writes as PatientID).
 Labels per sample: classification (benign/malignant), subtype (str or None), abnormality
@@ -38,6 +39,8 @@ SHEET_COLUMNS = ("ID1", "LeftRight", "abnormality", "classification", "subtype")
 CLASSIFICATIONS = ("benign", "malignant")
 ABNORMALITIES = ("calcification", "mass", "both")
 CROP_CHOICES = ("random", "whole")
+UNLABELED_POLICIES = ("reject", "keep")
+LABEL_KEYS = ("classification", "subtype", "abnormality")  # the order the sheet reader writes them
 SIDE_NAMES = {"L": "left", "R": "right"}
 
 
@@ -150,6 +153,7 @@ class CmmdProcess:
     crops: str
     params: mammogram.CropParams
     seed: int
+    keep_unlabeled: bool = False
 
     def __call__(self, unit: WorkUnit) -> UnitOutput:
         image: CmmdImage = unit.payload
@@ -171,7 +175,10 @@ class CmmdProcess:
             out.rejects.append(Reject(unit.source_path, "no laterality: neither ImageLaterality nor Laterality says L or R"))
             return out
         labels = dict(image.breasts).get(side)
-        if labels is None:
+        if labels is None and self.keep_unlabeled:
+            labels = dict.fromkeys(LABEL_KEYS)
+            out.notes["unlabeled_breast_images_kept"] += 1
+        elif labels is None:
             out.rejects.append(Reject(unit.source_path, f"no sheet row: the {SIDE_NAMES[side]} breast has no row in {SHEET_NAME}"))
             return out
         h, w = pixels.shape
@@ -198,10 +205,12 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
               random_per_image: int = 4, random_side: int = 512, min_tissue: float = 0.9, test_fraction: float = 0.1,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
               id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
-              tool_version: str = "0+unknown") -> IngestJob:
+              tool_version: str = "0+unknown", unlabeled: str = "reject") -> IngestJob:
     """Plan an `ingest cmmd` job: read metadata.csv and the sheet, list every image, split by subject."""
     if crops not in CROP_CHOICES:
         raise IngestError(f"--crops must be one of {CROP_CHOICES}, got {crops!r}")
+    if unlabeled not in UNLABELED_POLICIES:
+        raise IngestError(f"--unlabeled must be one of {UNLABELED_POLICIES}, got {unlabeled!r}")
     if not 0.0 <= test_fraction < 1.0:
         raise IngestError(f"--test-fraction must be in [0, 1), got {test_fraction}")
     if not root.is_dir():
@@ -221,13 +230,13 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
                                   min_tissue=min_tissue)
     parameters = {
         "root": str(root), "sheet": sheet_path.name, "crops": crops, "size": size, "test_fraction": test_fraction,
-        "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
+        "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size, "unlabeled": unlabeled,
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_tissue=min_tissue)
     return IngestJob(
-        source=SOURCE, out=out, units=units, process=CmmdProcess(crops, params, seed), parameters=parameters,
+        source=SOURCE, out=out, units=units, process=CmmdProcess(crops, params, seed, unlabeled == "keep"), parameters=parameters,
         tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,
         planning_rejects=sheet_rejects + plan_rejects, notes=notes, overwrite=overwrite, progress=progress,
     )
@@ -240,6 +249,8 @@ def add_arguments(parser) -> None:
                         help="random tissue crops (default) or the whole mammogram padded to a square")
     parser.add_argument("--sheet", type=Path, default=None, help=f"clinical sheet (default: {SHEET_NAME} under ROOT)")
     parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of subjects in test (default 0.1)")
+    parser.add_argument("--unlabeled", choices=UNLABELED_POLICIES, default="reject",
+                        help="images whose breast has no sheet row: reject them (default) or keep them with null labels")
     parser.add_argument("--random-per-image", type=int, default=4, help="random tissue crops per mammogram (default 4)")
     parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
     parser.add_argument("--min-tissue", type=float, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
@@ -248,4 +259,4 @@ def add_arguments(parser) -> None:
 def job_from_args(args, common: dict[str, Any]) -> IngestJob:
     return build_job(root=args.root, crops=args.crops, sheet=args.sheet, test_fraction=args.test_fraction,
                      random_per_image=args.random_per_image, random_side=args.random_side,
-                     min_tissue=args.min_tissue, **common)
+                     min_tissue=args.min_tissue, unlabeled=args.unlabeled, **common)

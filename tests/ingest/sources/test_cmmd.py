@@ -231,3 +231,13 @@ def test_real_metadata_and_sheet_rows(shared_data, tmp_path):
     for sample in found:
         header = pydicom.dcmread(files[sample["meta"]["source_fingerprint"]], stop_before_pixels=True)
         assert sample["meta"]["labels"] == real[(header.PatientID, header.ImageLaterality)]
+
+
+def test_unlabeled_keep_turns_no_sheet_row_rejects_into_samples_with_null_labels(download, random_crops, tmp_path):
+    _, rejected = random_crops
+    summary, out = ingest(download.root, tmp_path / "keep", unlabeled="keep")
+    reasons = Counter(r["reason"].split(":")[0] for r in rejects(out))
+    assert "no sheet row" not in reasons and summary.rejects == len(rejects(rejected)) - download.unlabelled_images
+    unlabeled = [s for s in samples(out) if s["meta"]["labels"]["classification"] is None]
+    assert unlabeled and all(set(s["meta"]["labels"].values()) == {None} for s in unlabeled)
+    assert len({s["meta"]["source_fingerprint"] for s in unlabeled}) == download.unlabelled_images
