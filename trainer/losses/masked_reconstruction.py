@@ -41,10 +41,16 @@ class MaskedReconstructionLoss(nn.Module):
         self.eps = eps
 
     def forward(self, pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        if pred.shape != target.shape or mask.shape != pred.shape[:2]:
-            raise ValueError(f"shapes disagree: pred {tuple(pred.shape)}, target {tuple(target.shape)}, mask {tuple(mask.shape)}")
+        if mask.shape != pred.shape[:2]:
+            raise ValueError(f"shapes disagree: pred {tuple(pred.shape)}, mask {tuple(mask.shape)}")
+        return (self.per_patch(pred, target) * mask).sum() / mask.sum()
+
+    def per_patch(self, pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """pred, target: (N, L, p*p*C) -> J_P (N, L) of every patch, masked or not (DAMA ranks its
+        student's patches by it, paper 004 Algorithm 1)."""
+        if pred.shape != target.shape:
+            raise ValueError(f"shapes disagree: pred {tuple(pred.shape)}, target {tuple(target.shape)}")
         if self.norm_pix_loss:
             mean, std = patch_mean_std(target, self.eps)
             target = (target - mean) / std
-        per_patch = ((pred - target) ** 2).mean(dim=-1)  # (N, L): J_P of eq. 7
-        return (per_patch * mask).sum() / mask.sum()
+        return ((pred - target) ** 2).mean(dim=-1)  # J_P of eq. 7

@@ -51,10 +51,22 @@ class MaskedViTEncoder(nn.Module):
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        x = self.patch_embed(imgs) + self.pos_embed[:, 1:]
-        masked = random_masking(x, mask_ratio, generator)
-        cls = (self.cls_token + self.pos_embed[:, :1]).expand(x.shape[0], -1, -1)
-        x = torch.cat([cls, masked.visible], dim=1)
+        masked = random_masking(self.patch_tokens(imgs), mask_ratio, generator)
+        latent, _ = self.encode_visible(masked.visible)
+        return latent, masked.mask, masked.ids_restore
+
+    def patch_tokens(self, imgs: torch.Tensor) -> torch.Tensor:
+        """imgs: (N, C, H, W) -> (N, L, D): every patch embedded, with its position, raster order."""
+        return self.patch_embed(imgs) + self.pos_embed[:, 1:]
+
+    def encode_visible(self, visible: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """visible: (N, K, D) patch tokens (from patch_tokens, any subset and order) -> latent
+        (N, 1 + K, D) after the final norm, cls first, and each block's output (N, 1 + K, D), before
+        the final norm (data2vec-style targets average the last ones)."""
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(visible.shape[0], -1, -1)
+        x = torch.cat([cls, visible], dim=1)
+        hidden = []
         for block in self.blocks:
             x = block(x)
-        return self.norm(x), masked.mask, masked.ids_restore
+            hidden.append(x)
+        return self.norm(x), hidden
