@@ -15,8 +15,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import torch
 
 PROJECT = Path(__file__).resolve().parents[2]
+
+# The trainer tests run tiny models: one intra-op thread is as fast, and on a loaded 2-core machine
+# two threads per test made a step up to ten times slower.
+torch.set_num_threads(1)
 BIN = Path(sys.executable).parent
 
 
