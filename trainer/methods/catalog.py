@@ -1,9 +1,11 @@
-"""Name -> factory for the masked-image methods; names carry the variant (timm's register_model).
+"""Name -> factory for every SSL method; names carry the variant (timm's register_model).
 
 Every factory takes the data's `img_size` (side of the batch's square images) and `in_chans`, and
-the method's options as keyword arguments. "base" is ViT-B/16 (768 wide, 12 blocks, 12 heads) with
-MAE's decoder (512 wide, 8 blocks, 16 heads; He et al. 2022 §A.1); "tiny" (64/2/2, decoder 64/1/2)
-is for CPU smoke runs. norm_pix_loss defaults on, MAE's recommended target (Table 1c).
+the method's options as keyword arguments. ViT methods (MAE, MIRAM, DAMA): "base" is ViT-B/16 (768
+wide, 12 blocks, 12 heads) with MAE's decoder (512 wide, 8 blocks, 16 heads; He et al. 2022 §A.1),
+norm_pix_loss on (MAE Table 1c). Convolutional methods (TOWER, MLVICX, PCRLv2 and the SimCLR /
+SimSiam / VICReg baselines) name their timm ResNet. Every family has a "tiny" variant for CPU smoke
+runs (tests/trainer/test_registry.py builds each one for 1, 3 and 7 channels).
 """
 
 from __future__ import annotations
