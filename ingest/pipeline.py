@@ -2,8 +2,8 @@
 
 A source turns its inputs into an ordered list of WorkUnits (one per source image) and a
 module-level `process(unit) -> UnitOutput` that decodes, crops and encodes. This module runs the
-units on a process pool, stages each unit's output on disk (.staging/, written atomically, sidecar
-last), and appends the staged samples to the split's shards strictly in unit order. So:
+units on a process pool, stages each unit's output on disk (.staging/, one file per unit written
+atomically), and appends the staged samples to the split's shards strictly in unit order. So:
 
 - worker count and scheduling never change the bytes of a shard (order is the unit order);
 - a killed run resumes: staged units are not recomputed, and shards are rebuilt from the staging
@@ -199,7 +199,7 @@ def _prepare_out(job: IngestJob) -> Path:
 
 
 def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[tuple[str, bytes]]:
-    """Yield (unit id, staged tar bytes) in unit order, computing the missing units in parallel."""
+    """Yield (unit id, staged bytes) in unit order, computing the missing units in parallel."""
     pending = [u for u in job.units if u.unit_id not in done]
     run = functools.partial(_run_unit, staging=staging)
     if job.workers <= 1 or len(pending) <= 1:

@@ -125,7 +125,9 @@ class SampleMeta:
             raise SchemaError(f"dtype {self.dtype!r} must be uint8 or uint16")
 
     def to_json_bytes(self) -> bytes:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True, separators=(",", ":")).encode()
+        # fields read directly: dataclasses.asdict deep-copies every label dict first (~0.3 ms a sample)
+        fields = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        return json.dumps(fields, sort_keys=True, separators=(",", ":")).encode()
 
     @classmethod
     def from_json_bytes(cls, data: bytes) -> SampleMeta:

@@ -196,11 +196,11 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
            "--out", str(out), "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    while len(list((out / ".staging").glob("*.tar"))) < 3 and time.monotonic() < deadline:
+    while len(list((out / ".staging").glob("*.unit"))) < 3 and time.monotonic() < deadline:
         time.sleep(0.01)
     proc.kill()
     proc.wait()
-    staged = len(list((out / ".staging").glob("*.tar")))
+    staged = len(list((out / ".staging").glob("*.unit")))
     assert staged >= 3 and not (out / schema.CARD_FILE).exists()
     done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == EXIT_OK, done.stderr
