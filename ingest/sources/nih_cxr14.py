@@ -31,9 +31,9 @@ from typing import Any
 
 from ingest import pseudonym, splits
 from ingest.crops import crop_padded, resize_to, square_context_box
-from ingest.image_files import ImageFileError, decode_gray
+from ingest.image_files import read_unit_image
 from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments,
 )
 from ingest.radiograph_crops import RadiographCropParams, radiograph_crops
 from shards import codecs, schema
@@ -294,17 +294,10 @@ class NihProcess:
     def __call__(self, unit: WorkUnit) -> UnitOutput:
         image: NihImage = unit.payload
         out = UnitOutput()
-        data = Path(image.image_file).read_bytes()
-        out.notes["input_bytes"] += len(data)
-        fingerprint = fingerprint_in_background(data)
-        try:
-            gray = decode_gray(data, name=unit.source_path)
-        except ImageFileError as exc:
-            out.rejects.append(Reject(unit.source_path, str(exc)))
+        loaded = read_unit_image(image.image_file, unit.source_path, out)
+        if loaded is None:
             return out
-        if gray.converted_from:
-            out.notes[f"converted_{gray.converted_from.lower()}_to_gray"] += 1
-        pixels = gray.pixels
+        pixels, fingerprint = loaded[0].pixels, loaded[1]
         made = []  # (key suffix, crop kind, box, labels, extra, pixels)
         if self.crops == "lesion":
             found, rescaled = lesion_crops(pixels, image.boxes, margin=self.margin, size=self.params.size)
