@@ -27,7 +27,7 @@ PAPER_INPUT = {
     "mae": (1, 224),      # MIRAM paper's mammogram crops, MAE at 224
     "miram": (1, 224),    # paper 000: fine scale 224, encoder sees 112
     "dama": (7, 128),     # paper 004: 128x128x7 brain-cell crops
-    "tower": (3, 224),    # paper 001: fundus photographs
+    "tower": (3, 512),    # paper 001 §4.1: DRIVE fundus resized to 512
     "mlvicx": (1, 224),   # paper 002: chest X-ray
     "pcrlv2": (1, 224),   # paper 003, 2D: chest X-ray
     "simclr": (1, 224),
