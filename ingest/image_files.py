@@ -15,14 +15,10 @@ byte inside its entropy-coded data decodes, as it would in any viewer.
 
 from __future__ import annotations
 
-from concurrent.futures import Future
 from dataclasses import dataclass
-from pathlib import Path
 
 import cv2
 import numpy as np
-
-from ingest.pipeline import Reject, UnitOutput, fingerprint_in_background
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 JPEG_SOI = b"\xff\xd8\xff"
@@ -80,19 +76,3 @@ def decode_gray(data: bytes, *, name: str = "image") -> GrayImage:
     code = cv2.COLOR_BGR2GRAY if channels == 3 else cv2.COLOR_BGRA2GRAY
     return GrayImage(cv2.cvtColor(pixels, code), layout)
 
-
-def read_unit_image(image_file: str, source_path: str, out: UnitOutput) -> tuple[GrayImage, Future] | None:
-    """Read one unit's image file, start its sha256 on a thread, decode it to grey: (image, the
-    fingerprint's future), or None with the reason appended to out.rejects. Counts the input bytes
-    and any colour-to-grey conversion in out.notes."""
-    data = Path(image_file).read_bytes()
-    out.notes["input_bytes"] += len(data)
-    fingerprint = fingerprint_in_background(data)
-    try:
-        gray = decode_gray(data, name=source_path)
-    except ImageFileError as exc:
-        out.rejects.append(Reject(source_path, str(exc)))
-        return None
-    if gray.converted_from:
-        out.notes[f"converted_{gray.converted_from.lower()}_to_gray"] += 1
-    return gray, fingerprint

@@ -94,6 +94,14 @@ def fingerprint_in_background(data: bytes) -> Future:
 _HASHER: tuple[int, ThreadPoolExecutor] | None = None
 
 
+def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes, Future]:
+    """A unit's source file: its bytes (counted in out.notes["input_bytes"]) and the future of
+    their sha256, hashed on a thread while the caller decodes. Wait for the future last."""
+    data = Path(path).read_bytes()
+    out.notes["input_bytes"] += len(data)
+    return data, fingerprint_in_background(data)
+
+
 def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
     """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics."""
     arr = pixels.reshape(pixels.shape[0] * pixels.shape[1], -1).astype(np.float64)

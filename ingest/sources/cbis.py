@@ -22,9 +22,9 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest import mammogram, pseudonym, splits, tcia
-from ingest.dicom_pixels import DicomDecodeError, decode_dicom
+from ingest.unit_inputs import decode_unit_dicom
 from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
 )
 from shards import codecs, schema
 
@@ -261,13 +261,9 @@ class CbisProcess:
         image: CbisImage = unit.payload
         root = Path(self.root)
         out = UnitOutput()
-        data = Path(image.image_file).read_bytes()
-        out.notes["input_bytes"] += len(data)
-        fingerprint = fingerprint_in_background(data)
-        try:
-            decoded = decode_dicom(data, name=unit.source_path)
-        except DicomDecodeError as exc:
-            out.rejects.append(Reject(unit.source_path, f"undecodable DICOM: {exc.reason}"))
+        data, fingerprint = read_input(image.image_file, out)
+        decoded = decode_unit_dicom(data, unit.source_path, out)
+        if decoded is None:
             return out
         if decoded.pixels.ndim != 2:
             out.rejects.append(Reject(unit.source_path, f"not a grayscale mammogram: pixels of shape {decoded.pixels.shape}"))

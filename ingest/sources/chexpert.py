@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest import pseudonym, splits
-from ingest.image_files import read_unit_image
+from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import (
     EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments,
 )

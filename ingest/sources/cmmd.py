@@ -27,9 +27,9 @@ from typing import Any
 import openpyxl
 
 from ingest import crops, mammogram, pseudonym, splits, tcia
-from ingest.dicom_pixels import DicomDecodeError, decode_dicom
+from ingest.unit_inputs import decode_unit_dicom
 from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
 )
 from shards import codecs, schema
 
@@ -158,13 +158,9 @@ class CmmdProcess:
     def __call__(self, unit: WorkUnit) -> UnitOutput:
         image: CmmdImage = unit.payload
         out = UnitOutput()
-        data = Path(image.image_file).read_bytes()
-        out.notes["input_bytes"] += len(data)
-        fingerprint = fingerprint_in_background(data)
-        try:
-            decoded = decode_dicom(data, name=unit.source_path)
-        except DicomDecodeError as exc:
-            out.rejects.append(Reject(unit.source_path, f"undecodable DICOM: {exc.reason}"))
+        data, fingerprint = read_input(image.image_file, out)
+        decoded = decode_unit_dicom(data, unit.source_path, out)
+        if decoded is None:
             return out
         pixels = decoded.pixels
         if pixels.ndim != 2:

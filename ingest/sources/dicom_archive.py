@@ -39,9 +39,10 @@ import cv2
 import numpy as np
 
 from ingest import crops, dicom_tree, pseudonym, splits, tissue
-from ingest.dicom_pixels import UINT16_MAX, DicomDecodeError, decode_dicom
+from ingest.dicom_pixels import UINT16_MAX
+from ingest.unit_inputs import decode_unit_dicom
 from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
 )
 from shards import codecs, schema
 
@@ -180,14 +181,10 @@ class ArchiveProcess:
     def __call__(self, unit: WorkUnit) -> UnitOutput:
         image: ArchiveImage = unit.payload
         out = UnitOutput()
-        data = Path(image.path).read_bytes()
-        out.notes["input_bytes"] += len(data)
-        fingerprint = fingerprint_in_background(data)
+        data, fingerprint = read_input(image.path, out)
         source = data if image.bare_syntax is None else dicom_tree.part10_bytes(data, image.bare_syntax)
-        try:
-            decoded = decode_dicom(source, name=unit.source_path, frame=image.frame)
-        except DicomDecodeError as exc:
-            out.rejects.append(Reject(unit.source_path, f"undecodable DICOM: {exc.reason}"))
+        decoded = decode_unit_dicom(source, unit.source_path, out, frame=image.frame)
+        if decoded is None:
             return out
         colour = decoded.pixels.dtype == np.uint8
         if colour and self.color == "reject":

@@ -34,7 +34,7 @@ from PIL import Image, UnidentifiedImageError
 
 from ingest import crops, pseudonym, splits, tissue
 from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, fingerprint_in_background, pixel_moments,
+    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
 )
 from shards import codecs, schema
 
@@ -164,9 +164,7 @@ class DriveProcess:
         image: DriveImage = unit.payload
         root = Path(self.root)
         out = UnitOutput()
-        data = (root / image.image).read_bytes()
-        out.notes["input_bytes"] += len(data)
-        fingerprint = fingerprint_in_background(data)
+        data, fingerprint = read_input(root / image.image, out)
         try:
             with Image.open(io.BytesIO(data)) as img:
                 mode = img.mode

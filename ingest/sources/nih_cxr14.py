@@ -31,7 +31,7 @@ from typing import Any
 
 from ingest import pseudonym, splits
 from ingest.crops import crop_padded, resize_to, square_context_box
-from ingest.image_files import read_unit_image
+from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import (
     EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments,
 )
