@@ -14,6 +14,9 @@ Box = tuple[int, int, int, int]
 
 def mask_bbox(mask: np.ndarray) -> Box | None:
     """Tight bounding box of the non-zero pixels of a (H, W) mask, or None if it is empty."""
+    if mask.dtype in (np.uint8, np.bool_) and mask.flags.c_contiguous:
+        x, y, w, h = cv2.boundingRect(mask.view(np.uint8))  # one vectorised pass over the mask
+        return (x, y, x + w, y + h) if w and h else None
     rows = np.flatnonzero(mask.any(axis=1))
     if rows.size == 0:
         return None

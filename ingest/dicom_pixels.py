@@ -22,6 +22,9 @@ from pydicom.errors import InvalidDicomError
 from pydicom.pixels import apply_color_lut, apply_windowing, get_decoder
 from pydicom.pixels.utils import get_expected_length
 
+from ingest.dicom_native import native_stored_values
+from ingest.mapped_files import BufferReader, read_source
+
 UINT16_MAX = 65535
 MONOCHROME = ("MONOCHROME1", "MONOCHROME2")
 # Colour interpretations that reach us as RGB: pydicom converts YBR_FULL(_422) to RGB and the
@@ -76,16 +79,13 @@ def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: st
     apply_voi: apply the first VOI LUT, else the first Window Center/Width, when the file has one.
     frame: decode only this frame (0-based) -> pixels (H, W[, 3]); pydicom then decodes that frame
     alone, so taking one frame of a large multi-frame file costs one frame's time and memory.
+
+    Uncompressed pixels that need no rescaling (16-bit stored in 16 bits, MONOCHROME2, no LUT) come
+    back as a read-only view of the file's bytes (ingest.dicom_native): crop or copy, never write.
     """
     path = _display_name(source, name)
-    ds = _read(source, path, stop_before_pixels=False)
-    photometric = _check_pixel_module(ds, path)
-    if frame is not None:
-        frames = int(ds.get("NumberOfFrames") or 1)
-        if not 0 <= frame < frames:
-            raise DicomDecodeError(path, f"frame {frame} asked of a file with {frames} frame(s)")
-        ds.pixel_array_options(index=frame)
-    stored = _stored_values(ds, path)
+    ds, stored = _read_pixels(source, path, frame)
+    photometric = str(ds.PhotometricInterpretation).strip()
     try:
         if photometric in MONOCHROME:
             pixels, voi = _monochrome_uint16(stored, ds, photometric, apply_voi)
@@ -106,17 +106,69 @@ def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: st
     )
 
 
+def decode_mask_values(source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
+    """A segmentation mask's pixels for telling which are set: (H, W[, ...]) values that are
+    non-zero exactly where decode_dicom's would be, with as many distinct non-zero levels. For a
+    plain MONOCHROME2 file without rescale or LUT these are the stored values themselves (in place
+    for uncompressed data: an 8-bit 30 MP mask is not widened to 16 bits only to be compared with
+    zero); any other file goes through the whole chain."""
+    path = _display_name(source, name)
+    ds, stored = _read_pixels(source, path, None)
+    plain = (str(ds.PhotometricInterpretation).strip() == "MONOCHROME2" and stored.dtype.kind == "u"
+             and not any(k in ds for k in ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept",
+                                           "VOILUTSequence", "WindowCenter", "WindowWidth")))
+    return stored if plain else decode_dicom(source, name=name).pixels
+
+
+def _read_pixels(source: str | Path | bytes, path: str, frame: int | None) -> tuple[pydicom.Dataset, np.ndarray]:
+    """(dataset, stored values): uncompressed data viewed in place where dicom_native allows,
+    everything else decoded by pydicom. The dataset has every element but the pixel data in the
+    first case, all of them in the second."""
+    data = source if isinstance(source, (bytes, bytearray, memoryview)) else _read_file(source, path)
+    fp = _file_over(data)
+    header = _read(fp, path, stop_before_pixels=True)
+    stored = None
+    if frame is None or 0 <= frame < int(header.get("NumberOfFrames") or 1):
+        stored = native_stored_values(data, header, fp.tell(), frame)
+    if stored is not None:
+        _check_pixel_module(header, path, pixel_length=None)
+        return header, stored
+    ds = _read(_file_over(data), path, stop_before_pixels=False)
+    _check_pixel_module(ds, path, pixel_length=len(ds.PixelData) if "PixelData" in ds else 0)
+    if frame is not None:
+        frames = int(ds.get("NumberOfFrames") or 1)
+        if not 0 <= frame < frames:
+            raise DicomDecodeError(path, f"frame {frame} asked of a file with {frames} frame(s)")
+        ds.pixel_array_options(index=frame)
+    return ds, _stored_values(ds, path)
+
+
+def _file_over(data: bytes | bytearray | memoryview) -> io.BufferedIOBase:
+    """A file reading `data` without copying it: BytesIO shares bytes; anything else (a mapping)
+    through BufferReader, buffered, since pydicom reads a header a few bytes at a time."""
+    if isinstance(data, bytes):
+        return io.BytesIO(data)
+    return io.BufferedReader(BufferReader(data), buffer_size=1 << 16)
+
+
+def _read_file(source: str | Path, path: str) -> bytes | memoryview:
+    try:
+        return read_source(source)
+    except OSError as err:
+        raise DicomDecodeError(path, f"cannot be read ({err.strerror or type(err).__name__})") from err
+
+
 def _display_name(source: str | Path | bytes, name: str | None) -> str:
     if name is not None:
         return name
     return "<bytes>" if isinstance(source, (bytes, bytearray, memoryview)) else os.fspath(source)
 
 
-def _read(source: str | Path | bytes, path: str, *, stop_before_pixels: bool) -> pydicom.Dataset:
+def _read(source: str | Path | bytes | io.IOBase, path: str, *, stop_before_pixels: bool) -> pydicom.Dataset:
     """Parse the file. pydicom's read warnings are recorded, never shown: they can quote header
     values (PHI). The one that matters, end of file inside an element, becomes an error: pydicom
     would otherwise drop the truncated pixel data and the file would read as having none."""
-    fp = io.BytesIO(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
+    fp = _file_over(source) if isinstance(source, (bytes, bytearray, memoryview)) else source
     try:
         with warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
@@ -132,9 +184,10 @@ def _read(source: str | Path | bytes, path: str, *, stop_before_pixels: bool) ->
     return ds
 
 
-def _check_pixel_module(ds: pydicom.Dataset, path: str) -> str:
-    """Refuse, before decoding, what cannot decode: returns the PhotometricInterpretation."""
-    if "PixelData" not in ds:
+def _check_pixel_module(ds: pydicom.Dataset, path: str, *, pixel_length: int | None) -> str:
+    """Refuse, before decoding, what cannot decode: returns the PhotometricInterpretation.
+    pixel_length: bytes of the parsed Pixel Data; None where dicom_native has checked it already."""
+    if pixel_length is not None and "PixelData" not in ds:
         floats = "FloatPixelData" in ds or "DoubleFloatPixelData" in ds
         raise DicomDecodeError(path, "only float pixel data, which is not supported" if floats else "no pixel data")
     missing = [k for k in REQUIRED_PIXEL_ELEMENTS if ds.get(k) is None]
@@ -156,8 +209,8 @@ def _check_pixel_module(ds: pydicom.Dataset, path: str) -> str:
         raise DicomDecodeError(
             path, f"no decoder installed for transfer syntax {syntax.name} ({syntax}); install one of: {'; '.join(decoder.missing_dependencies)}"
         )
-    if not syntax.is_encapsulated:
-        expected, actual = get_expected_length(ds, "bytes"), len(ds.PixelData)
+    if pixel_length is not None and not syntax.is_encapsulated:
+        expected, actual = get_expected_length(ds, "bytes"), pixel_length
         # One trailing byte pads odd lengths to even (PS3.5 7.1.1).
         if actual not in (expected, expected + expected % 2):
             raise DicomDecodeError(

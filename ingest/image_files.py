@@ -39,9 +39,10 @@ class GrayImage:
 
 def file_format(data: bytes) -> str | None:
     """'PNG' or 'JPEG' from the file's magic bytes, else None."""
-    if data.startswith(PNG_SIGNATURE):
+    head = bytes(data[: len(PNG_SIGNATURE)])
+    if head.startswith(PNG_SIGNATURE):
         return "PNG"
-    if data.startswith(JPEG_SOI):
+    if head.startswith(JPEG_SOI):
         return "JPEG"
     return None
 

@@ -20,7 +20,6 @@ region, with a small LRU cache so neighbouring regions do not decode a chunk twi
 
 from __future__ import annotations
 
-import hashlib
 import struct
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -33,6 +32,7 @@ import tifffile
 from tifffile import TIFF
 
 from ingest.crops import Box
+from shards import schema
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 CHANNEL_AXES = "CIQS"
@@ -94,9 +94,10 @@ def image_files(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in TIFF_SUFFIXES)
 
 
-def files_sha256(path: Path) -> str:
-    """sha256 of an image's bytes: the file, or a folder's channel files concatenated in name order."""
-    digest = hashlib.sha256()
+def files_fingerprint(path: Path) -> str:
+    """schema.fingerprint of an image's bytes: the file, or a folder's channel files concatenated
+    in name order."""
+    digest = schema.new_fingerprint()
     for file in image_files(path):
         with open(file, "rb") as fh:
             while block := fh.read(8 << 20):

@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from ingest.mapped_files import read_source
 from ingest.staging import parse_staged, stage_path, stage_unit, staged_units
 from shards import card as card_io
 from shards import schema
@@ -83,21 +84,22 @@ class WorkUnit:
 
 
 def fingerprint_in_background(data: bytes) -> Future:
-    """sha256 hex digest of `data`, computed on a thread while the caller decodes: hashlib releases
-    the GIL, so a worker's fingerprint of a 30 MB mammogram costs no wall time beside its decode."""
+    """schema.fingerprint(data), computed on a thread while the caller decodes (xxhash releases the
+    GIL for large inputs), so a worker's fingerprint of a 30 MB mammogram hides behind its decode."""
     global _HASHER
     if _HASHER is None or _HASHER[0] != os.getpid():  # one per process: a forked pool must not inherit it
         _HASHER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fingerprint"))
-    return _HASHER[1].submit(lambda: hashlib.sha256(data).hexdigest())
+    return _HASHER[1].submit(schema.fingerprint, data)
 
 
 _HASHER: tuple[int, ThreadPoolExecutor] | None = None
 
 
-def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes, Future]:
-    """A unit's source file: its bytes (counted in out.notes["input_bytes"]) and the future of
-    their sha256, hashed on a thread while the caller decodes. Wait for the future last."""
-    data = Path(path).read_bytes()
+def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes | memoryview, Future]:
+    """A unit's source file: its bytes (counted in out.notes["input_bytes"]; a read-only mapping
+    for large files, see ingest.mapped_files) and the future of their fingerprint, hashed on a
+    thread while the caller decodes. Wait for the future last."""
+    data = read_source(path)
     out.notes["input_bytes"] += len(data)
     return data, fingerprint_in_background(data)
 

@@ -8,7 +8,7 @@ import random
 import cv2
 import numpy as np
 
-from ingest.crops import Box
+from ingest.crops import Box, mask_bbox
 
 # Tissue is found on a downscaled copy: Otsu and connected components on a 30 MP mammogram would
 # cost more than decoding it, and crop placement needs no finer grid than this.
@@ -36,11 +36,25 @@ def tissue_mask(image: np.ndarray, *, work_side: int = WORK_SIDE) -> tuple[np.nd
     return (mask.astype(bool) | holes), scale
 
 
-def downscale_mask(mask: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
-    """Full-resolution bool mask -> bool mask on the tissue grid; a grid cell is set if any pixel is."""
+def downscale_mask(mask: np.ndarray, shape: tuple[int, int], *, bbox: Box | None = None) -> np.ndarray:
+    """Full-resolution mask (non-zero = set) -> bool mask on the tissue grid; a grid cell is set if
+    any set pixel overlaps it. Only the mask's bounding box is visited: a lesion is a few hundred
+    thousand pixels of a 30-megapixel mask. `bbox`: the mask's tight box, when known already."""
     h, w = shape
-    small = cv2.resize(mask.astype(np.float32), (w, h), interpolation=cv2.INTER_AREA)
-    return small > 0
+    rows, columns = mask.shape
+    small = np.zeros(shape, bool)
+    box = mask_bbox(mask) if bbox is None else bbox
+    if box is None:
+        return small
+    x0, y0, _, _ = box
+    ys, xs = np.nonzero(mask[y0 : box[3], x0 : box[2]])
+    ys, xs = ys + y0, xs + x0
+    # Source pixel x spans [x, x + 1), grid cell j spans [j, j + 1) * columns / w: the first and
+    # last cell a pixel overlaps (equal unless it straddles a cell border).
+    for row_cells in ((ys * h) // rows, ((ys + 1) * h - 1) // rows):
+        for column_cells in ((xs * w) // columns, ((xs + 1) * w - 1) // columns):
+            small[row_cells, column_cells] = True
+    return small
 
 
 def random_tissue_boxes(

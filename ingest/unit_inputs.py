@@ -1,5 +1,5 @@
 """A work unit's source file read and decoded, or turned into a reject: the opening of every
-source's per-image work, written once. The file's sha256 runs on a thread meanwhile (see
+source's per-image work, written once. The file's fingerprint runs on a thread meanwhile (see
 pipeline.read_input); callers wait for the returned future last."""
 
 from __future__ import annotations

@@ -13,8 +13,13 @@ import numpy as np
 
 from shards import schema
 
-# zlib level 1: PNG stays lossless at any level; 1 is ~3x faster to write than 6 for ~10% more bytes.
-_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# PNG is lossless whatever the encoder settings; these are the fastest to write and to read. Measured
+# on 224 px crops of real radiographs (16-bit, 10-15 stored bits) and NIH chest X-rays (8-bit),
+# against zlib level 1 with libpng's adaptive per-row filter choice: the "up" filter for every row
+# and zlib's run-length strategy encode 2.7x / 1.9x faster, decode 1.5x / 1.8x faster, and are 6 % /
+# 10 % smaller (the low byte of 16-bit data is noise, where LZ77 matching finds nothing anyway).
+_PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP,
+               cv2.IMWRITE_PNG_STRATEGY, cv2.IMWRITE_PNG_STRATEGY_RLE]
 
 
 class DecodeError(ValueError):

@@ -24,6 +24,11 @@ splits ``key.ext`` at the first dot):
     <key>.json      SampleMeta as JSON (UTF-8, sorted keys)
 
 Exactly one pixel member (png or npy) per sample.
+
+A sample's source_fingerprint is FINGERPRINT (XXH3-128, hex) of its source file's bytes: a content
+identity for telling files apart and spotting changed ones, not a security seal (the shards' own
+sha256 in the card is that). XXH3 hashes at memory speed; sha256 cost a quarter of the CPU time of
+ingesting a mammogram's lesion crops, and half of what a second worker process added.
 """
 
 from __future__ import annotations
@@ -34,8 +39,11 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+import xxhash
+
 FORMAT_NAME = "medshards"
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: source_fingerprint is XXH3-128 (1: sha256)
+FINGERPRINT = "xxh3_128"
 
 SPLITS = ("train", "val", "test")
 CROP_KINDS = ("lesion", "random", "whole", "cell")
@@ -56,6 +64,16 @@ CARD_FILE = "dataset.json"
 REJECTS_FILE = "rejects.jsonl"
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+def new_fingerprint():
+    """A hasher for a source fingerprint: .update(bytes) as often as needed, then .hexdigest()."""
+    return xxhash.xxh3_128()
+
+
+def fingerprint(data: bytes) -> str:
+    """The source_fingerprint of a file whose bytes are `data`."""
+    return xxhash.xxh3_128_hexdigest(data)
 
 # Columns of manifest.parquet, in order. `labels` is a struct whose fields depend on the source.
 MANIFEST_COLUMNS = (
@@ -89,7 +107,7 @@ class SampleMeta:
     crop_box is (x0, y0, x1, y1) in source pixels, end-exclusive, before any resize; it may extend
     past the source image where a square crop needed padding. pixel_spacing_mm is (row, col) of the
     *source* image when the file states it, else None. patient is a keyed pseudonym, never the
-    archive's own ID. source_fingerprint is the sha256 of the source file's bytes.
+    archive's own ID. source_fingerprint is fingerprint() of the source file's bytes.
     """
 
     key: str

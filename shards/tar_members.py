@@ -1,12 +1,18 @@
-"""A small, strict reader of the tar members the stream needs: names and bytes, in order.
+"""A small, strict reader of the tar members the stream needs: names and bytes, in order; and
+the matching writer of the members ShardWriter puts in a shard.
 
 Why not `tarfile`: it parses every header field in Python, about 40 us a member here, and a sample
 is three members (pixels, mask, json), a fifth of the 0.66 ms a 224 px 16-bit PNG takes to decode.
 The stream reads every shard once an epoch, so it reads only what shards written by ShardWriter
-(through webdataset's TarWriter: POSIX ustar headers, a pax header only for a long name) can hold,
+(POSIX ustar headers; shards written by earlier versions through webdataset's TarWriter may hold
+a pax header for a long name) can hold,
 and rejects the rest instead of interpreting it: regular files, ustar or GNU magic, a checksum on
 every header, pax `path`/`size` records; links, directories, devices and GNU extensions are named
 as errors. Nothing here looks at what a member holds. `shards verify` reads shards with tarfile.
+
+Writing: `ustar_member` makes the same bytes as Python's tarfile does for a regular file with a
+short name (so plain `tarfile` and `webdataset.WebDataset` read shards as ever), in ~5 us instead
+of tarfile's ~80 us through TarInfo; ingest writes a few members a sample.
 """
 
 from __future__ import annotations
@@ -20,10 +26,46 @@ _REGULAR = (b"0", b"\0")
 _PAX_NEXT = b"x"  # pax extended header for the next member
 _PAX_GLOBAL = b"g"  # pax global header: applies to no member the stream reads
 _MAGICS = (b"ustar\x0000", b"ustar  \0")  # POSIX, and GNU tar's pre-POSIX spelling
+RECORD = 20 * BLOCK  # tar's default blocking: an archive's length is a multiple of this
+END_OF_ARCHIVE = bytes(2 * BLOCK)
+NAME_MAX = 100  # a ustar name field; longer names would need a prefix split or a pax header
 
 
 class TarFormatError(ValueError):
     """Bytes that are not a tar member this reader accepts."""
+
+
+def _octal(value: int, width: int) -> bytes:
+    """A ustar numeric field: zero-padded octal digits and a NUL, as tarfile writes them."""
+    digits = b"%0*o" % (width - 1, value)
+    if len(digits) != width - 1:
+        raise TarFormatError(f"{value} does not fit a {width}-byte tar field")
+    return digits + b"\0"
+
+
+def _name_field(text: str, width: int) -> bytes:
+    raw = text.encode("utf-8")
+    if len(raw) > width:
+        raise TarFormatError(f"{text!r} is longer than a tar header's {width}-byte field")
+    return raw.ljust(width, b"\0")
+
+
+def ustar_member(name: str, size: int, *, mtime: int, mode: int, owner: str) -> bytes:
+    """The 512-byte POSIX ustar header of a regular file `name` of `size` bytes, owned by user and
+    group `owner` (uid and gid 0); the caller writes the data after it, padded with NULs to a
+    multiple of BLOCK (`padding(size)`)."""
+    head = b"".join((
+        _name_field(name, NAME_MAX), _octal(mode, 8), _octal(0, 8), _octal(0, 8), _octal(size, 12),
+        _octal(mtime, 12), b" " * 8, b"0", bytes(100), b"ustar\x0000", _name_field(owner, 32),
+        _name_field(owner, 32), bytes(16), bytes(155),  # devmajor, devminor: empty for a regular file
+    ))
+    checksum = b"%06o\0 " % sum(head)  # summed with its own field as spaces (POSIX.1-1988)
+    return (head[:148] + checksum + head[156:]).ljust(BLOCK, b"\0")
+
+
+def padding(size: int) -> bytes:
+    """NULs that take `size` bytes of member data to the next BLOCK boundary."""
+    return bytes(-size % BLOCK)
 
 
 @dataclass(frozen=True)

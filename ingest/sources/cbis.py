@@ -273,16 +273,17 @@ class CbisProcess:
         masks, pathologies = [], []
         for abn_id, labels, candidates, mask_rel in image.abnormalities:
             try:
-                mask, resized = mammogram.find_roi_mask([Path(c) for c in candidates], pixels.shape, root)
+                roi = mammogram.find_roi_mask([Path(c) for c in candidates], pixels.shape, root)
             except mammogram.RoiMaskError as exc:
                 out.rejects.append(Reject(mask_rel, f"{exc} (abnormality {abn_id})"))
                 continue
             if self.crops != "lesion":  # full-size masks are kept only for placing random crops
-                masks.append(mask)
+                masks.append(roi)
             pathologies.append(labels["pathology"])
+            resized = roi.resized
             out.notes["masks_resized"] += int(resized)
             if self.crops in ("lesion", "both"):
-                crop, mask_crop, box = mammogram.lesion_crop(pixels, mask, self.params)
+                crop, mask_crop, box = mammogram.lesion_crop(pixels, roi.pixels, self.params, bbox=roi.bbox)
                 fields = dict(key=f"cbis_{unit.unit_id}_lesion{abn_id}", crop_kind="lesion", crop_box=box,
                               labels=labels, has_mask=True, extra={"abnormality_id": abn_id, "mask_resized": resized})
                 made.append((fields, crop, mask_crop))

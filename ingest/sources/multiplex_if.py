@@ -40,7 +40,7 @@ import numpy as np
 from ingest import crops, nuclei, pseudonym, splits
 from ingest.cell_tables import Cell, CellTableError, match_images, read_cell_table
 from ingest.multiplex_tiff import (
-    TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, files_sha256, image_files, image_stem,
+    TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, files_fingerprint, image_files, image_stem,
     read_channel_folder, read_channel_index,
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments
@@ -215,7 +215,7 @@ def _measure(plan: ImagePlan) -> tuple[str, int | None]:
     if plan.nuclear is not None:
         with RegionReader() as reader:
             threshold = nuclei.nuclear_threshold(reader.sample_chunks(plan.nuclear, THRESHOLD_CHUNKS))
-    return files_sha256(plan.path), threshold
+    return files_fingerprint(plan.path), threshold
 
 
 def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], salt: str, side: int, block: int,

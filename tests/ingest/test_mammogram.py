@@ -49,15 +49,15 @@ def test_roi_mask_is_found_by_content_not_by_order(tmp_path, mask_first):
     image, lesion = breast()
     write_dicom(tmp_path / "a.dcm", (lesion * 255).astype(np.uint8) if mask_first else image[240:320, 180:280].copy())
     write_dicom(tmp_path / "b.dcm", image[240:320, 180:280].copy() if mask_first else (lesion * 255).astype(np.uint8))
-    mask, resized = mammogram.find_roi_mask([tmp_path / "a.dcm", tmp_path / "b.dcm"], image.shape, tmp_path)
-    assert not resized and np.array_equal(mask, lesion)
+    mask, bbox, resized = mammogram.find_roi_mask([tmp_path / "a.dcm", tmp_path / "b.dcm"], image.shape, tmp_path)
+    assert not resized and np.array_equal(mask != 0, lesion) and bbox == mask_bbox(lesion)
 
 
 def test_mask_of_another_size_is_resized_to_its_mammogram(tmp_path):
     image, lesion = breast()
     write_dicom(tmp_path / "m.dcm", (lesion[:-6, :-4] * 255).astype(np.uint8))
-    mask, resized = mammogram.find_roi_mask([tmp_path / "m.dcm"], image.shape, tmp_path)
-    assert resized and mask.shape == image.shape and mask.any()
+    mask, bbox, resized = mammogram.find_roi_mask([tmp_path / "m.dcm"], image.shape, tmp_path)
+    assert resized and mask.shape == image.shape and mask.any() and bbox == mask_bbox(mask)
 
 
 def test_empty_mask_is_an_error_naming_the_file(tmp_path):
@@ -81,9 +81,10 @@ def test_lesion_crop_is_square_with_margin_and_centred():
 def test_random_crops_lie_in_tissue_away_from_lesions_and_repeat_with_the_seed():
     image, lesion = breast()
     params = mammogram.CropParams(size=32, random_per_image=6, random_side=80, lesion_clearance=10)
-    first = mammogram.random_tissue_crops(image, [lesion], params, random.Random(7))
-    again = mammogram.random_tissue_crops(image, [lesion], params, random.Random(7))
-    other = mammogram.random_tissue_crops(image, [lesion], params, random.Random(8))
+    roi = [mammogram.RoiMask(lesion, mask_bbox(lesion), False)]
+    first = mammogram.random_tissue_crops(image, roi, params, random.Random(7))
+    again = mammogram.random_tissue_crops(image, roi, params, random.Random(7))
+    other = mammogram.random_tissue_crops(image, roi, params, random.Random(8))
     assert len(first) == 6
     assert [box for _, box in first] == [box for _, box in again] != [box for _, box in other]
     for pixels, (x0, y0, x1, y1) in first:

@@ -1,12 +1,11 @@
-"""The opening of every source's per-image work: bytes counted, fingerprint = sha256 of the file,
+"""The opening of every source's per-image work: bytes counted, fingerprint = XXH3-128 of the file,
 an undecodable file becomes one reject naming it and the reason."""
 
 from __future__ import annotations
 
-import hashlib
-
 import cv2
 import numpy as np
+import xxhash
 
 from ingest.pipeline import UnitOutput
 from ingest.unit_inputs import decode_unit_dicom, read_unit_image
@@ -18,7 +17,7 @@ def test_image_is_decoded_counted_and_fingerprinted(tmp_path):
     out = UnitOutput()
     gray, fingerprint = read_unit_image(str(path), "x.png", out)
     assert gray.pixels.dtype == np.uint8 and gray.pixels.shape == (8, 8)
-    assert fingerprint.result() == hashlib.sha256(path.read_bytes()).hexdigest()
+    assert fingerprint.result() == xxhash.xxh3_128_hexdigest(path.read_bytes())
     assert out.notes["input_bytes"] == path.stat().st_size and not out.rejects
 
 

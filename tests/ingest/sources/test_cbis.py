@@ -6,6 +6,7 @@ import csv
 import hashlib
 import io
 import json
+import signal
 import subprocess
 import sys
 import tarfile
@@ -196,8 +197,12 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
            "--out", str(out), "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
+    # Let the run go in 2 ms slices (a unit takes several), stopped between them while the staging
+    # folder is counted, so it is killed a few units in however fast this machine ingests.
     while len(list((out / ".staging").glob("*.unit"))) < 3 and time.monotonic() < deadline:
-        time.sleep(0.01)
+        proc.send_signal(signal.SIGCONT)
+        time.sleep(0.002)
+        proc.send_signal(signal.SIGSTOP)
     proc.kill()
     proc.wait()
     staged = len(list((out / ".staging").glob("*.unit")))

@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import numpy as np
+import xxhash
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -56,7 +57,7 @@ def expected(row: dict[str, str], uncertain: str) -> dict:
 
 
 def by_fingerprint(parent: Path) -> dict[str, Path]:
-    return {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in parent.rglob("*.jpg")}
+    return {xxhash.xxh3_128_hexdigest(p.read_bytes()): p for p in parent.rglob("*.jpg")}
 
 
 def cell_of(path: Path, parent: Path) -> str:

@@ -15,7 +15,7 @@ import tifffile
 import webdataset as wds
 
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
-from ingest.multiplex_tiff import files_sha256
+from ingest.multiplex_tiff import files_fingerprint
 from ingest.pipeline import run_job
 from ingest.sample_data.multiplex_if import CHANNELS, make_if_sample
 from ingest.sources import multiplex_if
@@ -124,7 +124,7 @@ def test_cell_crops_from_tables_in_every_layout(made, table_crops):
     by_fingerprint = {}
     for image_id in made.images:
         path = next(p for p in made.root.iterdir() if p.name.startswith(image_id) and p.suffix != ".csv")
-        by_fingerprint[files_sha256(path)] = image_id
+        by_fingerprint[files_fingerprint(path)] = image_id
     for s in found:
         meta, pixels = s["meta"], s["pixels"]
         image_id = by_fingerprint[meta["source_fingerprint"]]
@@ -156,7 +156,7 @@ def test_nuclei_replace_a_missing_table_and_blocks_change_nothing(tmp_path):
                      for r in pq.read_table(one / schema.MANIFEST_FILE).to_pylist())
     assert len(centres) == sum(len(c) for c in made.cells.values())
     for image_id, cells in made.cells.items():  # every drawn cell found within 2 pixels
-        fingerprint = files_sha256(made.root / f"{image_id}.ome.tif")
+        fingerprint = files_fingerprint(made.root / f"{image_id}.ome.tif")
         found = np.array([c for f, c in centres if f == fingerprint])
         for x, y, _ in cells:
             assert np.min(np.hypot(found[:, 0] - x, found[:, 1] - y)) <= 2

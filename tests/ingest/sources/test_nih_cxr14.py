@@ -13,6 +13,7 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import xxhash
 import pyarrow.parquet as pq
 import pytest
 import webdataset as wds
@@ -57,7 +58,7 @@ def expected_labels(findings: set[str]) -> dict:
 
 
 def by_fingerprint(root: Path) -> dict[str, Path]:
-    return {hashlib.sha256(p.read_bytes()).hexdigest(): p for p in root.rglob("*.png")}
+    return {xxhash.xxh3_128_hexdigest(p.read_bytes()): p for p in root.rglob("*.png")}
 
 
 def shard_digests(out: Path) -> dict[str, str]:
