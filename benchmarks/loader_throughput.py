@@ -4,13 +4,14 @@ Prints one JSON line.
 decode_bound: the train split's pixel members, read into memory first, decoded by N processes
               (codecs.decode_pixels, nothing else): what N cores can do at best, since a 224 px
               16-bit PNG decode is most of a sample's cost.
-stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, normalise,
-              batch) with N DataLoader workers, `--samples` per epoch.
+stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
+              units with each sample's normalisation) with N DataLoader workers, `--samples` per
+              epoch; normalisation itself happens on the training device (to_device), not here.
 folder:       the same crops written out as PNG files, read by a map-style Dataset (file read,
-              decode, the same augment and normalisation) in a DataLoader with N workers.
+              decode, the same augment, the same hand-over) in a DataLoader with N workers.
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
-process decoding; and the cost a sample of filling a fresh shared-memory batch, which every
-DataLoader worker pays to hand a batch over and a decode-only process does not.
+process decoding; and the cost a sample of making and filling a fresh shared-memory batch, which
+a DataLoader worker pays per batch unless it reuses buffers (the folder pays it, the stream not).
 Rounds alternate and the best of each is kept. Targets (issue 4): stream >= 0.9 x decode_bound,
 and stream >= folder.
 
@@ -41,9 +42,10 @@ from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 from shards import codecs, schema  # noqa: E402
 from shards import sample_stages as stages  # noqa: E402
 from shards.augment import Augment  # noqa: E402
+from shards.batch_ring import shared_batch  # noqa: E402
 from shards.card import read_card  # noqa: E402
 from shards.heap import keep_buffers_in_heap  # noqa: E402
-from shards.stream import StreamSource, make_loader, pixel_stats  # noqa: E402
+from shards.stream import StreamSource, make_loader  # noqa: E402
 
 
 def train_members(root: Path) -> list[tuple[str, str, bytes]]:
@@ -92,21 +94,21 @@ def epoch_rate(loader, samples: int, epoch: int) -> float:
 
 
 def shm_handoff_us(batch_size: int, side: int) -> float:
-    """Microseconds a sample to fill a new shared-memory float32 batch, as every DataLoader worker
-    must to hand a batch over (fresh pages each batch: page faults, which cost a lot on some VMs)."""
+    """Microseconds a sample to make and fill a new shared-memory 16-bit batch, as a DataLoader
+    worker does for every batch it hands over (default_collate; the folder baseline here), and
+    the stream's workers do not (shards.batch_ring reuses their buffers)."""
     start = time.perf_counter()
     for _ in range(10):
-        torch.empty((batch_size, 1, side, side)).share_memory_().fill_(1.0)
+        shared_batch((batch_size, 1, side, side), torch.int16).fill_(1)
     return (time.perf_counter() - start) / (10 * batch_size) * 1e6
 
 
 class PngFolder(Dataset):
-    """A folder of 16-bit PNG crops, decoded, augmented and normalised as the stream does."""
+    """A folder of 16-bit PNG crops, decoded and augmented as the stream does, and handed over as
+    the stream hands them over: stored units, normalised later on the device."""
 
-    def __init__(self, files: list[Path], mean: tuple[float, ...], std: tuple[float, ...]):
+    def __init__(self, files: list[Path]):
         self.files = files
-        self.mean = np.float32(mean[0])
-        self.scale = np.float32(1.0 / std[0])
         self.augment = None
 
     def __len__(self) -> int:
@@ -117,11 +119,7 @@ class PngFolder(Dataset):
             cv2.setNumThreads(1)
             self.augment = Augment("mae", 224, seed=torch.initial_seed() % 2**32)
         pixels = codecs.decode_pixels(schema.PIXELS_PNG, self.files[index].read_bytes())
-        image = self.augment(pixels)
-        out = np.empty(image.shape, np.float32)
-        np.subtract(image, self.mean, out=out)
-        out *= self.scale
-        return torch.from_numpy(out)
+        return torch.from_numpy(self.augment(pixels))
 
 
 def folder_loader(folder: PngFolder, *, workers: int, batch_size: int, samples: int) -> DataLoader:
@@ -155,11 +153,10 @@ def main() -> None:
         for key, ext, data in members:
             files.append(folder / f"{key}.{ext}")
             files[-1].write_bytes(data)
-        mean, std = pixel_stats(read_card(root), root)
         samples = args.samples - args.samples % args.batch_size
         stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                 num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
-        folder = folder_loader(PngFolder(files, mean, std), workers=args.workers, batch_size=args.batch_size,
+        folder = folder_loader(PngFolder(files), workers=args.workers, batch_size=args.batch_size,
                                samples=samples)
         one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
                                   seed=0, augment="mae", samples_per_epoch=samples // 4)

@@ -150,11 +150,11 @@ class SampleMeta:
     @classmethod
     def from_json_bytes(cls, data: bytes) -> SampleMeta:
         raw = json.loads(data)
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise SchemaError(f"unknown metadata fields {sorted(unknown)}")
-        for name in ("crop_box", "source_size", "pixel_spacing_mm", "channel_names"):
+        if not isinstance(raw, dict):
+            raise SchemaError(f"metadata is a JSON {type(raw).__name__}, not an object")
+        if not raw.keys() <= _META_FIELDS:
+            raise SchemaError(f"unknown metadata fields {sorted(raw.keys() - _META_FIELDS)}")
+        for name in _TUPLE_FIELDS:
             if raw.get(name) is not None:
                 raw[name] = tuple(raw[name])
         return cls(**raw)
@@ -178,6 +178,10 @@ class SampleMeta:
             "labels": self.labels,
             "source_fingerprint": self.source_fingerprint,
         }
+
+
+_META_FIELDS = frozenset(f.name for f in dataclasses.fields(SampleMeta))
+_TUPLE_FIELDS = ("crop_box", "source_size", "pixel_spacing_mm", "channel_names")
 
 
 def pixel_member(channels: int, dtype: str) -> str:

@@ -9,7 +9,11 @@ shuffles that change every epoch, safe decoding, augmentation, per-set normalisa
     for epoch in range(epochs):
         loader.dataset.set_epoch(epoch)
         for batch in loader:        # exactly `steps` batches on every rank
+            batch = to_device(batch, "cuda")
             batch["image"]          # (B, C, 224, 224) float32, normalised with each set's own stats
+
+Batches leave the workers in stored units (uint8 / uint16, with each sample's mean and 1 / std);
+to_device normalises them on the training device (see shards.stream_stages for why).
 
 Which rank and worker reads what, and what an epoch covers: shards.stream_plan. The stages a
 sample goes through: shards.sample_stages, then shards.stream_stages. Error policy: `handler`
@@ -19,6 +23,7 @@ sample goes through: shards.sample_stages, then shards.stream_stages. Error poli
 
 from __future__ import annotations
 
+import functools
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
@@ -35,16 +40,18 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import sample_stages as reading, schema, stream_stages as stages
 from shards.sample_stages import SampleError, raise_sample_error, warn_and_skip
-from shards.stream_stages import StreamError
+from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
+from shards.batch_ring import BatchRing, RingLoader
 from shards.card import read_card
 from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
 
 __all__ = ["OpenSource", "SampleError", "ShardStream", "StreamError", "StreamLoader", "StreamPlanError", "StreamSource",
-           "make_loader", "open_source", "pixel_stats", "raise_sample_error",
+           "make_loader", "open_source", "pixel_stats", "raise_sample_error", "to_device",
            "warn_and_skip"]
 
+_BATCH_DTYPES = {"uint8": torch.uint8, "uint16": torch.uint16}
 # Members a batch needs; a mask is checked by name but not read.
 _READ = (schema.PIXELS_PNG, schema.PIXELS_NPY, schema.META_JSON)
 
@@ -71,6 +78,7 @@ class OpenSource:
     weight: float
     mean: tuple[float, ...]  # per channel, stored units (card pixel_stats)
     std: tuple[float, ...]
+    dtype: str  # stored pixels: "uint8" or "uint16"
 
     @property
     def channels(self) -> int:
@@ -112,8 +120,11 @@ def open_source(source: StreamSource) -> OpenSource:
             raise ValueError(f"{root}: dataset.json lists shard {record['path']!r} outside {source.split}/")
         shards.append(ShardSpan(str(root / rel), record["samples"] if counts is None else counts[record["path"]]))
     mean, std = pixel_stats(card, root)
+    dtype = card["pixel_stats"].get("dtype", "uint16")
+    if dtype not in _BATCH_DTYPES:
+        raise ValueError(f"{root}: pixel_stats dtype {dtype!r} is not one of {sorted(_BATCH_DTYPES)}")
     return OpenSource(name=source.name or card["source"], shards=tuple(shards), crop_kinds=kinds,
-                      weight=float(source.weight), mean=mean, std=std)
+                      weight=float(source.weight), mean=mean, std=std, dtype=dtype)
 
 
 class ShardStream(IterableDataset):
@@ -138,11 +149,14 @@ class ShardStream(IterableDataset):
             raise ValueError(f"sources in one stream need one channel count, got {channels}")
         Augment(augment, image_size)  # unknown name or bad size: fail here, not in a worker
         self.channels = self.sources[0].channels
+        # One batch tensor holds every source's pixels: 8-bit values fit a 16-bit batch exactly.
+        self.dtype = torch.uint16 if any(s.dtype == "uint16" for s in self.sources) else torch.uint8
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.samples_per_epoch = seed, shuffle_buffer, samples_per_epoch
         self.handler = handler
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
+        self.ring: BatchRing | None = None  # set by make_loader, whose RingLoader gives slots back
         self.steps_per_epoch = self.plan(0).steps_per_epoch  # raises here if no plan is possible
 
     @property
@@ -170,9 +184,14 @@ class ShardStream(IterableDataset):
         if info is not None:
             keep_buffers_in_heap()
         epoch = self.epoch
-        yield from self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch)
+        new_batch = stages.fresh_batch
+        if info is not None and self.ring is not None:
+            self.ring.start_epoch(worker)
+            new_batch = functools.partial(self.ring.take, worker)
+        yield from self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch, new_batch)
 
-    def reader_batches(self, reader: ReaderPlan, epoch: int) -> Iterator[dict[str, Any]]:
+    def reader_batches(self, reader: ReaderPlan, epoch: int,
+                       new_batch=stages.fresh_batch) -> Iterator[dict[str, Any]]:
         """One reader's epoch: its sources' samples in a seeded order, in whole batches."""
         seeds = np.random.SeedSequence(self.seed, spawn_key=(epoch, reader.rank, reader.worker))
         augment_seed, mix_seed, *source_seeds = (int(child.generate_state(1)[0])
@@ -183,7 +202,8 @@ class ShardStream(IterableDataset):
                    for source, shards, quota, seed in zip(self.sources, reader.shards, reader.quotas, source_seeds)]
         order = np.repeat(np.arange(len(streams)), reader.quotas)
         np.random.default_rng(mix_seed).shuffle(order)
-        yield from stages.batches(stages.interleave(streams, order.tolist()), self.batch_size, handler)
+        yield from stages.batches(stages.interleave(streams, order.tolist()), self.batch_size, handler, self.dtype,
+                                  new_batch)
 
     def _source_samples(self, source: OpenSource, shards: tuple[ShardSpan, ...], rng: random.Random,
                         augment: Augment, handler: reading.Handler) -> Iterator[dict[str, Any]]:
@@ -212,7 +232,7 @@ def _as_made(batch: dict[str, Any]) -> dict[str, Any]:
 class StreamLoader(NamedTuple):
     """make_loader's result: unpacks as (loader, steps_per_epoch)."""
 
-    loader: DataLoader
+    loader: RingLoader
     steps_per_epoch: int
 
 
@@ -221,9 +241,11 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
                 handler: reading.Handler = raise_sample_error, pin_memory: bool = False,
                 prefetch_factor: int | None = None) -> StreamLoader:
-    """A DataLoader over a ShardStream (batches are made in the workers: batch_size=None here),
-    and the number of batches every rank gets per epoch. Call loader.dataset.set_epoch(e) before
-    each epoch. Workers persist across epochs (the epoch reaches them through shared memory)."""
+    """A loader over a ShardStream (batches are made in the DataLoader workers, in buffers they
+    reuse: shards.batch_ring), and the number of batches every rank gets per epoch. Call
+    loader.dataset.set_epoch(e) before each epoch. Workers persist across epochs (the epoch
+    reaches them through shared memory). Every batch's "image" is its own tensor (pinned when
+    pin_memory), yours to keep."""
     if num_workers:
         # One worker is one core's work, so OpenCV's thread pool only gets in the way; and it must go
         # before the fork: a worker that inherits the parent's live pool deadlocks in OpenCV.
@@ -231,7 +253,9 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
     dataset = ShardStream(sources, batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
                           num_workers=num_workers, seed=seed, augment=augment, shuffle_buffer=shuffle_buffer,
                           samples_per_epoch=samples_per_epoch, handler=handler)
+    prefetch = (prefetch_factor or 2) if num_workers else None
+    if num_workers:
+        dataset.ring = BatchRing(num_workers, prefetch + 2)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
-                        pin_memory=pin_memory, persistent_workers=num_workers > 0,
-                        prefetch_factor=prefetch_factor if num_workers else None)
-    return StreamLoader(loader, dataset.steps_per_epoch)
+                        persistent_workers=num_workers > 0, prefetch_factor=prefetch)
+    return StreamLoader(RingLoader(loader, dataset.ring, pin_memory=pin_memory), dataset.steps_per_epoch)

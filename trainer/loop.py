@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from shards import schema
-from shards.stream import StreamSource, make_loader, open_source
+from shards.stream import StreamSource, make_loader, open_source, to_device
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -65,7 +65,7 @@ def _batches(loader, steps: int, device: torch.device) -> Iterator[tuple[int, di
     for step, batch in enumerate(loader):
         if step >= steps:
             return
-        yield step, {k: (v.to(device, non_blocking=True) if torch.is_tensor(v) else v) for k, v in batch.items()}
+        yield step, to_device(batch, device)
 
 
 def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int, int]:

@@ -23,7 +23,7 @@ from shards import codecs, schema
 from shards import sample_stages as reading
 from shards.card import build_card, read_card, write_card
 from shards.manifest import read_manifest, write_manifest
-from shards.stream import SampleError, ShardStream, StreamSource, make_loader, warn_and_skip
+from shards.stream import SampleError, ShardStream, StreamSource, make_loader, to_device, warn_and_skip
 from shards.stream_plan import StreamPlanError
 from shards.writer import ShardWriter
 
@@ -54,6 +54,7 @@ def write_set(root: Path, images: list[np.ndarray], shard_sizes: list[int], *, s
     if stats is None:
         values = np.concatenate([p.reshape(-1, 1 if p.ndim == 2 else p.shape[2]) for p in images]).astype(np.float64)
         stats = {"mean": values.mean(axis=0).tolist(), "std": values.std(axis=0).tolist()}
+    stats = {"dtype": str(images[0].dtype), **stats}
     write_manifest(root / schema.MANIFEST_FILE, rows)
     write_card(root, build_card(source=source, tool_version="test", parameters={}, rows=rows, records=writer.records,
                                 pixel_stats={"split": "train", "channels": len(stats["mean"]), **stats},
@@ -84,7 +85,9 @@ def test_every_rank_gets_steps_per_epoch_batches_from_uneven_shards(uneven, worl
             loader.dataset.set_epoch(epoch)
             batches = list(loader)
             assert len(batches) == steps, f"rank {rank} epoch {epoch}"
-            assert all(b["image"].shape == (2, 1, 8, 8) and b["image"].dtype == torch.float32 for b in batches)
+            # handed over in stored units (the shards hold uint16), normalised by to_device
+            assert all(b["image"].shape == (2, 1, 8, 8) and b["image"].dtype == torch.uint16 for b in batches)
+            assert all(to_device(b, "cpu")["image"].dtype == torch.float32 for b in batches)
 
 
 def test_impossible_plans_fail_with_the_numbers(uneven):
@@ -143,12 +146,30 @@ def test_mixing_weights_and_each_set_normalises_with_its_own_stats(tmp_path):
     counts = Counter()
     for batch in loader:
         counts.update(batch["source"])
+        batch = to_device(batch, "cpu")
         for image, source, key in zip(batch["image"], batch["source"], batch["key"]):
             scale = 10.0 if source == "seta" else 100.0
             assert key.startswith(source)
             torch.testing.assert_close(image, torch.full((1, 8, 8), int(key[4:]) / scale))
     assert sum(counts.values()) == steps * 5 == 400
     assert abs(counts["seta"] / 400 - 0.75) < 0.02
+
+
+def test_8_and_16_bit_sets_mix_in_16_bit_batches_with_values_kept(tmp_path):
+    a = write_set(tmp_path / "a", [np.full((8, 8), 200 + i, np.uint8) for i in range(4)], [2, 2], source="eight",
+                  stats={"mean": [100.0], "std": [50.0]})
+    b = write_set(tmp_path / "b", [np.full((8, 8), 40000 + i, np.uint16) for i in range(4)], [2, 2], source="sixteen",
+                  stats={"mean": [30000.0], "std": [1000.0]})
+    loader, steps = make_loader([StreamSource(a), StreamSource(b)], batch_size=4, image_size=8, augment="none",
+                                samples_per_epoch=8)
+    for batch in loader:
+        assert batch["image"].dtype == torch.uint16
+        normalised = to_device(batch, "cpu")["image"]
+        for stored, image, key in zip(batch["image"], normalised, batch["key"]):
+            value = (200 if key.startswith("eight") else 40000) + int(key[-4:])
+            mean, std = (100.0, 50.0) if key.startswith("eight") else (30000.0, 1000.0)
+            assert torch.equal(stored, torch.full((1, 8, 8), value, dtype=torch.uint16))
+            torch.testing.assert_close(image, torch.full((1, 8, 8), (value - mean) / std))
 
 
 def test_16bit_pixels_come_back_exactly_and_normalise_with_the_card(tmp_path):
@@ -164,7 +185,9 @@ def test_16bit_pixels_come_back_exactly_and_normalise_with_the_card(tmp_path):
         np.testing.assert_array_equal(sample["pixels"], images[sample["meta"].labels["index"]])
     loader, _ = make_loader([StreamSource(root)], batch_size=2, image_size=12, augment="none")
     for batch in loader:
-        for image, key in zip(batch["image"].numpy(), batch["key"]):
+        for stored, key in zip(batch["image"].numpy(), batch["key"]):  # handed over exactly as stored
+            np.testing.assert_array_equal(stored[0], images[int(key[3:])])
+        for image, key in zip(to_device(batch, "cpu")["image"].numpy(), batch["key"]):
             stored = images[int(key[3:])].astype(np.float64)
             np.testing.assert_allclose(image[0], (stored - 5000.0) / 250.0, rtol=1e-6, atol=1e-6)  # float32
             np.testing.assert_array_equal(np.rint(image[0].astype(np.float64) * 250.0 + 5000.0), stored)
@@ -181,6 +204,8 @@ def test_channels_come_out_first_in_order_each_with_its_stats(tmp_path, channels
     loader, _ = make_loader([StreamSource(root)], batch_size=3, image_size=16, augment=augment)
     assert loader.dataset.channels == channels
     for batch in loader:
+        assert batch["image"].dtype == {np.uint8: torch.uint8, np.uint16: torch.uint16}[dtype]
+        batch = to_device(batch, "cpu")
         assert batch["image"].shape == (3, channels, 16, 16) and batch["image"].dtype == torch.float32
         for image, key in zip(batch["image"], batch["key"]):
             expected = (levels + int(key[3:]) - np.array(mean)) / np.array(std)
@@ -274,4 +299,5 @@ def test_ingested_cbis_lesion_crops_stream_with_their_labels(cbis_shards):
     for batch in batches:
         assert batch["crop_kind"] == ["lesion"] and batch["source"] == ["cbis-ddsm"]
         assert batch["labels"][0]["pathology"] in ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
-        assert batch["image"].shape == (1, 1, 64, 64) and torch.isfinite(batch["image"]).all()
+        image = to_device(batch, "cpu")["image"]
+        assert image.shape == (1, 1, 64, 64) and torch.isfinite(image).all()
