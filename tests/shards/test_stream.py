@@ -155,6 +155,24 @@ def test_mixing_weights_and_each_set_normalises_with_its_own_stats(tmp_path):
     assert abs(counts["seta"] / 400 - 0.75) < 0.02
 
 
+def test_kept_batches_stay_intact_while_workers_reuse_their_buffers(tmp_path):
+    rng = np.random.default_rng(3)
+    images = [rng.integers(0, 65536, (8, 8), dtype=np.uint16) for _ in range(48)]
+    root = write_set(tmp_path / "set", images, [6] * 8)
+    loader, steps = make_loader([StreamSource(root)], batch_size=2, image_size=8, num_workers=2, augment="none")
+    kept = list(loader)  # 12 batches a worker through 4 slots each: every slot reused twice over
+    assert len(kept) == steps == 24
+    for batch in kept:
+        for stored, key in zip(batch["image"].numpy(), batch["key"]):
+            np.testing.assert_array_equal(stored[0], images[int(key[3:])])
+    for epoch in (1, 2):  # cut an epoch short, then the next one still runs whole
+        loader.dataset.set_epoch(epoch)
+        for i, _ in enumerate(loader):
+            if epoch == 1 and i == 3:
+                break
+    assert len(keys_of(loader)) == steps * 2
+
+
 def test_8_and_16_bit_sets_mix_in_16_bit_batches_with_values_kept(tmp_path):
     a = write_set(tmp_path / "a", [np.full((8, 8), 200 + i, np.uint8) for i in range(4)], [2, 2], source="eight",
                   stats={"mean": [100.0], "std": [50.0]})
