@@ -7,10 +7,13 @@ times (eq. 5), so the fine decoder runs on 4 * 49 = (224/16)^2 = 196 patch token
 Table II says "on 224 x 224 images"; if that means a 224 encoder input, the fine decoder sees
 (448/16)^2 + 1 = 785 tokens: `--input-size 224`.
 
-Default mode: forward + backward of a stack of `--depth` fine-decoder blocks alone (width 512,
-16 heads, MLP 4x: MAE's decoder, which the fine decoder copies), on random tokens, for "sdpa",
-"explicit" softmax and Nystrom with 32/64/128 landmarks, at batch 8 and 64. On CPU the default depth
-is 1 (the 8-block decoder costs 8x; a 2-core CPU would take minutes per configuration), on CUDA 8.
+Default mode: forward + backward on random tokens, for "sdpa", "explicit" softmax and Nystrom with
+32/64/128 landmarks, at batch 8 and 64, at two scopes (`--scopes`): "attention", the attention
+layer alone (what the variants differ in: the explicit one keeps the (B, heads, L, L) matrices for
+backward, SDPA and Nystrom do not), and "block", a stack of `--depth` whole fine-decoder blocks
+(width 512, 16 heads, MLP 4x: MAE's decoder, which the fine decoder copies), whose MLP and
+norms every variant shares. On CPU the default depth is 1 (the 8-block decoder costs 8x; a
+2-core CPU would take minutes per configuration), on CUDA 8.
 
 `--full-miram`: one whole training step (forward, backward, AdamW) of miram_vit_base_patch16 with
 in_chans 1 at `--input-size` in, input and 2x out, per fine attention and batch; `--amp` runs it under
@@ -20,11 +23,13 @@ Memory, measured honestly per device, each configuration in a fresh subprocess:
   cuda: torch.cuda.max_memory_allocated() during the steps minus memory_allocated() before them
         (tensors only: activations, gradients, optimizer state, workspace; not the caching
         allocator's reserve or the CUDA context); the absolute peak is printed too.
-  cpu:  the process's resident-set high-water mark (getrusage ru_maxrss) after the steps minus the
-        one before them, with the model and inputs already built: the most extra RAM any step
-        touched, allocator slack included.
-In --full-miram mode both include the gradients and the AdamW state made in the first step
-(about 3 x 4 bytes x 136 M parameters = 1.6 GiB in fp32).
+        In --full-miram mode this includes the gradients and the AdamW state made in the first step
+        (about 3 x 4 bytes x 136 M parameters = 1.6 GiB in fp32).
+  cpu:  the resident-set high-water mark during the timed steps (VmHWM, reset after the warm-up
+        through /proc/self/clear_refs) minus the resident set the warm-up left (model, inputs,
+        optimizer state): the extra RAM a step needs -- activations kept for backward, gradients,
+        workspace. glibc is told to map every allocation over 64 KiB on its own and give it back on
+        free, so the resident set follows the live tensors rather than the allocator's reserve.
 
     python benchmarks/fine_decoder_attention.py                        # CPU, < 3 minutes
     python benchmarks/fine_decoder_attention.py --device cuda          # 8 blocks
@@ -36,7 +41,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
+import ctypes
 import subprocess
 import sys
 import time
@@ -65,6 +70,7 @@ def build(config: dict):
     import torch
     from torch import nn
 
+    from trainer.layers.attention import build_attention
     from trainer.layers.vit_block import Block
     from trainer.methods.catalog import METHODS
 
@@ -86,12 +92,16 @@ def build(config: dict):
 
         return step
 
-    blocks = nn.Sequential(
-        *(
-            Block(dim=DECODER_WIDTH, num_heads=DECODER_HEADS, attention=kind, num_landmarks=landmarks or 64)
-            for _ in range(config["depth"])
+    if config["scope"] == "attention":
+        blocks = build_attention(kind, dim=DECODER_WIDTH, num_heads=DECODER_HEADS, num_landmarks=landmarks or 64)
+    else:
+        blocks = nn.Sequential(
+            *(
+                Block(dim=DECODER_WIDTH, num_heads=DECODER_HEADS, attention=kind, num_landmarks=landmarks or 64)
+                for _ in range(config["depth"])
+            )
         )
-    ).to(device)
+    blocks = blocks.to(device)
     tokens = torch.randn(config["batch"], config["tokens"], DECODER_WIDTH, device=device, requires_grad=True)
 
     def step():
@@ -104,11 +114,31 @@ def build(config: dict):
     return step
 
 
+def _status_kib(field: str) -> int:
+    """A /proc/self/status memory field (VmRSS, VmHWM) in KiB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _map_large_allocations() -> None:
+    """glibc: every allocation over 64 KiB gets its own mapping, unmapped on free (a fixed
+    threshold also stops glibc raising it as it sees large frees, which keeps freed tensors
+    resident in the heap and hides them from the resident set)."""
+    libc = ctypes.CDLL("libc.so.6")
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    libc.mallopt(m_mmap_threshold, 64 << 10)
+    libc.mallopt(m_trim_threshold, 64 << 10)
+
+
 def measure(config: dict) -> dict:
     """Run warm-up + timed steps of one configuration in this process; -> result fields."""
     import torch
 
     cuda = config["device"] == "cuda"
+    if not cuda:
+        _map_large_allocations()
     step = build(config)
 
     def sync():
@@ -119,12 +149,13 @@ def measure(config: dict) -> dict:
         sync()
         before = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-    else:
-        before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # KiB on Linux
     try:
         for _ in range(config["warmup"]):
             step()
         sync()
+        if not cuda:
+            Path("/proc/self/clear_refs").write_text("5")  # VmHWM := VmRSS
+            before = _status_kib("VmRSS")
         start = time.perf_counter()
         for _ in range(config["steps"]):
             step()
@@ -136,7 +167,7 @@ def measure(config: dict) -> dict:
         peak_mib = (torch.cuda.max_memory_allocated() - before) / 2**20
         extra = {"peak_total_mib": round(torch.cuda.max_memory_allocated() / 2**20, 1)}
     else:
-        peak_mib = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) / 1024
+        peak_mib = (_status_kib("VmHWM") - before) / 1024
         extra = {}
     return {
         "time_per_step_s": round(seconds, 4),
@@ -156,6 +187,7 @@ def main() -> None:
     parser.add_argument(
         "--attentions", nargs="+", default=["sdpa", "explicit", "nystrom32", "nystrom64", "nystrom128"]
     )
+    parser.add_argument("--scopes", nargs="+", choices=["attention", "block"], default=["attention", "block"])
     parser.add_argument("--full-miram", action="store_true", help="whole ViT-B/16 MIRAM training steps")
     parser.add_argument("--amp", action="store_true", help="bf16 autocast")
     parser.add_argument("--warmup", type=int, default=1)
@@ -171,38 +203,45 @@ def main() -> None:
     depth = args.depth or (8 if cuda else 1)
     steps = args.steps or (10 if cuda else 2)
     env = {**os.environ, "NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
-    for attention in args.attentions:
-        kind, landmarks = parse_attention(attention)
-        for batch in args.batches:
-            config = {
-                "mode": "full_miram" if args.full_miram else "fine_decoder_blocks",
-                "device": args.device,
-                "attention": attention,
-                "batch": batch,
-                "input_size": args.input_size,
-                "tokens": fine_tokens(args.input_size),
-                "depth": 8 if args.full_miram else depth,
-                "amp": args.amp,
-                "warmup": args.warmup,
-                "steps": steps,
-                "full_miram": args.full_miram,
-            }
-            run = subprocess.run(
-                [sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True, env=env
-            )
-            lines = run.stdout.strip().splitlines()
-            if run.returncode or not lines:
-                result = {"error": (run.stderr.strip().splitlines() or ["no output"])[-1]}
-            else:
-                result = json.loads(lines[-1])
-            report = {k: v for k, v in config.items() if k not in ("full_miram", "warmup")}
-            report.update(num_landmarks=landmarks, kind=kind, **result)
-            report["mem_measure"] = (
-                "cuda max_memory_allocated minus allocated before the steps"
-                if cuda
-                else "ru_maxrss high-water after the steps minus before (fresh process)"
-            )
-            print(json.dumps(report), flush=True)
+    scopes = ["model"] if args.full_miram else args.scopes
+    for scope in scopes:
+        for attention in args.attentions:
+            kind, landmarks = parse_attention(attention)
+            for batch in args.batches:
+                config = {
+                    "mode": "full_miram" if args.full_miram else "fine_decoder",
+                    "scope": scope,
+                    "device": args.device,
+                    "attention": attention,
+                    "batch": batch,
+                    "input_size": args.input_size,
+                    "tokens": fine_tokens(args.input_size),
+                    "depth": 8 if args.full_miram else (1 if scope == "attention" else depth),
+                    "amp": args.amp,
+                    "warmup": args.warmup,
+                    "steps": steps,
+                    "full_miram": args.full_miram,
+                }
+                print(json.dumps(run_one(config, env, cuda, landmarks, kind)), flush=True)
+
+
+def run_one(config: dict, env: dict, cuda: bool, landmarks: int | None, kind: str) -> dict:
+    """One configuration in a fresh subprocess (so peak memory is its own) -> its report."""
+    run = subprocess.run([sys.executable, __file__, "--one", json.dumps(config)], capture_output=True, text=True,
+                         env=env)
+    lines = run.stdout.strip().splitlines()
+    if run.returncode or not lines:
+        result = {"error": (run.stderr.strip().splitlines() or ["no output"])[-1]}
+    else:
+        result = json.loads(lines[-1])
+    report = {k: v for k, v in config.items() if k not in ("full_miram", "warmup")}
+    report.update(num_landmarks=landmarks, kind=kind, **result)
+    report["mem_measure"] = (
+        "cuda max_memory_allocated minus allocated before the steps"
+        if cuda
+        else "VmHWM during the timed steps minus VmRSS after warm-up (fresh process, large allocations mapped)"
+    )
+    return report
 
 
 if __name__ == "__main__":
