@@ -10,10 +10,12 @@ Table II says "on 224 x 224 images"; if that means a 224 encoder input, the fine
 Default mode: forward + backward on random tokens, for "sdpa", "explicit" softmax and Nystrom with
 32/64/128 landmarks, at batch 8 and 64, at two scopes (`--scopes`): "attention", the attention
 layer alone (what the variants differ in: the explicit one keeps the (B, heads, L, L) matrices for
-backward, SDPA and Nystrom do not), and "block", a stack of `--depth` whole fine-decoder blocks
-(width 512, 16 heads, MLP 4x: MAE's decoder, which the fine decoder copies), whose MLP and
-norms every variant shares. On CPU the default depth is 1 (the 8-block decoder costs 8x; a
-2-core CPU would take minutes per configuration), on CUDA 8.
+backward, SDPA and the linear ones do not), and "block", a stack of `--depth` whole fine-decoder
+blocks (width 512, 16 heads, MLP 4x: MAE's decoder, which the fine decoder copies), whose MLP and
+norms every variant shares. `--attentions` also takes the paper's other linear variants (Table V),
+"linformer<k>" and "performer<features>" (64 when the number is left out). On CPU the default
+depth is 1 (the 8-block decoder costs 8x; a 2-core CPU would take minutes per configuration), on
+CUDA 8.
 
 `--full-miram`: one whole training step (forward, backward, AdamW) of miram_vit_base_patch16 with
 in_chans 1 at `--input-size` in, input and 2x out, per fine attention and batch; `--amp` runs it under
@@ -53,10 +55,15 @@ DECODER_WIDTH, DECODER_HEADS = 512, 16  # MAE's decoder; MIRAM's fine decoder ha
 PATCH = 16
 
 
+SIZED_ATTENTIONS = ("nystrom", "linformer", "performer")  # take num_landmarks: landmarks, k, features
+
+
 def parse_attention(name: str) -> tuple[str, int | None]:
-    """"sdpa" | "explicit" | "nystrom<landmarks>" -> (kind, num_landmarks)."""
-    if name.startswith("nystrom"):
-        return "nystrom", int(name[len("nystrom"):] or 64)
+    """"sdpa" | "explicit" | "nystrom<landmarks>" | "linformer<k>" | "performer<features>"
+    -> (kind, num_landmarks); a sized kind without a number gets 64."""
+    for kind in SIZED_ATTENTIONS:
+        if name.startswith(kind):
+            return kind, int(name[len(kind):] or 64)
     return name, None
 
 
@@ -93,11 +100,19 @@ def build(config: dict):
         return step
 
     if config["scope"] == "attention":
-        blocks = build_attention(kind, dim=DECODER_WIDTH, num_heads=DECODER_HEADS, num_landmarks=landmarks or 64)
+        blocks = build_attention(
+            kind, dim=DECODER_WIDTH, num_heads=DECODER_HEADS, num_landmarks=landmarks or 64, seq_len=config["tokens"]
+        )
     else:
         blocks = nn.Sequential(
             *(
-                Block(dim=DECODER_WIDTH, num_heads=DECODER_HEADS, attention=kind, num_landmarks=landmarks or 64)
+                Block(
+                    dim=DECODER_WIDTH,
+                    num_heads=DECODER_HEADS,
+                    attention=kind,
+                    num_landmarks=landmarks or 64,
+                    seq_len=config["tokens"],
+                )
                 for _ in range(config["depth"])
             )
         )

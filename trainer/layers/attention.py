@@ -8,6 +8,12 @@
 "nystrom":  Nystromformer (Xiong et al. 2021, eq. 14-15) from the `nystrom-attention` package:
             softmax attention approximated through `num_landmarks` segment-mean landmarks, linear in
             L. MIRAM (paper 000, §II-A-3, §IV-C, Table II) uses it in the high-resolution decoder only.
+"linformer": Linformer (Wang et al. 2020, eq. 7; linformer_attention.py): keys and values projected
+            along the sequence to k = `num_landmarks` rows by learned (k x n) matrices; built for one
+            length n = `seq_len`.
+"performer": Performer FAVOR+ (Choromanski et al. 2021, Lemma 1, §2.4; performer_attention.py):
+            softmax kernel estimated with m = `num_landmarks` positive orthogonal random features.
+MIRAM's Table V compares all three linear variants in its fine decoder.
 
 Every variant maps x: (N, L, dim) -> (N, L, dim).
 """
@@ -19,7 +25,10 @@ import torch.nn.functional as F
 from nystrom_attention import NystromAttention
 from torch import nn
 
-ATTENTION_KINDS = ("sdpa", "explicit", "nystrom")
+from trainer.layers.linformer_attention import LinformerSelfAttention
+from trainer.layers.performer_attention import PerformerSelfAttention
+
+ATTENTION_KINDS = ("sdpa", "explicit", "nystrom", "linformer", "performer")
 
 
 class SelfAttention(nn.Module):
@@ -84,10 +93,28 @@ class NystromSelfAttention(nn.Module):
         return self.attn(x, mask=real)
 
 
-def build_attention(kind: str, *, dim: int, num_heads: int, qkv_bias: bool = True, num_landmarks: int = 64) -> nn.Module:
-    """Name -> attention module; `num_landmarks` is read by "nystrom" only."""
+def build_attention(
+    kind: str,
+    *,
+    dim: int,
+    num_heads: int,
+    qkv_bias: bool = True,
+    num_landmarks: int = 64,
+    seq_len: int | None = None,
+) -> nn.Module:
+    """Name -> attention module. `num_landmarks` is the size of the approximation: Nystrom's
+    landmarks, Linformer's projected length k, Performer's random features m; the softmax kernels
+    ignore it. `seq_len` (tokens per sequence) is needed by "linformer" and ignored by the others."""
     if kind in ("sdpa", "explicit"):
         return SelfAttention(dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, kernel=kind)
     if kind == "nystrom":
         return NystromSelfAttention(dim=dim, num_heads=num_heads, num_landmarks=num_landmarks)
+    if kind == "linformer":
+        if seq_len is None:
+            raise ValueError("linformer attention needs seq_len, the number of tokens it will see")
+        return LinformerSelfAttention(
+            dim=dim, num_heads=num_heads, seq_len=seq_len, proj_len=num_landmarks, qkv_bias=qkv_bias
+        )
+    if kind == "performer":
+        return PerformerSelfAttention(dim=dim, num_heads=num_heads, num_features=num_landmarks, qkv_bias=qkv_bias)
     raise ValueError(f"unknown attention {kind!r}; choose from {ATTENTION_KINDS}")

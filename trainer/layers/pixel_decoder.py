@@ -35,8 +35,16 @@ class PixelDecoder(nn.Module):
         self.grid_size = grid_size
         # A buffer: fixed (never trained), saved in checkpoints, moved with .to(device).
         self.register_buffer("pos_embed", sincos_pos_embed_2d(embed_dim, grid_size, cls_token=True)[None])
+        seq_len = 1 + grid_size[0] * grid_size[1]  # cls + one token per patch; Linformer is built for it
         self.blocks = nn.ModuleList(
-            Block(dim=embed_dim, num_heads=num_heads, mlp_ratio=mlp_ratio, attention=attention, num_landmarks=num_landmarks)
+            Block(
+                dim=embed_dim,
+                num_heads=num_heads,
+                mlp_ratio=mlp_ratio,
+                attention=attention,
+                num_landmarks=num_landmarks,
+                seq_len=seq_len,
+            )
             for _ in range(depth)
         )
         self.norm = LayerNorm(embed_dim)

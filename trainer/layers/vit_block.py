@@ -16,7 +16,8 @@ from trainer.layers.attention import build_attention
 
 
 class Block(nn.Module):
-    """x: (N, L, dim) -> (N, L, dim). `attention` is a name from attention.ATTENTION_KINDS."""
+    """x: (N, L, dim) -> (N, L, dim). `attention` is a name from attention.ATTENTION_KINDS;
+    `num_landmarks` and `seq_len` (L, needed by "linformer") go to attention.build_attention."""
 
     def __init__(
         self,
@@ -28,10 +29,13 @@ class Block(nn.Module):
         drop_path: float = 0.0,
         attention: str = "sdpa",
         num_landmarks: int = 64,
+        seq_len: int | None = None,
     ):
         super().__init__()
         self.norm1 = LayerNorm(dim)
-        self.attn = build_attention(attention, dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, num_landmarks=num_landmarks)
+        self.attn = build_attention(
+            attention, dim=dim, num_heads=num_heads, qkv_bias=qkv_bias, num_landmarks=num_landmarks, seq_len=seq_len
+        )
         self.norm2 = LayerNorm(dim)
         self.mlp = Mlp(in_features=dim, hidden_features=int(dim * mlp_ratio))
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()

@@ -18,7 +18,8 @@ depth, width and heads. Each duplicated copy of coarse token (i, j) sits at fine
 
 Loss (§II-B, eq. 7): the MAE loss per scale on that scale's removed patches (a fine patch is removed
 iff its coarse patch is), and the equally weighted mean of the scales. §II-A-3 / §IV-C: linear
-attention (Nystromformer in the paper's best run) replaces softmax attention in the fine decoder only.
+attention replaces softmax attention in the fine decoder only (the paper tries Linformer, Performer
+and Nystromformer; Nystromformer does best, Table V).
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ class MIRAM(nn.Module):
 
     `img_size` is the size of the batch's images (the fine scale); the encoder works at
     img_size / 2 (`input_size`), which must be a multiple of patch_size. Defaults are ViT-B/16
-    with MAE's decoder, twice. `fine_attention`: "sdpa", "explicit" or "nystrom" (with
-    `num_landmarks`) in the fine decoder; the coarse decoder always uses "sdpa".
+    with MAE's decoder, twice. `fine_attention`, in the fine decoder only (the coarse decoder always
+    uses "sdpa"): "sdpa" or "explicit" (exact softmax), or a linear one of §II-A-3 / Table V,
+    sized by `num_landmarks`: "nystrom" (landmarks), "linformer" (projected length k; built for
+    the fine grid's 1 + 4L tokens) or "performer" (random features m).
     """
 
     def __init__(

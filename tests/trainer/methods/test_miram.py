@@ -3,6 +3,8 @@ import torch
 import torch.nn.functional as F
 
 from trainer.layers.attention import NystromSelfAttention, SelfAttention
+from trainer.layers.linformer_attention import LinformerSelfAttention
+from trainer.layers.performer_attention import PerformerSelfAttention
 from trainer.layers.patchify import patchify, unpatchify
 from trainer.layers.token_duplication import duplicate_tokens
 from trainer.methods.catalog import METHODS
@@ -13,7 +15,7 @@ def tiny(in_chans, img_size=64, **options):
     return METHODS["miram_vit_tiny_patch16"](img_size=img_size, in_chans=in_chans, **options)
 
 
-@pytest.mark.parametrize("fine_attention", ["sdpa", "explicit", "nystrom"])
+@pytest.mark.parametrize("fine_attention", ["sdpa", "explicit", "nystrom", "linformer", "performer"])
 @pytest.mark.parametrize("in_chans", [1, 7])
 def test_forward_backward_reaches_every_parameter(in_chans, fine_attention):
     torch.manual_seed(0)
@@ -25,12 +27,27 @@ def test_forward_backward_reaches_every_parameter(in_chans, fine_attention):
     out["loss"].backward()
     missing = [name for name, p in model.named_parameters() if p.grad is None or not p.grad.any()]
     assert not missing
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
     assert all(not b.requires_grad for b in model.buffers())
 
 
 def test_nystrom_with_more_landmarks_than_tokens_runs():
     model = tiny(1, fine_attention="nystrom", num_landmarks=64)  # 17 fine tokens, padded to 64
     assert torch.isfinite(model({"image": torch.randn(2, 1, 64, 64)})["loss"])
+
+
+@pytest.mark.parametrize("fine_attention", ["linformer", "performer"])
+def test_linear_fine_attention_is_sized_by_num_landmarks_and_the_fine_grid(fine_attention):
+    model = tiny(1, img_size=96, fine_attention=fine_attention, num_landmarks=12)  # 6x6 fine grid
+    expected = LinformerSelfAttention if fine_attention == "linformer" else PerformerSelfAttention
+    assert all(type(b.attn) is SelfAttention for b in model.decoder.blocks)
+    for block in model.fine_decoder.blocks:
+        assert isinstance(block.attn, expected)
+        if fine_attention == "linformer":
+            assert block.attn.key_projection.shape == (12, 1 + 36)
+        else:
+            assert block.attn.random_features.shape == (12, 64 // 2)
+    assert torch.isfinite(model({"image": torch.randn(2, 1, 96, 96)})["loss"])
 
 
 def test_base_fine_decoder_mirrors_the_first_and_only_it_changes_attention():
