@@ -105,10 +105,15 @@ def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes | memoryview, F
 
 
 def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
-    """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics."""
-    arr = pixels.reshape(pixels.shape[0] * pixels.shape[1], -1).astype(np.float64)
-    # einsum squares and sums in one pass, without np.square's temporary (2-3x faster on crops)
-    return arr.sum(axis=0).tolist(), np.einsum("ij,ij->j", arr, arr).tolist(), arr.shape[0]
+    """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics.
+    One contiguous float64 row a channel: numpy reduces an (N, C) array over N with C small at
+    ~6 ns a value, 6x slower than a row (a quarter of ingesting a 7-channel cell crop, a third of a
+    DRIVE image). Exact whatever the summation order: every partial sum of 16-bit values and of
+    their squares is an integer below 2**53 for images of up to two million pixels."""
+    channels = 1 if pixels.ndim == 2 else pixels.shape[2]
+    rows = pixels.reshape(1, -1) if channels == 1 else np.ascontiguousarray(pixels.reshape(-1, channels).T)
+    rows = rows.astype(np.float64)
+    return [float(r.sum()) for r in rows], [float(np.einsum("i,i->", r, r)) for r in rows], rows.shape[1]
 
 
 @dataclass
