@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.mapped_files import read_source
-from ingest.staging import parse_staged, stage_path, stage_unit, staged_units
+from ingest.staging import StagedRef, finish_staging, parse_staged, read_staged, stage_unit, staged_units
 from shards import card as card_io
 from shards import schema
 from shards.heap import keep_buffers_in_heap, release_free_heap
@@ -213,7 +213,7 @@ def _prepare_out(job: IngestJob) -> Path:
     return staging
 
 
-def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[tuple[str, bytes]]:
+def _ordered_outputs(job: IngestJob, staging: Path, done: dict[str, StagedRef]) -> Iterator[tuple[str, bytes]]:
     """Yield (unit id, staged bytes) in unit order, computing the missing units in parallel."""
     pending = [u for u in job.units if u.unit_id not in done]
     run = functools.partial(_run_unit, staging=staging)
@@ -231,7 +231,7 @@ def _ordered_outputs(job: IngestJob, staging: Path, done: set[str]) -> Iterator[
     try:
         for unit in job.units:
             if unit.unit_id in done:
-                yield unit.unit_id, stage_path(staging, unit.unit_id).read_bytes()
+                yield unit.unit_id, read_staged(done[unit.unit_id])
             else:
                 yield unit.unit_id, next(results)
     finally:
@@ -277,6 +277,7 @@ def run_job(job: IngestJob) -> JobSummary:
         raise
     finally:
         bar.close()
+        finish_staging()
     records = [rec for split in schema.SPLITS for rec in writers[split].close()]
     for split in schema.SPLITS:  # drop split folders left empty
         folder = job.out / split

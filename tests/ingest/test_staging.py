@@ -1,11 +1,12 @@
-"""Staged units: what is staged parses back exactly; a file cut short or foreign is recomputed."""
+"""Staged units: what is staged reads and parses back exactly; a record cut short, damaged or
+foreign is not taken for a finished unit (it is recomputed), and records before it still are."""
 
 from __future__ import annotations
 
 from collections import Counter
 
 from ingest.pipeline import EncodedSample, Reject, UnitOutput
-from ingest.staging import parse_staged, stage_path, stage_unit, staged_units
+from ingest.staging import JOURNAL_GLOB, finish_staging, parse_staged, read_staged, stage_unit, staged_units
 from shards import schema
 
 
@@ -22,7 +23,8 @@ def _output() -> UnitOutput:
 
 def test_round_trip(tmp_path):
     data = stage_unit(tmp_path, "u1", _output())
-    assert stage_path(tmp_path, "u1").read_bytes() == data
+    finish_staging()
+    assert read_staged(staged_units(tmp_path, ["u1"])["u1"]) == data
     sidecar, members = parse_staged(data)
     assert [s["key"] for s in sidecar["samples"]] == ["k0", "k1"]
     assert sidecar["rejects"] == [{"source_path": "x.dcm", "reason": "undecodable DICOM: bad"}]
@@ -31,9 +33,26 @@ def test_round_trip(tmp_path):
     assert schema.SampleMeta.from_json_bytes(members["k1"]["json"]).labels == {"a": 1}
 
 
-def test_damaged_files_are_dropped_for_recomputation(tmp_path):
-    data = stage_unit(tmp_path, "good", _output())
-    stage_path(tmp_path, "short").write_bytes(data[:-3])
-    stage_path(tmp_path, "foreign").write_bytes(b"not staged at all")
-    assert staged_units(tmp_path, ["good", "short", "foreign", "absent"]) == {"good"}
-    assert not stage_path(tmp_path, "short").exists() and not stage_path(tmp_path, "foreign").exists()
+def test_units_share_a_journal_and_only_wanted_ones_are_listed(tmp_path):
+    payloads = {f"u{i}": stage_unit(tmp_path, f"u{i}", _output()) for i in range(3)}
+    finish_staging()
+    assert len(list(tmp_path.glob(JOURNAL_GLOB))) == 1
+    found = staged_units(tmp_path, ["u0", "u2", "absent"])
+    assert sorted(found) == ["u0", "u2"] and read_staged(found["u2"]) == payloads["u2"]
+    assert sorted(staged_units(tmp_path)) == ["u0", "u1", "u2"]
+
+
+def test_a_damaged_or_cut_record_ends_what_its_journal_counts(tmp_path):
+    for unit in ("good", "flipped", "after"):
+        stage_unit(tmp_path, unit, _output())
+    finish_staging()
+    journal = next(tmp_path.glob(JOURNAL_GLOB))
+    ref = staged_units(tmp_path)["flipped"]
+    raw = bytearray(journal.read_bytes())
+    raw[ref.offset + 5] ^= 0xFF  # one payload byte of the middle record
+    journal.write_bytes(bytes(raw))
+    assert sorted(staged_units(tmp_path)) == ["good"]
+    journal.write_bytes(bytes(raw[: ref.offset + 3]))  # a run killed while writing "flipped"
+    assert sorted(staged_units(tmp_path)) == ["good"]
+    (tmp_path / "units-1-foreign.journal").write_bytes(b"not staged at all")
+    assert sorted(staged_units(tmp_path)) == ["good"]

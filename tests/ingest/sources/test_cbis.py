@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import io
 import json
 import signal
 import subprocess
@@ -23,6 +22,7 @@ from ingest.cli import EXIT_OK, EXIT_REJECTS, main
 from ingest.pipeline import run_job
 from ingest.sample_data.cbis_ddsm import make_cbis_sample
 from ingest.sources import cbis
+from ingest.staging import staged_units
 from shards import codecs, schema
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -188,6 +188,11 @@ def test_finished_output_is_not_clobbered_without_overwrite(both_crops, tcia_tre
     assert "--overwrite" in capsys.readouterr().err
 
 
+def staged_in(out: Path) -> dict:
+    staging = out / ".staging"
+    return staged_units(staging) if staging.is_dir() else {}
+
+
 def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
     # Larger mammograms so each image takes long enough to kill the run part-way.
     root = make_cbis_sample(tmp_path / "dl", patients=12, seed=2, layout="tcia", image_shape=(2048, 1280)).root
@@ -199,13 +204,13 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
     deadline = time.monotonic() + 60
     # Let the run go in 2 ms slices (a unit takes several), stopped between them while the staging
     # folder is counted, so it is killed a few units in however fast this machine ingests.
-    while len(list((out / ".staging").glob("*.unit"))) < 3 and time.monotonic() < deadline:
+    while len(staged_in(out)) < 3 and time.monotonic() < deadline:
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.002)
         proc.send_signal(signal.SIGSTOP)
     proc.kill()
     proc.wait()
-    staged = len(list((out / ".staging").glob("*.unit")))
+    staged = len(staged_in(out))
     assert staged >= 3 and not (out / schema.CARD_FILE).exists()
     done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == EXIT_OK, done.stderr
