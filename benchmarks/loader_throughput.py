@@ -12,7 +12,7 @@ folder:       the same crops written out as PNG files, read by a map-style Datas
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
 process decoding; and the cost a sample of making and filling a fresh shared-memory batch, which
 a DataLoader worker pays per batch unless it reuses buffers (the folder pays it, the stream not).
-Rounds alternate and the best of each is kept. Targets (issue 4): stream >= 0.9 x decode_bound,
+Rounds alternate and the best of each is kept. Targets (issue 3): stream >= 0.9 x decode_bound,
 and stream >= folder.
 
     python benchmarks/loader_throughput.py [--patients 60] [--workers N] [--batch-size 64]
