@@ -4,39 +4,14 @@ in-place path does not cover still decodes through pydicom (or fails as clearly 
 from __future__ import annotations
 
 import io
-import os
-from pathlib import Path
 
 import numpy as np
 import pydicom
 import pytest
-from pydicom.dataset import Dataset, FileMetaDataset
-from pydicom.uid import (ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian,
-                         SecondaryCaptureImageStorage, generate_uid)
+from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
 
 from ingest.dicom_native import native_stored_values
 from ingest.dicom_pixels import DicomDecodeError, decode_dicom, decode_mask_values
-
-SHARED = Path(os.environ.get("MEDSHARDS_SHARED_DATA", Path(__file__).resolve().parents[3] / "shared" / "data"))
-
-
-def dataset_bytes(pixels: np.ndarray, *, syntax=ExplicitVRLittleEndian, bits_stored: int | None = None,
-                  photometric: str = "MONOCHROME2", **elements) -> bytes:
-    ds = Dataset()
-    ds.file_meta = FileMetaDataset()
-    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds.SOPClassUID, ds.SOPInstanceUID = SecondaryCaptureImageStorage, generate_uid()
-    ds.set_pixel_data(pixels, photometric, bits_stored or pixels.itemsize * 8)
-    if syntax == ExplicitVRBigEndian:  # set_pixel_data writes little endian only
-        ds.PixelData = pixels.astype(pixels.dtype.newbyteorder(">")).tobytes()
-    ds.file_meta.TransferSyntaxUID = syntax
-    for keyword, value in elements.items():
-        setattr(ds, keyword, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer, enforce_file_format=True, little_endian=syntax != ExplicitVRBigEndian,
-               implicit_vr=syntax == ImplicitVRLittleEndian)
-    return buffer.getvalue()
-
 
 def in_place(data: bytes, frame: int | None = None) -> np.ndarray | None:
     fp = io.BytesIO(data)
@@ -55,10 +30,10 @@ CASES = {
 
 @pytest.mark.parametrize("syntax", [ExplicitVRLittleEndian, ImplicitVRLittleEndian], ids=["explicit", "implicit"])
 @pytest.mark.parametrize("name", sorted(CASES))
-def test_in_place_values_equal_pydicom_and_share_the_file_bytes(name, syntax):
+def test_in_place_values_equal_pydicom_and_share_the_file_bytes(name, syntax, dicom_dataset, dicom_bytes):
     pixels = CASES[name]
     extra = {"NumberOfFrames": pixels.shape[0]} if pixels.ndim == 3 else {}
-    data = dataset_bytes(pixels, syntax=syntax, **extra)
+    data = dicom_bytes(dicom_dataset(pixels, **extra), syntax)
     view = in_place(data)
     reference = pydicom.dcmread(io.BytesIO(data)).pixel_array
     assert view is not None and view.dtype == reference.dtype and np.array_equal(view, reference)
@@ -68,44 +43,42 @@ def test_in_place_values_equal_pydicom_and_share_the_file_bytes(name, syntax):
 
 
 @pytest.mark.parametrize("make", [
-    pytest.param(lambda: dataset_bytes(CASES["u16"], syntax=ExplicitVRBigEndian), id="big-endian"),
-    pytest.param(lambda: dataset_bytes(CASES["u16"] >> 4, bits_stored=12), id="12-of-16-bits"),
-    pytest.param(lambda: dataset_bytes(np.zeros((4, 4, 3), np.uint8), photometric="RGB"), id="rgb"),
-    pytest.param(lambda: dataset_bytes(CASES["u16"])[:-100], id="truncated"),
+    pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"]), ExplicitVRBigEndian), id="big-endian"),
+    pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"] >> 4, bits_stored=12)), id="12-of-16-bits"),
+    pytest.param(lambda ds, to_bytes: to_bytes(ds(np.zeros((4, 4, 3), np.uint8), "RGB")), id="rgb"),
+    pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"]))[:-100], id="truncated"),
 ])
-def test_what_the_in_place_path_does_not_cover_is_left_to_pydicom(make):
-    assert in_place(make()) is None
+def test_what_the_in_place_path_does_not_cover_is_left_to_pydicom(make, dicom_dataset, dicom_bytes):
+    assert in_place(make(dicom_dataset, dicom_bytes)) is None
 
 
-def test_truncated_file_still_fails_clearly():
+def test_truncated_file_still_fails_clearly(dicom_dataset, dicom_bytes):
     with pytest.raises(DicomDecodeError, match="truncated|pixel data has"):
-        decode_dicom(dataset_bytes(CASES["u16"])[:-100], name="cut.dcm")
+        decode_dicom(dicom_bytes(dicom_dataset(CASES["u16"]))[:-100], name="cut.dcm")
 
 
-def test_decoded_mammogram_pixels_are_the_file_bytes_for_plain_16_bit():
-    data = dataset_bytes(CASES["u16"])
+def test_decoded_mammogram_pixels_are_the_file_bytes_for_plain_16_bit(dicom_dataset, dicom_bytes):
+    data = dicom_bytes(dicom_dataset(CASES["u16"]))
     pixels = decode_dicom(data).pixels
     assert np.array_equal(pixels, CASES["u16"]) and np.shares_memory(pixels, np.frombuffer(data, np.uint8))
-    inverted = decode_dicom(dataset_bytes(CASES["u16"], photometric="MONOCHROME1")).pixels
+    inverted = decode_dicom(dicom_bytes(dicom_dataset(CASES["u16"], "MONOCHROME1"))).pixels
     assert np.array_equal(inverted, 65535 - CASES["u16"])
 
 
 @pytest.mark.parametrize("photometric, elements", [("MONOCHROME2", {}), ("MONOCHROME1", {}),
                                                    ("MONOCHROME2", {"RescaleSlope": 2, "RescaleIntercept": 0}),
                                                    ("MONOCHROME2", {"WindowCenter": 128, "WindowWidth": 100})])
-def test_mask_values_are_set_exactly_where_decoded_pixels_are(photometric, elements):
+def test_mask_values_are_set_exactly_where_decoded_pixels_are(photometric, elements, dicom_dataset, dicom_bytes):
     mask = np.zeros((20, 30), np.uint8)
     mask[5:9, 10:20] = 255
-    data = dataset_bytes(mask, photometric=photometric, **elements)
+    data = dicom_bytes(dicom_dataset(mask, photometric, **elements))
     values, decoded = decode_mask_values(data), decode_dicom(data).pixels
     assert np.array_equal(values != 0, decoded != 0)
     assert np.unique(values[values != 0]).size == np.unique(decoded[decoded != 0]).size
 
 
-def test_every_real_uncompressed_file_reads_the_same_in_place():
-    folder = SHARED / "dicom"
-    if not folder.is_dir():
-        pytest.skip(f"{folder} is absent (real DICOM samples live beside the checkout)")
+def test_every_real_uncompressed_file_reads_the_same_in_place(shared_data):
+    folder = shared_data / "dicom"
     checked = 0
     for path in sorted(folder.iterdir()):
         data = path.read_bytes()
