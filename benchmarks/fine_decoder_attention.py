@@ -43,13 +43,14 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import ctypes
 import subprocess
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from shards.heap import return_buffers_to_os  # noqa: E402
 
 DECODER_WIDTH, DECODER_HEADS = 512, 16  # MAE's decoder; MIRAM's fine decoder has the same shape
 PATCH = 16
@@ -137,23 +138,13 @@ def _status_kib(field: str) -> int:
     raise KeyError(field)
 
 
-def _map_large_allocations() -> None:
-    """glibc: every allocation over 64 KiB gets its own mapping, unmapped on free (a fixed
-    threshold also stops glibc raising it as it sees large frees, which keeps freed tensors
-    resident in the heap and hides them from the resident set)."""
-    libc = ctypes.CDLL("libc.so.6")
-    m_trim_threshold, m_mmap_threshold = -1, -3
-    libc.mallopt(m_mmap_threshold, 64 << 10)
-    libc.mallopt(m_trim_threshold, 64 << 10)
-
-
 def measure(config: dict) -> dict:
     """Run warm-up + timed steps of one configuration in this process; -> result fields."""
     import torch
 
     cuda = config["device"] == "cuda"
     if not cuda:
-        _map_large_allocations()
+        return_buffers_to_os()
     step = build(config)
 
     def sync():

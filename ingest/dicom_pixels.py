@@ -85,6 +85,25 @@ def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: st
     """
     path = _display_name(source, name)
     ds, stored = _read_pixels(source, path, frame)
+    return _displayed(ds, stored, path, apply_voi)
+
+
+def decode_mask_values(source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
+    """A segmentation mask's pixels for telling which are set: (H, W[, ...]) values that are
+    non-zero exactly where decode_dicom's would be, with as many distinct non-zero levels. For a
+    plain MONOCHROME2 file without rescale or LUT these are the stored values themselves (in place
+    for uncompressed data: an 8-bit 30 MP mask is not widened to 16 bits only to be compared with
+    zero); any other file goes through the whole chain, from the same read."""
+    path = _display_name(source, name)
+    ds, stored = _read_pixels(source, path, None)
+    plain = (str(ds.PhotometricInterpretation).strip() == "MONOCHROME2" and stored.dtype.kind == "u"
+             and not any(k in ds for k in ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept",
+                                           "VOILUTSequence", "WindowCenter", "WindowWidth")))
+    return stored if plain else _displayed(ds, stored, path, apply_voi=True).pixels
+
+
+def _displayed(ds: pydicom.Dataset, stored: np.ndarray, path: str, apply_voi: bool) -> DicomImage:
+    """Stored values through the display chain, with the header fields sources need."""
     photometric = str(ds.PhotometricInterpretation).strip()
     try:
         if photometric in MONOCHROME:
@@ -104,20 +123,6 @@ def decode_dicom(source: str | Path | bytes, *, apply_voi: bool = True, name: st
         pixel_spacing_mm=_pixel_spacing_mm(ds),
         voi=voi,
     )
-
-
-def decode_mask_values(source: str | Path | bytes, *, name: str | None = None) -> np.ndarray:
-    """A segmentation mask's pixels for telling which are set: (H, W[, ...]) values that are
-    non-zero exactly where decode_dicom's would be, with as many distinct non-zero levels. For a
-    plain MONOCHROME2 file without rescale or LUT these are the stored values themselves (in place
-    for uncompressed data: an 8-bit 30 MP mask is not widened to 16 bits only to be compared with
-    zero); any other file goes through the whole chain."""
-    path = _display_name(source, name)
-    ds, stored = _read_pixels(source, path, None)
-    plain = (str(ds.PhotometricInterpretation).strip() == "MONOCHROME2" and stored.dtype.kind == "u"
-             and not any(k in ds for k in ("ModalityLUTSequence", "RescaleSlope", "RescaleIntercept",
-                                           "VOILUTSequence", "WindowCenter", "WindowWidth")))
-    return stored if plain else decode_dicom(source, name=name).pixels
 
 
 def _read_pixels(source: str | Path | bytes, path: str, frame: int | None) -> tuple[pydicom.Dataset, np.ndarray]:

@@ -30,6 +30,16 @@ def keep_buffers_in_heap() -> None:
         libc.mallopt(_M_TRIM_THRESHOLD, 8 * GLIBC_MAX_MMAP_THRESHOLD)
 
 
+def return_buffers_to_os(threshold: int = 64 << 10) -> None:
+    """The opposite of keep_buffers_in_heap, for measuring memory: every allocation over
+    `threshold` gets its own mapping, unmapped on free (a fixed threshold also stops glibc raising
+    it as it sees large frees), so the resident set follows the live buffers, not the heap's reserve."""
+    libc = _libc()
+    if libc is not None:
+        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
+        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+
+
 def release_free_heap() -> None:
     """Hand free heap pages back before forking, or every child copies them on first write."""
     libc = _libc()

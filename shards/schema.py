@@ -25,7 +25,7 @@ splits ``key.ext`` at the first dot):
 
 Exactly one pixel member (png or npy) per sample.
 
-A sample's source_fingerprint is FINGERPRINT (XXH3-128, hex) of its source file's bytes: a content
+A sample's source_fingerprint is fingerprint() (XXH3-128, hex) of its source file's bytes: a content
 identity for telling files apart and spotting changed ones, not a security seal (the shards' own
 sha256 in the card is that). XXH3 hashes at memory speed; sha256 cost a quarter of the CPU time of
 ingesting a mammogram's lesion crops, and half of what a second worker process added.
@@ -43,7 +43,6 @@ import xxhash
 
 FORMAT_NAME = "medshards"
 SCHEMA_VERSION = 2  # 2: source_fingerprint is XXH3-128 (1: sha256)
-FINGERPRINT = "xxh3_128"
 
 SPLITS = ("train", "val", "test")
 CROP_KINDS = ("lesion", "random", "whole", "cell")

@@ -150,7 +150,7 @@ class ShardStream(IterableDataset):
         Augment(augment, image_size)  # unknown name or bad size: fail here, not in a worker
         self.channels = self.sources[0].channels
         # One batch tensor holds every source's pixels: 8-bit values fit a 16-bit batch exactly.
-        self.dtype = torch.uint16 if any(s.dtype == "uint16" for s in self.sources) else torch.uint8
+        self.dtype = max((_BATCH_DTYPES[s.dtype] for s in self.sources), key=lambda dtype: dtype.itemsize)
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.samples_per_epoch = seed, shuffle_buffer, samples_per_epoch

@@ -94,9 +94,10 @@ class ShardWriter:
             data = sample[ext]
             if not isinstance(data, (bytes, bytearray, memoryview)):
                 raise schema.SchemaError(f"sample {key}: member {ext!r} is {type(data).__name__}, not bytes")
-            if len(f"{key}.{ext}".encode()) > NAME_MAX:
-                raise schema.SchemaError(f"sample key {key!r} is too long: '{key}.{ext}' passes {NAME_MAX} bytes")
-            members.append((f"{key}.{ext}", data))
+            name = f"{key}.{ext}"
+            if len(name.encode()) > NAME_MAX:  # checked before anything of the sample is written
+                raise schema.SchemaError(f"sample key {key!r} is too long: '{name}' passes {NAME_MAX} bytes")
+            members.append((name, data))
         size = sum(len(data) for _, data in members)
         if self._fh is not None and (self._count >= self.max_samples or self._bytes + size > self.max_bytes):
             self._finish_shard()

@@ -280,12 +280,11 @@ class CbisProcess:
             if self.crops != "lesion":  # full-size masks are kept only for placing random crops
                 masks.append(roi)
             pathologies.append(labels["pathology"])
-            resized = roi.resized
-            out.notes["masks_resized"] += int(resized)
+            out.notes["masks_resized"] += int(roi.resized)
             if self.crops in ("lesion", "both"):
                 crop, mask_crop, box = mammogram.lesion_crop(pixels, roi.pixels, self.params, bbox=roi.bbox)
                 fields = dict(key=f"cbis_{unit.unit_id}_lesion{abn_id}", crop_kind="lesion", crop_box=box,
-                              labels=labels, has_mask=True, extra={"abnormality_id": abn_id, "mask_resized": resized})
+                              labels=labels, has_mask=True, extra={"abnormality_id": abn_id, "mask_resized": roi.resized})
                 made.append((fields, crop, mask_crop))
         if self.crops in ("random", "both"):
             rng = random.Random(f"{self.seed}:{unit.unit_id}")
