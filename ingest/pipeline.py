@@ -2,18 +2,18 @@
 
 A source turns its inputs into an ordered list of WorkUnits (one per source image) and a
 module-level `process(unit) -> UnitOutput` that decodes, crops and encodes. This module runs the
-units on a process pool, stages each unit's output on disk (.staging/, one file per unit written
-atomically), and appends the staged samples to the split's shards strictly in unit order. So:
+units on a process pool (or in this process for one worker) and appends each unit's samples to
+the split's shards strictly in unit order, then logs the unit as done (ingest.progress). So:
 
 - worker count and scheduling never change the bytes of a shard (order is the unit order);
-- a killed run resumes: staged units are not recomputed, and shards are rebuilt from the staging
-  area, ending byte-identical to an uninterrupted run;
+- a killed run resumes after the last logged unit: finished units are neither recomputed nor
+  rewritten, shards in progress are cut back to where the log says, and the shards end
+  byte-identical to an uninterrupted run;
 - a unit that fails, for any reason, becomes a reject naming its file and the job goes on.
 """
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import multiprocessing
@@ -32,7 +32,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.mapped_files import read_source
-from ingest.staging import StagedRef, finish_staging, parse_staged, read_staged, stage_unit, staged_units
+from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
 from shards import card as card_io
 from shards import schema
 from shards.heap import keep_buffers_in_heap, release_free_heap
@@ -152,12 +152,11 @@ def _init_worker(process: Callable[[WorkUnit], UnitOutput]) -> None:
     keep_buffers_in_heap()
 
 
-def _run_unit(unit: WorkUnit, staging: Path) -> bytes:
+def _run_unit(unit: WorkUnit) -> UnitOutput:
     try:
-        output = _PROCESS(unit)
+        return _PROCESS(unit)
     except Exception as exc:  # noqa: BLE001 -- any failure of one image becomes a reject, the job goes on
-        output = UnitOutput(rejects=[Reject(unit.source_path, f"unexpected error: {type(exc).__name__}: {exc}")])
-    return stage_unit(staging, unit.unit_id, output)
+        return UnitOutput(rejects=[Reject(unit.source_path, f"unexpected error: {type(exc).__name__}: {exc}")])
 
 
 @dataclass
@@ -204,40 +203,56 @@ def _prepare_out(job: IngestJob) -> Path:
         raise IngestError(f"{out} is not empty and holds no medshards run; choose an empty folder or pass --overwrite")
     staging.mkdir(parents=True, exist_ok=True)
     atomic_write_bytes(job_file, json.dumps({"fingerprint": job.fingerprint(), "source": job.source}).encode())
-    # Leftovers of a killed run: temp files never became shards; shards are rebuilt from staging.
-    for leftover in list(out.glob("**/.*.tmp-*")):
-        leftover.unlink()
-    for split in schema.SPLITS:
-        for shard in (out / split).glob(schema.SHARD_GLOB):
-            shard.unlink()
     return staging
 
 
-def _ordered_outputs(job: IngestJob, staging: Path, done: dict[str, StagedRef]) -> Iterator[tuple[str, bytes]]:
-    """Yield (unit id, staged bytes) in unit order, computing the missing units in parallel."""
-    pending = [u for u in job.units if u.unit_id not in done]
-    run = functools.partial(_run_unit, staging=staging)
+def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter], list[UnitRecord], int]:
+    """The splits' writers, resumed from the progress log when it has finished units (returned
+    with the log's good length); otherwise fresh, in split folders cleared of shards and partial
+    files of a run killed before its first unit was logged."""
+    records, good = read_progress(staging)
+    expected = [u.unit_id for u in job.units[: len(records)]]
+    if [r.unit_id for r in records] != expected:
+        raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
+    if not records:
+        good = 0
+        for split in schema.SPLITS:
+            for path in (job.out / split).glob(".*.tmp-*"):
+                path.unlink()
+            for path in (job.out / split).glob(schema.SHARD_GLOB):
+                path.unlink()
+    last = records[-1].writers if records else {}
+    try:
+        writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard, resume=last.get(split))
+                   for split in schema.SPLITS}
+    except FileNotFoundError as exc:
+        raise IngestError(f"cannot resume the interrupted run: {exc}; pass --overwrite to start over") from exc
+    return writers, records, good
+
+
+def _unit_outputs(job: IngestJob, pending: list[WorkUnit]) -> Iterator[UnitOutput]:
+    """The pending units' outputs in unit order, computed in parallel for several workers."""
     if job.workers <= 1 or len(pending) <= 1:
         _init_worker(job.process)
-        results: Iterator[bytes] = map(run, pending)
-        pool = None
-    else:
-        # fork starts workers in milliseconds; hand the heap's free pages back first, or every worker
-        # copies them on first write.
-        release_free_heap()
-        ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-        pool = ctx.Pool(job.workers, initializer=_init_worker, initargs=(job.process,))
-        results = pool.imap(run, pending, chunksize=1)
+        yield from map(_run_unit, pending)
+        return
+    # fork starts workers in milliseconds; hand the heap's free pages back first, or every worker
+    # copies them on first write.
+    release_free_heap()
+    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
+    pool = ctx.Pool(job.workers, initializer=_init_worker, initargs=(job.process,))
     try:
-        for unit in job.units:
-            if unit.unit_id in done:
-                yield unit.unit_id, read_staged(done[unit.unit_id])
-            else:
-                yield unit.unit_id, next(results)
+        yield from pool.imap(_run_unit, pending, chunksize=1)
     finally:
-        if pool is not None:
-            pool.terminate()
-            pool.join()
+        pool.terminate()
+        pool.join()
+
+
+def _write_unit(output: UnitOutput, writers: dict[str, ShardWriter]) -> dict[str, Any]:
+    """The unit's samples appended to their splits' shards; returns its sidecar."""
+    shards = [writers[s.meta.split].write({"__key__": s.meta.key, **s.members, schema.META_JSON: s.meta.to_json_bytes()})
+              for s in output.samples]
+    return unit_sidecar(output, shards)
 
 
 def run_job(job: IngestJob) -> JobSummary:
@@ -250,34 +265,39 @@ def run_job(job: IngestJob) -> JobSummary:
     start = time.perf_counter()
     job.out.mkdir(parents=True, exist_ok=True)
     staging = _prepare_out(job)
-    done = staged_units(staging, [u.unit_id for u in job.units])
+    writers, done, good = _open_writers(job, staging)
 
-    writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard) for split in schema.SPLITS}
     rows: list[dict[str, Any]] = []
     rejects = list(job.planning_rejects)
     notes: Counter = Counter()
     stats: dict[str, Any] = {}
+
+    def take(sidecar: dict[str, Any]) -> None:
+        for sample in sidecar["samples"]:
+            rows.append(sample["row"])
+            if sample["row"]["split"] == "train":
+                _accumulate(stats, sample)
+        rejects.extend(Reject(**r) for r in sidecar["rejects"])
+        notes.update(sidecar["notes"])
+
+    for record in done:
+        take(record.sidecar)
     bar = tqdm(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
                disable=not job.progress, file=sys.stderr, mininterval=1.0)
+    pending = job.units[len(done):]
     try:
-        for unit_id, staged in _ordered_outputs(job, staging, done):
-            sidecar, members = parse_staged(staged)
-            for sample in sidecar["samples"]:
-                row = sample["row"]
-                row["shard"] = writers[row["split"]].write({"__key__": sample["key"], **members[sample["key"]]})
-                rows.append(row)
-                if row["split"] == "train":
-                    _accumulate(stats, sample)
-            rejects.extend(Reject(**r) for r in sidecar["rejects"])
-            notes.update(sidecar["notes"])
-            bar.update(0 if unit_id in done else 1)
+        with ProgressLog(staging, good) as log:
+            for unit, output in zip(pending, _unit_outputs(job, pending)):
+                sidecar = _write_unit(output, writers)
+                take(sidecar)
+                log.append(UnitRecord(unit.unit_id, sidecar, {s: w.checkpoint() for s, w in writers.items()}))
+                bar.update(1)
     except BaseException:
         for writer in writers.values():
-            writer.abort()
+            writer.suspend()  # the shards in progress stay, for the resumed run
         raise
     finally:
         bar.close()
-        finish_staging()
     records = [rec for split in schema.SPLITS for rec in writers[split].close()]
     for split in schema.SPLITS:  # drop split folders left empty
         folder = job.out / split

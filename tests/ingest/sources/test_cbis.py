@@ -22,7 +22,7 @@ from ingest.cli import EXIT_OK, EXIT_REJECTS, main
 from ingest.pipeline import run_job
 from ingest.sample_data.cbis_ddsm import make_cbis_sample
 from ingest.sources import cbis
-from ingest.staging import staged_units
+from ingest.progress import read_progress
 from shards import codecs, schema
 
 PROJECT = Path(__file__).resolve().parents[3]
@@ -188,9 +188,8 @@ def test_finished_output_is_not_clobbered_without_overwrite(both_crops, tcia_tre
     assert "--overwrite" in capsys.readouterr().err
 
 
-def staged_in(out: Path) -> dict:
-    staging = out / ".staging"
-    return staged_units(staging) if staging.is_dir() else {}
+def logged_units(out: Path) -> int:
+    return len(read_progress(out / ".staging")[0])
 
 
 def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
@@ -202,16 +201,15 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
            "--out", str(out), "--workers", "1", "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
-    # Let the run go in 2 ms slices (a unit takes several), stopped between them while the staging
-    # folder is counted, so it is killed a few units in however fast this machine ingests.
-    while len(staged_in(out)) < 3 and time.monotonic() < deadline:
+    # Let the run go in 2 ms slices (a unit takes several), stopped between them while its progress
+    # log is read, so it is killed a few units in however fast this machine ingests.
+    while logged_units(out) < 3 and time.monotonic() < deadline:
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.002)
         proc.send_signal(signal.SIGSTOP)
     proc.kill()
     proc.wait()
-    staged = len(staged_in(out))
-    assert staged >= 3 and not (out / schema.CARD_FILE).exists()
+    assert logged_units(out) >= 3 and not (out / schema.CARD_FILE).exists()
     done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == EXIT_OK, done.stderr
     assert "resumed" in done.stdout

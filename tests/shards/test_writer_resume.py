@@ -1,0 +1,90 @@
+"""A ShardWriter resumed from a checkpoint, after a process that kept writing past it was killed,
+ends with the same shard files (bytes, records) as one that was never interrupted, wherever the
+kill fell: inside a shard, just after a shard was finished and renamed, or before any shard."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from shards.writer import PARTIAL_SUFFIX, ShardWriter
+
+SAMPLES = 7
+MAX_SAMPLES = 2
+
+
+def _sample(i: int) -> dict:
+    return {"__key__": f"s{i:03d}", "png": bytes([i]) * (300 + 97 * i), "json": json.dumps({"i": i}).encode()}
+
+
+def _files(root) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted((root / "train").iterdir())}
+
+
+@pytest.fixture
+def uninterrupted(tmp_path):
+    root = tmp_path / "reference"
+    with ShardWriter(root, "train", max_samples=MAX_SAMPLES) as writer:
+        for i in range(SAMPLES):
+            writer.write(_sample(i))
+    return _files(root), writer.records
+
+
+# checkpoint after sample `done - 1`; the killed process then wrote `beyond` more samples
+@pytest.mark.parametrize(("done", "beyond"), [(0, 3), (1, 1), (2, 1), (2, 3), (4, 0), (5, 2), (7, 0)])
+def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond):
+    root = tmp_path / "killed"
+    writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
+    state = writer.checkpoint()
+    for i in range(done):
+        writer.write(_sample(i))
+        state = writer.checkpoint()
+    for i in range(done, min(done + beyond, SAMPLES)):
+        writer.write(_sample(i))  # lost work: past the checkpoint
+    writer.checkpoint()  # its bytes reached the file, as a killed process's would
+    writer.suspend()
+
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=json.loads(json.dumps(state)))
+    for i in range(done, SAMPLES):
+        resumed.write(_sample(i))
+    records = resumed.close()
+    files, reference_records = uninterrupted
+    assert _files(root) == files
+    assert records == reference_records
+
+
+def test_a_shard_finished_after_the_checkpoint_is_taken_back(tmp_path, uninterrupted):
+    root = tmp_path / "killed"
+    writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
+    for i in range(2):
+        writer.write(_sample(i))
+    state = writer.checkpoint()  # shard 0 full, still in progress
+    writer.write(_sample(2))  # finishes and renames shard 0, opens shard 1
+    writer.checkpoint()
+    writer.suspend()
+    assert list((root / "train").glob(f"*{PARTIAL_SUFFIX}"))  # shard 1 in progress
+    assert (root / "train" / "shard-000000.tar").is_file()
+
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
+    assert sorted(p.name for p in (root / "train").iterdir()) == [f".shard-000000.tar{PARTIAL_SUFFIX}"]
+    for i in range(2, SAMPLES):
+        resumed.write(_sample(i))
+    resumed.close()
+    assert _files(root) == uninterrupted[0]
+
+
+def test_resume_refuses_when_a_finished_shard_or_the_partial_is_gone(tmp_path):
+    root = tmp_path / "killed"
+    writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
+    for i in range(3):
+        writer.write(_sample(i))
+    state = writer.checkpoint()
+    writer.suspend()
+    partial = root / "train" / f".shard-000001.tar{PARTIAL_SUFFIX}"
+    partial.rename(partial.with_name("elsewhere"))
+    with pytest.raises(FileNotFoundError, match="shard in progress"):
+        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
+    (root / "train" / "shard-000000.tar").unlink()
+    with pytest.raises(FileNotFoundError, match="finished shard"):
+        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
