@@ -14,9 +14,9 @@ the split's shards strictly in unit order, then logs the unit as done (ingest.pr
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
-import multiprocessing
 import os
 import shutil
 import sys
@@ -33,9 +33,10 @@ from tqdm import tqdm
 
 from ingest.mapped_files import read_source
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
+from ingest.unit_pool import map_units
 from shards import card as card_io
 from shards import schema
-from shards.heap import keep_buffers_in_heap, release_free_heap
+from shards.heap import keep_buffers_in_heap
 from shards.manifest import write_manifest
 from shards.writer import ShardWriter, atomic_write_bytes
 
@@ -231,21 +232,18 @@ def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter]
 
 
 def _unit_outputs(job: IngestJob, pending: list[WorkUnit]) -> Iterator[UnitOutput]:
-    """The pending units' outputs in unit order, computed in parallel for several workers."""
+    """The pending units' outputs in unit order, computed by worker processes for several workers
+    (ingest.unit_pool: a worker that dies costs its unit, as a reject, and not the job)."""
     if job.workers <= 1 or len(pending) <= 1:
         _init_worker(job.process)
         yield from map(_run_unit, pending)
         return
-    # fork starts workers in milliseconds; hand the heap's free pages back first, or every worker
-    # copies them on first write.
-    release_free_heap()
-    ctx = multiprocessing.get_context("fork" if sys.platform == "linux" else "spawn")
-    pool = ctx.Pool(job.workers, initializer=_init_worker, initargs=(job.process,))
-    try:
-        yield from pool.imap(_run_unit, pending, chunksize=1)
-    finally:
-        pool.terminate()
-        pool.join()
+    yield from map_units(pending, _run_unit, workers=job.workers, init=functools.partial(_init_worker, job.process),
+                         died=_died)
+
+
+def _died(unit: WorkUnit, reason: str) -> UnitOutput:
+    return UnitOutput(rejects=[Reject(unit.source_path, reason)])
 
 
 def _write_unit(output: UnitOutput, writers: dict[str, ShardWriter]) -> dict[str, Any]:

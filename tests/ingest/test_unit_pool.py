@@ -1,0 +1,62 @@
+"""The unit pool: outputs in unit order whatever the workers' timing; a worker that dies costs its
+own unit only (as died(...), naming the signal) and a new worker carries on; no unit starts more
+than `window` units ahead of the one being waited for."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from ingest.unit_pool import describe_death, map_units
+
+
+def _init() -> None:
+    pass
+
+
+def _slow_first(unit: int) -> tuple[int, int]:
+    time.sleep(0.2 if unit == 0 else 0.001 * (unit % 3))
+    return unit, os.getpid()
+
+
+def _kill_on_three(unit: int) -> int:
+    if unit == 3:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return unit * 10
+
+
+def _died(unit: int, reason: str) -> str:
+    return f"unit {unit}: {reason}"
+
+
+def _start_time(unit: int) -> tuple[int, float]:
+    time.sleep(0.05 if unit == 0 else 0.0)
+    return unit, time.monotonic()
+
+
+def test_outputs_come_in_unit_order_from_several_processes():
+    outputs = list(map_units(list(range(20)), _slow_first, workers=2, init=_init, died=_died))
+    assert [unit for unit, _ in outputs] == list(range(20))
+    assert len({pid for _, pid in outputs}) == 2 and os.getpid() not in {pid for _, pid in outputs}
+
+
+def test_a_dead_worker_costs_only_its_unit():
+    outputs = list(map_units(list(range(8)), _kill_on_three, workers=2, init=_init, died=_died))
+    assert outputs[:3] == [0, 10, 20] and outputs[4:] == [40, 50, 60, 70]
+    assert outputs[3] == "unit 3: the worker process died of SIGKILL (out of memory?) while processing it"
+
+
+def test_no_unit_starts_more_than_window_ahead():
+    # unit 0 is slow: with window 3, units 3 and later cannot start before unit 0 is done
+    outputs = list(map_units(list(range(10)), _start_time, workers=2, init=_init, died=_died, window=3))
+    finished_first = outputs[0][1]
+    assert all(started >= finished_first for unit, started in outputs if unit >= 3)
+    assert any(started < finished_first for unit, started in outputs if 0 < unit < 3)
+
+
+@pytest.mark.parametrize(("code", "words"), [(-signal.SIGSEGV, "SIGSEGV while"), (3, "status 3")])
+def test_deaths_are_described(code, words):
+    assert words in describe_death(code)
