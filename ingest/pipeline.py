@@ -222,9 +222,9 @@ def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter]
                 path.unlink()
             for path in (job.out / split).glob(schema.SHARD_GLOB):
                 path.unlink()
-    last = records[-1].writers if records else {}
     try:
-        writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard, resume=last.get(split))
+        writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard,
+                                      resume=[r.writers[split] for r in records] if records else None)
                    for split in schema.SPLITS}
     except FileNotFoundError as exc:
         raise IngestError(f"cannot resume the interrupted run: {exc}; pass --overwrite to start over") from exc

@@ -3,7 +3,8 @@
 The job writes its units into the shards strictly in unit order (ingest.pipeline), and after each
 unit the main process appends one record to `progress.log` in the output's staging folder: the
 unit id, the unit's sidecar (its manifest rows, pixel sums, rejects and notes) and every split's
-ShardWriter checkpoint (finished shards, and the length of the shard in progress). A resumed run
+ShardWriter checkpoint (shards finished since the previous record, and the length of the shard
+in progress: a record's size does not grow with the job). A resumed run
 replays the sidecars, cuts each shard in progress back to its checkpoint and goes on with the
 next unit, so the shards end byte-identical to an uninterrupted run and no pixel is ever written
 twice. (Until this log, every unit's members were staged in a journal first and then copied into
@@ -41,7 +42,7 @@ class UnitRecord:
 
     unit_id: str
     sidecar: dict[str, Any]  # see unit_sidecar
-    writers: dict[str, dict[str, Any]]  # split -> ShardWriter.checkpoint() after this unit
+    writers: dict[str, dict[str, Any]]  # split -> ShardWriter.checkpoint() after this unit (a delta)
 
 
 def unit_sidecar(output: UnitOutput, shards: list[str]) -> dict[str, Any]:
@@ -101,8 +102,7 @@ class ProgressLog:
         os.lseek(self.fd, keep, os.SEEK_SET)
 
     def append(self, record: UnitRecord) -> None:
-        payload = json.dumps({"unit": record.unit_id, "sidecar": record.sidecar, "writers": record.writers},
-                             sort_keys=True).encode()
+        payload = json.dumps({"unit": record.unit_id, "sidecar": record.sidecar, "writers": record.writers}).encode()
         data = memoryview(_RECORD_HEAD.pack(RECORD_MAGIC, len(payload)) + payload + xxhash.xxh3_64_digest(payload))
         while data:  # write may write less than asked (a signal, a large record)
             data = data[os.write(self.fd, data):]

@@ -17,6 +17,7 @@ of tarfile's ~80 us through TarInfo; ingest writes a few members a sample.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -54,13 +55,24 @@ def ustar_member(name: str, size: int, *, mtime: int, mode: int, owner: str) -> 
     """The 512-byte POSIX ustar header of a regular file `name` of `size` bytes, owned by user and
     group `owner` (uid and gid 0); the caller writes the data after it, padded with NULs to a
     multiple of BLOCK (`padding(size)`)."""
-    head = b"".join((
-        _name_field(name, NAME_MAX), _octal(mode, 8), _octal(0, 8), _octal(0, 8), _octal(size, 12),
+    name_field, size_field = _name_field(name, NAME_MAX), _octal(size, 12)
+    before, after, fixed_sum = _header_template(mtime, mode, owner)
+    # summed with its own field as spaces (POSIX.1-1988); the fixed fields' sum is cached
+    checksum = b"%06o\0 " % (fixed_sum + sum(name_field) + sum(size_field))
+    return b"".join((name_field, before, size_field, after[:12], checksum, after[20:]))
+
+
+@functools.lru_cache(maxsize=8)
+def _header_template(mtime: int, mode: int, owner: str) -> tuple[bytes, bytes, int]:
+    """The header's bytes between name and size (mode, uid, gid), after size (from mtime to the
+    end, checksum as spaces), and the byte sum of both: one writer's members differ only in
+    name and size."""
+    before = _octal(mode, 8) + _octal(0, 8) + _octal(0, 8)
+    after = b"".join((
         _octal(mtime, 12), b" " * 8, b"0", bytes(100), b"ustar\x0000", _name_field(owner, 32),
         _name_field(owner, 32), bytes(16), bytes(155),  # devmajor, devminor: empty for a regular file
-    ))
-    checksum = b"%06o\0 " % sum(head)  # summed with its own field as spaces (POSIX.1-1988)
-    return (head[:148] + checksum + head[156:]).ljust(BLOCK, b"\0")
+    )).ljust(BLOCK - NAME_MAX - len(before) - 12, b"\0")
+    return before, after, sum(before) + sum(after)
 
 
 def padding(size: int) -> bytes:

@@ -6,12 +6,12 @@ exists complete or not at all. The bytes are what webdataset's TarWriter (tarfil
 same sample; the headers come from shards.tar_members, which is 15x faster than tarfile and does
 not import torch (webdataset does, which cost every `ingest` run two seconds).
 
-Resumable: `checkpoint()` says how far the writer got (finished shards, and the length of the
-shard in progress, whose bytes are then in the operating system's hands); a writer made with
-`resume=` that checkpoint continues from there after the process was killed, and the shards
-end byte-identical to an uninterrupted run. At each checkpoint the kernel is also asked to start
-writing the new bytes to disk (Linux `sync_file_range`), so the fsync that finishes a shard
-finds little left to wait for.
+Resumable: `checkpoint()` says how far the writer got since its previous checkpoint (shards it
+finished, and the length of the shard in progress, whose bytes are then in the operating
+system's hands); a writer made with `resume=` the checkpoints so far continues from there after
+the process was killed, and the shards end byte-identical to an uninterrupted run. Every 8 MB
+the kernel is also asked to start writing the new bytes to disk (Linux `sync_file_range`), so
+the fsync that finishes a shard finds little left to wait for.
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from shards.tar_members import END_OF_ARCHIVE, NAME_MAX, RECORD, padding, ustar_
 _FIXED_MTIME = 1577836800
 _OWNER = "medshards"
 _MODE = 0o444
+WRITEBACK_BYTES = 8 << 20
 PARTIAL_SUFFIX = ".tmp-partial"  # the shard in progress: f".{shard name}{PARTIAL_SUFFIX}"
 
 
@@ -71,7 +72,7 @@ class ShardWriter:
     """
 
     def __init__(self, root: Path, split: str, *, max_samples: int = 1000, max_bytes: int = 1 << 30,
-                 resume: dict[str, Any] | None = None):
+                 resume: list[dict[str, Any]] | None = None):
         if split not in schema.SPLITS:
             raise schema.SchemaError(f"split {split!r} not in {schema.SPLITS}")
         self.root = Path(root)
@@ -86,6 +87,7 @@ class ShardWriter:
         self._count = 0
         self._bytes = 0
         self._synced = 0  # bytes of the shard in progress already handed to writeback
+        self._checkpointed = 0  # records already reported by checkpoint()
         if resume is not None:
             self._resume(resume)
 
@@ -151,26 +153,31 @@ class ShardWriter:
         return self.records
 
     def checkpoint(self) -> dict[str, Any]:
-        """How far this writer got, as JSON-able values: resume= this continues from here. The
-        bytes written so far are flushed to the operating system (a killed process keeps them)."""
-        if self._fh is None:
-            return {"records": [asdict(r) for r in self.records], "open": None}
-        self._fh.flush()
-        _start_writeback(self._fh.fileno(), self._synced, self._fh.size - self._synced)
-        self._synced = self._fh.size
-        return {"records": [asdict(r) for r in self.records],
-                "open": {"samples": self._count, "member_bytes": self._bytes, "size": self._fh.size}}
+        """How far this writer got since its previous checkpoint, as JSON-able values: the shards
+        it finished since then, and the shard in progress. resume= the list of checkpoints, in
+        order, continues from the last. The bytes written so far are flushed to the operating
+        system (a killed process keeps them), and writeback is started every WRITEBACK_BYTES."""
+        finished, self._checkpointed = self.records[self._checkpointed:], len(self.records)
+        state = {"finished": [asdict(r) for r in finished], "open": None}
+        if self._fh is not None:
+            self._fh.flush()
+            if self._fh.size - self._synced >= WRITEBACK_BYTES:
+                _start_writeback(self._fh.fileno(), self._synced, self._fh.size - self._synced)
+                self._synced = self._fh.size
+            state["open"] = {"samples": self._count, "member_bytes": self._bytes, "size": self._fh.size}
+        return state
 
-    def _resume(self, state: dict[str, Any]) -> None:
-        """Continue from checkpoint() `state`: finished shards must be there; the shard in progress
-        is cut back to its checkpointed length (a shard finished after the checkpoint is taken
-        back); every other shard or partial file of the split is removed."""
-        self.records = [ShardRecord(**r) for r in state["records"]]
+    def _resume(self, checkpoints: list[dict[str, Any]]) -> None:
+        """Continue from the last of checkpoint()'s `checkpoints`: finished shards must be there;
+        the shard in progress is cut back to its checkpointed length (a shard finished after the
+        checkpoint is taken back); every other shard or partial file of the split is removed."""
+        self.records = [ShardRecord(**r) for state in checkpoints for r in state["finished"]]
+        self._checkpointed = len(self.records)
         for record in self.records:
             if not (self.root / record.path).is_file():
                 raise FileNotFoundError(f"{self.root / record.path}: a finished shard of the interrupted run is missing")
         keep = {Path(r.path).name for r in self.records}
-        opened = state["open"]
+        opened = checkpoints[-1]["open"] if checkpoints else None
         final = self.root / self.current_shard
         partial = final.with_name(f".{final.name}{PARTIAL_SUFFIX}")
         if opened is not None:

@@ -23,7 +23,7 @@ def _output(unit: int) -> UnitOutput:
 
 def _record(unit: int) -> UnitRecord:
     sidecar = unit_sidecar(_output(unit), ["train/shard-000000.tar", "train/shard-000001.tar"])
-    return UnitRecord(f"unit{unit}", sidecar, {"train": {"records": [], "open": {"samples": unit, "size": 512}}})
+    return UnitRecord(f"unit{unit}", sidecar, {"train": {"finished": [], "open": {"samples": unit, "size": 512}}})
 
 
 def _log(staging, units, keep=0):

@@ -1,5 +1,6 @@
 """The stream's tar reader against Python's tarfile: the same members from real shards, long names
-through pax headers, and damaged, truncated or unusual tars named as such, never guessed at."""
+through pax headers, and damaged, truncated or unusual tars named as such, never guessed at; the
+writer's headers byte for byte as tarfile makes them."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import tarfile
 import pytest
 
 from shards.card import read_card, shard_records
-from shards.tar_members import TarFormatError, TarReader
+from shards.tar_members import NAME_MAX, TarFormatError, TarReader, ustar_member
 
 
 def read_all(data: bytes) -> list[tuple[str, bool, bytes | None]]:
@@ -77,3 +78,11 @@ def test_damaged_and_truncated_tars_raise():
         tar.addfile(tarfile.TarInfo("caf\xe9.json"))
     with pytest.raises(TarFormatError, match="is not UTF-8"):
         read_all(latin.getvalue())
+
+
+@pytest.mark.parametrize(("name", "size", "owner"), [("k.png", 0, "medshards"), ("x" * NAME_MAX, 8**11 - 1, "o"),
+                                                     ("cbis_ab12_lesion3.mask.png", 511, "medshards")])
+def test_headers_are_what_tarfile_writes(name, size, owner):
+    info = tarfile.TarInfo(name)
+    info.size, info.mtime, info.mode, info.uname, info.gname = size, 1577836800, 0o444, owner, owner
+    assert ustar_member(name, size, mtime=1577836800, mode=0o444, owner=owner) == info.tobuf(format=tarfile.USTAR_FORMAT)

@@ -36,16 +36,16 @@ def uninterrupted(tmp_path):
 def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond):
     root = tmp_path / "killed"
     writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
-    state = writer.checkpoint()
+    states = [writer.checkpoint()]
     for i in range(done):
         writer.write(_sample(i))
-        state = writer.checkpoint()
+        states.append(writer.checkpoint())
     for i in range(done, min(done + beyond, SAMPLES)):
         writer.write(_sample(i))  # lost work: past the checkpoint
     writer.checkpoint()  # its bytes reached the file, as a killed process's would
     writer.suspend()
 
-    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=json.loads(json.dumps(state)))
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=json.loads(json.dumps(states)))
     for i in range(done, SAMPLES):
         resumed.write(_sample(i))
     records = resumed.close()
@@ -59,14 +59,14 @@ def test_a_shard_finished_after_the_checkpoint_is_taken_back(tmp_path, uninterru
     writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
     for i in range(2):
         writer.write(_sample(i))
-    state = writer.checkpoint()  # shard 0 full, still in progress
+    states = [writer.checkpoint()]  # shard 0 full, still in progress
     writer.write(_sample(2))  # finishes and renames shard 0, opens shard 1
     writer.checkpoint()
     writer.suspend()
     assert list((root / "train").glob(f"*{PARTIAL_SUFFIX}"))  # shard 1 in progress
     assert (root / "train" / "shard-000000.tar").is_file()
 
-    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=states)
     assert sorted(p.name for p in (root / "train").iterdir()) == [f".shard-000000.tar{PARTIAL_SUFFIX}"]
     for i in range(2, SAMPLES):
         resumed.write(_sample(i))
@@ -77,14 +77,15 @@ def test_a_shard_finished_after_the_checkpoint_is_taken_back(tmp_path, uninterru
 def test_resume_refuses_when_a_finished_shard_or_the_partial_is_gone(tmp_path):
     root = tmp_path / "killed"
     writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
+    states = []
     for i in range(3):
         writer.write(_sample(i))
-    state = writer.checkpoint()
+        states.append(writer.checkpoint())
     writer.suspend()
     partial = root / "train" / f".shard-000001.tar{PARTIAL_SUFFIX}"
     partial.rename(partial.with_name("elsewhere"))
     with pytest.raises(FileNotFoundError, match="shard in progress"):
-        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
+        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=states)
     (root / "train" / "shard-000000.tar").unlink()
     with pytest.raises(FileNotFoundError, match="finished shard"):
-        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=state)
+        ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=states)
