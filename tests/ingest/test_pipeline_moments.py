@@ -8,7 +8,8 @@ import pytest
 from ingest.pipeline import pixel_moments
 
 
-@pytest.mark.parametrize("shape, dtype", [((37, 23), np.uint16), ((40, 30, 3), np.uint8), ((16, 16, 7), np.uint16)])
+@pytest.mark.parametrize("shape, dtype", [((37, 23), np.uint16), ((40, 30, 3), np.uint8), ((16, 16, 7), np.uint16),
+                                            ((33, 17), np.uint8), ((9, 11, 7), np.uint8)])
 def test_moments_are_exact_per_channel(shape, dtype):
     pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
     sums, squares, count = pixel_moments(pixels)
