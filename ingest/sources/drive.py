@@ -29,6 +29,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import cv2
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
@@ -129,15 +130,17 @@ def read_gif_mask(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
     if grey.shape != shape:
         raise MaskError(f"mask size mismatch: {name} is {grey.shape[1]}x{grey.shape[0]}, "
                         f"the image {shape[1]}x{shape[0]}")
-    levels = np.flatnonzero(np.bincount(grey.ravel(), minlength=256))  # np.unique sorts: 20x slower
+    # OpenCV's histogram and compare: np.unique sorts (20x slower), np.bincount and == took 1 ms
+    levels = np.flatnonzero(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())
     if levels.size > 2:
         raise MaskError(f"not a binary mask: {name} holds {levels.size} grey levels")
     # The brighter of the two levels is the foreground: 255 of 0/255, 253 of the palette's 3/253,
     # 1 of an unpaletted 0/1.
-    mask = grey == levels[-1] if levels.size == 2 else np.full(shape, levels[0] > 127)
-    if not mask.any():
+    if levels.size == 2:
+        return cv2.compare(grey, int(levels[-1]), cv2.CMP_EQ)
+    if levels[0] <= 127:
         raise MaskError(f"empty mask: {name} marks no pixel")
-    return mask.astype(np.uint8) * 255
+    return np.full(shape, 255, np.uint8)
 
 
 def vessel_fraction(vessels: np.ndarray, fov: np.ndarray) -> float | None:

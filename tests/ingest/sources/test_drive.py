@@ -186,3 +186,27 @@ def test_cli_defaults_and_usage_errors(tree, tmp_path, capsys):
     assert {r["height"] for r in rows} == {512}  # TOWER's 512 x 512 (paper 001, §4.1)
     assert main(["drive", str(tmp_path), "--out", str(tmp_path / "none"), "--no-progress"]) == EXIT_USAGE
     assert "training/images" in capsys.readouterr().err
+
+
+def _gif(path: Path, values: np.ndarray, palette: bool) -> Path:
+    img = Image.fromarray(values, mode="L")
+    if palette:  # index 0 black, index 1 white, as one real DRIVE GIF has it
+        img = Image.frombytes("P", img.size, values.tobytes())
+        img.putpalette([0, 0, 0, 255, 255, 255] + [0, 0, 0] * 254)
+    img.save(path)
+    return path
+
+
+@pytest.mark.parametrize("palette", [False, True])
+def test_gif_masks_read_as_0_255_whatever_their_levels(tmp_path, palette):
+    marked = np.zeros((6, 5), np.uint8)
+    marked[1:3, 2:4] = 1 if palette else 255
+    mask = drive.read_gif_mask(_gif(tmp_path / "m.gif", marked, palette), "m.gif", (6, 5))
+    assert mask.dtype == np.uint8 and set(np.unique(mask)) == {0, 255}
+    np.testing.assert_array_equal(mask > 0, marked > 0)
+    full = drive.read_gif_mask(_gif(tmp_path / "f.gif", np.full((6, 5), 255, np.uint8), False), "f.gif", (6, 5))
+    assert (full == 255).all()
+    with pytest.raises(drive.MaskError, match="empty mask: z.gif"):
+        drive.read_gif_mask(_gif(tmp_path / "z.gif", np.zeros((6, 5), np.uint8), palette), "z.gif", (6, 5))
+    with pytest.raises(drive.MaskError, match="mask size mismatch"):
+        drive.read_gif_mask(tmp_path / "m.gif", "m.gif", (5, 6))
