@@ -2,7 +2,8 @@
 limits, measured in one run. Prints one JSON line per source.
 
 drive limit: for each image, in one process and nothing else: Pillow decode of the TIFF and of its
-             two GIF masks, pad to square and resize the three, PNG encode of the three;
+             two GIF masks, binarised (one OpenCV threshold), pad to square and resize the three,
+             PNG encode of the three;
 if limit:    for each work unit (one image here), in one process: the nuclei found tile by tile on
              the nuclear channel, the region of the seven channels read, the cell crops cut, .npy
              encode of each;
@@ -25,6 +26,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 from PIL import Image
 
@@ -50,7 +52,7 @@ def drive_limit(job) -> float:
         box = crops.square_context_box((0, 0, w, h), margin=0.0, min_side=0)
         codecs.encode_pixels(crops.resize_to(crops.crop_padded(rgb, box), size))
         for mask in masks:
-            codecs.encode_mask(crops.resize_to(crops.crop_padded((mask > 127).astype(np.uint8) * 255, box), size,
+            codecs.encode_mask(crops.resize_to(crops.crop_padded(cv2.threshold(mask, 127, 255, cv2.THRESH_BINARY)[1], box), size,
                                                nearest=True))
     return time.perf_counter() - start
 
