@@ -8,7 +8,7 @@ ingest: `ingest nih-cxr14 --crops whole` / `ingest chexpert --crops whole` on th
 Target: ingest >= 0.9 x limit. Generated trees in the real layouts: NIH 8-bit PNGs at the real
 1024x1024, CheXpert 8-bit JPEGs at the -small version's 390x320 by default.
 
-    python benchmarks/ingest_chest_xray.py [--nih-patients 16] [--chexpert-patients 24] [--repeats 5]
+    python benchmarks/ingest_chest_xray.py [--nih-patients 16] [--chexpert-patients 240] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -85,7 +85,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--nih-patients", type=int, default=16)
     parser.add_argument("--nih-side", type=int, default=1024, help="NIH PNG side (the real files: 1024)")
-    parser.add_argument("--chexpert-patients", type=int, default=24)
+    parser.add_argument("--chexpert-patients", type=int, default=240, help="240 make 374 images")
     parser.add_argument("--chexpert-shape", type=int, nargs=2, default=(390, 320), help="CheXpert JPEG (H, W)")
     parser.add_argument("--repeats", type=int, default=5, help="best of N for each measurement")
     args = parser.parse_args()
