@@ -18,9 +18,9 @@ of tarfile's ~80 us through TarInfo; ingest writes a few members a sample.
 from __future__ import annotations
 
 import functools
+import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO
+from typing import BinaryIO, NamedTuple
 
 BLOCK = 512
 _REGULAR = (b"0", b"\0")
@@ -29,6 +29,7 @@ _PAX_GLOBAL = b"g"  # pax global header: applies to no member the stream reads
 _MAGICS = (b"ustar\x0000", b"ustar  \0")  # POSIX, and GNU tar's pre-POSIX spelling
 RECORD = 20 * BLOCK  # tar's default blocking: an archive's length is a multiple of this
 END_OF_ARCHIVE = bytes(2 * BLOCK)
+_ZERO_BLOCK = bytes(BLOCK)
 NAME_MAX = 100  # a ustar name field; longer names would need a prefix split or a pax header
 
 
@@ -80,8 +81,7 @@ def padding(size: int) -> bytes:
     return bytes(-size % BLOCK)
 
 
-@dataclass(frozen=True)
-class TarEntry:
+class TarEntry(NamedTuple):  # a tuple: a frozen dataclass took a few us to make, per member
     name: str
     size: int
     regular: bool  # a regular file; anything else is reported, never followed
@@ -101,8 +101,12 @@ def _number(field: bytes) -> int:
 
 
 def _checksum_ok(header: bytes) -> bool:
+    """The header's byte sum, its checksum field counted as spaces, equals the stored checksum.
+    Summed by zlib.adler32 in C (a Python sum of 512 bytes took ~5 us, two a sample): the low 16
+    bits of Adler-32 are 1 + the byte sum mod 65521, exact for up to 256 bytes (at most 65280)."""
     stored = _number(header[148:156])
-    return stored == sum(header[:148]) + 8 * 32 + sum(header[156:])
+    total = sum((zlib.adler32(header[at:at + 256]) & 0xFFFF) - 1 for at in (0, 256))
+    return stored == total - sum(header[148:156]) + 8 * 32
 
 
 def _text(field: bytes) -> str:
@@ -162,7 +166,7 @@ class TarReader:
         while True:
             self._skip_rest()
             header = self._fh.read(BLOCK)
-            if header == bytes(BLOCK):  # end-of-archive blocks
+            if header == _ZERO_BLOCK:  # end-of-archive blocks
                 return
             if len(header) != BLOCK:  # a skipped member's seek may pass the end of a truncated file
                 raise TarFormatError("truncated: the file ends before its end-of-archive blocks")
