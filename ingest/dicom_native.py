@@ -3,10 +3,14 @@ bytes, without pydicom's two copies (the element value read out of the buffer, t
 
 Mammograms are 20-60 MB of native 16-bit pixels (CBIS-DDSM, most hospital MG exports), and a lesion
 crop needs a few hundred kilobytes of them: the copies, not the arithmetic, were most of decoding,
-and being memory-bound they did not scale with worker processes. Only the cases whose stored
-values pydicom would return unchanged take this path (one sample per pixel, BitsStored equal to
-BitsAllocated of 8 or 16, a length that matches the header); everything else -- compressed, big
-endian, deflated, packed or partial-bit data, truncated files -- is decoded by pydicom.
+and being memory-bound they did not scale with worker processes. This path takes one sample per
+pixel in 8 or 16 allocated bits with a length that matches the header; everything else --
+compressed, big endian, deflated or packed data, truncated files -- is decoded by pydicom.
+
+BitsStored below BitsAllocated (12 or 14 of 16 bits: most CR, DX and hospital MG exports) gives
+what pydicom gives, in one pass instead of three copies: unsigned values with the bits above
+BitsStored cleared (whatever an overlay or a modality left there), signed values sign-extended
+from bit BitsStored - 1. Those are a new array; full-width values are a view of the file.
 """
 
 from __future__ import annotations
@@ -65,7 +69,9 @@ def native_stored_values(data: bytes, header: pydicom.Dataset, offset: int, fram
         frames = int(header.get("NumberOfFrames") or 1)
     except (AttributeError, TypeError, ValueError):
         return None
-    if samples != 1 or allocated != stored or allocated not in (8, 16) or rows < 1 or columns < 1 or frames < 1:
+    high_bit = header.get("HighBit")
+    if samples != 1 or allocated not in (8, 16) or not 1 <= stored <= allocated or rows < 1 or columns < 1 \
+            or frames < 1 or (high_bit is not None and int(high_bit) != stored - 1):
         return None
     span = pixel_value_span(data, offset, explicit_vr=syntax == ExplicitVRLittleEndian)
     if span is None:
@@ -79,5 +85,16 @@ def native_stored_values(data: bytes, header: pydicom.Dataset, offset: int, fram
     values = np.frombuffer(data, dtype=dtype, count=rows * columns * frames, offset=start)
     values = values.reshape(frames, rows, columns)
     if frame is not None:
-        return values[frame]
-    return values[0] if frames == 1 else values
+        values = values[frame]
+    elif frames == 1:
+        values = values[0]
+    return values if stored == allocated else _stored_bits(values, allocated - stored, signed)
+
+
+def _stored_bits(values: np.ndarray, unused: int, signed: bool) -> np.ndarray:
+    """Values of BitsAllocated - `unused` stored bits, as pydicom returns them (PS3.5 8.1.1)."""
+    if not signed:
+        return values & np.array((1 << (values.dtype.itemsize * 8 - unused)) - 1, values.dtype)
+    unsigned = values.view(values.dtype.str.replace("i", "u"))
+    shifted = np.left_shift(unsigned, unused)  # the stored sign bit becomes the top bit
+    return np.right_shift(shifted.view(values.dtype), unused, out=shifted.view(values.dtype))

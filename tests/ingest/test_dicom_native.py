@@ -44,12 +44,32 @@ def test_in_place_values_equal_pydicom_and_share_the_file_bytes(name, syntax, di
 
 @pytest.mark.parametrize("make", [
     pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"]), ExplicitVRBigEndian), id="big-endian"),
-    pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"] >> 4, bits_stored=12)), id="12-of-16-bits"),
+    pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"], HighBit=14)), id="high-bit-not-top"),
     pytest.param(lambda ds, to_bytes: to_bytes(ds(np.zeros((4, 4, 3), np.uint8), "RGB")), id="rgb"),
     pytest.param(lambda ds, to_bytes: to_bytes(ds(CASES["u16"]))[:-100], id="truncated"),
 ])
 def test_what_the_in_place_path_does_not_cover_is_left_to_pydicom(make, dicom_dataset, dicom_bytes):
     assert in_place(make(dicom_dataset, dicom_bytes)) is None
+
+
+@pytest.mark.parametrize(("dtype", "stored"), [(np.uint16, 12), (np.uint16, 14), (np.int16, 12), (np.int16, 15),
+                                               (np.uint8, 6), (np.int8, 7)])
+@pytest.mark.parametrize("frames", [1, 3])
+def test_partial_bits_equal_pydicom_whatever_the_unused_bits_hold(dtype, stored, frames, dicom_dataset, dicom_bytes):
+    """BitsStored < BitsAllocated, with random junk in the unused high bits (an overlay, a careless
+    modality): unsigned values are masked and signed ones sign-extended exactly as pydicom does."""
+    info = np.iinfo(dtype)
+    shape = (frames, 7, 5) if frames > 1 else (7, 5)
+    raw = rng.integers(0, 1 << (info.bits), shape, dtype=np.uint64).astype(f"u{info.bits // 8}")
+    ds = dicom_dataset(np.zeros(shape, dtype), bits_stored=stored, **({"NumberOfFrames": frames} if frames > 1 else {}))
+    ds.PixelData = raw.astype(raw.dtype.newbyteorder("<")).tobytes()
+    data = dicom_bytes(ds)
+    values = in_place(data)
+    reference = pydicom.dcmread(io.BytesIO(data)).pixel_array
+    assert values is not None and values.dtype == reference.dtype and np.array_equal(values, reference)
+    assert values.min() >= -(1 << (stored - 1)) * (info.min < 0) and values.max() < 1 << (stored - (info.min < 0))
+    if frames > 1:
+        assert np.array_equal(in_place(data, frame=1), reference[1])
 
 
 def test_truncated_file_still_fails_clearly(dicom_dataset, dicom_bytes):
