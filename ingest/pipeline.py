@@ -233,23 +233,16 @@ def _prepare_out(job: IngestJob) -> Path:
 
 
 def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter], list[UnitRecord], int]:
-    """The splits' writers, resumed from the progress log when it has finished units (returned
-    with the log's good length); otherwise fresh, in split folders cleared of shards and partial
-    files of a run killed before its first unit was logged."""
+    """The splits' writers resumed from the progress log's finished units (returned with the
+    log's good length). With none logged they start afresh, and resuming from no checkpoint
+    clears the split folders of shards and partial files a run killed before that left."""
     records, good = read_progress(staging)
     expected = [u.unit_id for u in job.units[: len(records)]]
     if [r.unit_id for r in records] != expected:
         raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
-    if not records:
-        good = 0
-        for split in schema.SPLITS:
-            for path in (job.out / split).glob(".*.tmp-*"):
-                path.unlink()
-            for path in (job.out / split).glob(schema.SHARD_GLOB):
-                path.unlink()
     try:
         writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard,
-                                      resume=[r.writers[split] for r in records] if records else None)
+                                      resume=[r.writers[split] for r in records])
                    for split in schema.SPLITS}
     except FileNotFoundError as exc:
         raise IngestError(f"cannot resume the interrupted run: {exc}; pass --overwrite to start over") from exc

@@ -10,38 +10,41 @@ trim thresholds to glibc's 32 MB cap keeps freed buffers for reuse. No-op withou
 from __future__ import annotations
 
 import ctypes
+import functools
 
 _M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
 GLIBC_MAX_MMAP_THRESHOLD = 32 << 20
 
 
-def _libc():
+@functools.cache
+def libc() -> ctypes.CDLL | None:
+    """The C library (glibc), loaded once; None where there is none."""
     try:
-        return ctypes.CDLL("libc.so.6")
+        return ctypes.CDLL("libc.so.6", use_errno=True)
     except OSError:
         return None
 
 
 def keep_buffers_in_heap() -> None:
     """Call once in a worker process that handles many images."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD)
-        libc.mallopt(_M_TRIM_THRESHOLD, 8 * GLIBC_MAX_MMAP_THRESHOLD)
+    c = libc()
+    if c is not None:
+        c.mallopt(_M_MMAP_THRESHOLD, GLIBC_MAX_MMAP_THRESHOLD)
+        c.mallopt(_M_TRIM_THRESHOLD, 8 * GLIBC_MAX_MMAP_THRESHOLD)
 
 
 def return_buffers_to_os(threshold: int = 64 << 10) -> None:
     """The opposite of keep_buffers_in_heap, for measuring memory: every allocation over
     `threshold` gets its own mapping, unmapped on free (a fixed threshold also stops glibc raising
     it as it sees large frees), so the resident set follows the live buffers, not the heap's reserve."""
-    libc = _libc()
-    if libc is not None:
-        libc.mallopt(_M_MMAP_THRESHOLD, threshold)
-        libc.mallopt(_M_TRIM_THRESHOLD, threshold)
+    c = libc()
+    if c is not None:
+        c.mallopt(_M_MMAP_THRESHOLD, threshold)
+        c.mallopt(_M_TRIM_THRESHOLD, threshold)
 
 
 def release_free_heap() -> None:
     """Hand free heap pages back before forking, or every child copies them on first write."""
-    libc = _libc()
-    if libc is not None and hasattr(libc, "malloc_trim"):
-        libc.malloc_trim(0)
+    c = libc()
+    if c is not None and hasattr(c, "malloc_trim"):
+        c.malloc_trim(0)

@@ -24,7 +24,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import codecs, schema
-from shards.writer import file_sha256
+from shards.writer import file_sha256, is_temporary
 
 _SHARD_PATH_RE = re.compile(r"^(?P<split>[a-z]+)/shard-\d{6}\.tar$")
 _END_OF_ARCHIVE = 2 * tarfile.BLOCKSIZE  # a tar ends with two zero blocks
@@ -205,7 +205,7 @@ def unlisted_files(root: Path, records: list[dict[str, Any]]) -> list[tuple[str,
             rel = f"{split}/{path.name}"
             if path.name.endswith(".tar") and rel not in listed:
                 found.append((rel, "not listed in dataset.json"))
-            elif path.name.startswith(".") and ".tmp-" in path.name:
+            elif is_temporary(path.name):
                 found.append((rel, "temporary file left by an interrupted write"))
     return found
 

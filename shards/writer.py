@@ -18,14 +18,15 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
+import functools
 import hashlib
 import os
 from dataclasses import asdict, dataclass
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from shards import schema
+from shards.heap import libc
 from shards.tar_members import END_OF_ARCHIVE, NAME_MAX, RECORD, padding, ustar_member
 
 # A fixed timestamp (2020-01-01T00:00:00Z) so tars do not change with the time they were made.
@@ -34,6 +35,11 @@ _OWNER = "medshards"
 _MODE = 0o444
 WRITEBACK_BYTES = 8 << 20
 PARTIAL_SUFFIX = ".tmp-partial"  # the shard in progress: f".{shard name}{PARTIAL_SUFFIX}"
+
+
+def is_temporary(name: str) -> bool:
+    """A file name of a write not finished: a shard in progress, or atomic_write_bytes' temp."""
+    return name.startswith(".") and ".tmp-" in name
 
 
 @dataclass(frozen=True)
@@ -187,7 +193,7 @@ class ShardWriter:
                 raise FileNotFoundError(f"{partial}: the interrupted run's shard in progress is missing or short")
             keep.add(partial.name)
         for path in self._dir.iterdir():
-            if path.name not in keep and (path.match(schema.SHARD_GLOB) or path.name.endswith(PARTIAL_SUFFIX)):
+            if path.name not in keep and (path.match(schema.SHARD_GLOB) or is_temporary(path.name)):
                 path.unlink()
         if opened is None:
             return
@@ -209,11 +215,10 @@ class ShardWriter:
 
     def abort(self) -> None:
         """Drop the shard in progress (finished shards stay)."""
-        if self._fh is not None:
-            with contextlib.suppress(OSError, ValueError):
-                self._fh.close()
-            self._tmp.unlink(missing_ok=True)
-            self._fh = self._tmp = None
+        partial = self._tmp
+        self.suspend()
+        if partial is not None:
+            partial.unlink(missing_ok=True)
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -263,14 +268,20 @@ class _HashingFile:
 
 
 _SYNC_FILE_RANGE_WRITE = 2  # linux/fs.h: start writeback of the range's dirty pages, do not wait
-_LIBC = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True) if os.name == "posix" else None
-_SYNC_FILE_RANGE = getattr(_LIBC, "sync_file_range", None)
-if _SYNC_FILE_RANGE is not None:
-    _SYNC_FILE_RANGE.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+
+
+@functools.cache
+def _sync_file_range():
+    """libc's sync_file_range, typed; None where there is none (not Linux, no glibc)."""
+    function = getattr(libc(), "sync_file_range", None)
+    if function is not None:
+        function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
+    return function
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
     """Ask the kernel to start writing a file range to disk now, without waiting (Linux; elsewhere,
     and wherever the call fails, nothing: the fsync at the shard's end still makes it durable)."""
-    if _SYNC_FILE_RANGE is not None and length > 0:
-        _SYNC_FILE_RANGE(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
+    function = _sync_file_range()
+    if function is not None and length > 0:
+        function(fd, offset, length, _SYNC_FILE_RANGE_WRITE)
