@@ -23,9 +23,8 @@ from typing import Any
 
 from ingest import mammogram, pseudonym, splits, tcia
 from ingest.unit_inputs import decode_unit_dicom
-from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
-)
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "cbis-ddsm"

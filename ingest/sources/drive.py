@@ -34,9 +34,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ingest import crops, pseudonym, splits, tissue
-from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments, read_input,
-)
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "drive"

@@ -43,7 +43,8 @@ from ingest.multiplex_tiff import (
     TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, files_fingerprint, image_files, image_stem,
     read_channel_folder, read_channel_index,
 )
-from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "if"

@@ -32,9 +32,8 @@ from typing import Any
 from ingest import pseudonym, splits
 from ingest.crops import crop_padded, resize_to, square_context_box
 from ingest.unit_inputs import read_unit_image
-from ingest.pipeline import (
-    EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, pixel_moments,
-)
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.pixel_moments import pixel_moments
 from ingest.radiograph_crops import RadiographCropParams, radiograph_crops
 from shards import codecs, schema
 

@@ -1,6 +1,6 @@
 """run_job with worker processes: a worker that dies (here: SIGKILL, as the OOM killer sends)
 turns its image into a reject naming the signal; every other image still reaches the shards, in
-the same bytes as a one-process run."""
+the same bytes as a one-process run. A unit that fails while it is committed stops the job."""
 
 from __future__ import annotations
 
@@ -9,8 +9,10 @@ import signal
 
 import numpy as np
 import pyarrow.parquet as pq
+import pytest
 
-from ingest.pipeline import EncodedSample, IngestJob, UnitOutput, WorkUnit, pixel_moments, run_job
+from ingest.pipeline import EncodedSample, IngestJob, UnitOutput, WorkUnit, run_job
+from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 
@@ -42,3 +44,34 @@ def test_a_dead_worker_becomes_a_reject_and_the_rest_is_written(tmp_path):
     run_job(_job(tmp_path / "two", workers=2, kill=False))
     shard = "train/shard-000000.tar"
     assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
+
+
+def _bad_key_once(unit: WorkUnit) -> UnitOutput:
+    """The unit named in the marker file gets a member the shard writer refuses, until the marker is gone."""
+    output = _process(unit)
+    if os.path.exists(unit.payload) and open(unit.payload).read() == unit.unit_id:
+        output.samples[0].members["xyz"] = b""
+    return output
+
+
+@pytest.mark.parametrize("failing", [3, 5])  # one in the middle, and the last (no next unit to wait on it)
+def test_a_unit_that_fails_while_committed_stops_the_job_and_the_rerun_resumes(tmp_path, failing):
+    """Units are committed on a thread while the next is decoded: its error must reach the caller
+    (not vanish with the thread), with the units before it logged, and a re-run ends in the same
+    bytes as a run that never failed."""
+    marker = tmp_path / "fail"
+    marker.write_text(f"u{failing}")
+    units = [WorkUnit(f"u{i}", f"image{i}.png", str(marker)) for i in range(6)]
+    job = IngestJob(source="test", out=tmp_path / "out", units=units, process=_bad_key_once, parameters={},
+                    tool_version="0", workers=1, progress=False)
+    with pytest.raises(schema.SchemaError, match="unknown member extension"):
+        run_job(job)
+    assert not (tmp_path / "out" / schema.CARD_FILE).exists()
+    marker.unlink()
+    summary = run_job(job)
+    assert summary.resumed_units == failing
+    clean = IngestJob(source="test", out=tmp_path / "clean", units=units, process=_process, parameters={},
+                      tool_version="0", workers=1, progress=False)
+    run_job(clean)
+    shard = "train/shard-000000.tar"
+    assert (tmp_path / "out" / shard).read_bytes() == (tmp_path / "clean" / shard).read_bytes()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ingest.pipeline import pixel_moments
+from ingest.pixel_moments import pixel_moments
 
 
 @pytest.mark.parametrize("shape, dtype", [((37, 23), np.uint16), ((40, 30, 3), np.uint8), ((16, 16, 7), np.uint16),
