@@ -11,6 +11,7 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
+from ingest import pipeline
 from ingest.pipeline import EncodedSample, IngestJob, UnitOutput, WorkUnit, run_job
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
@@ -54,11 +55,14 @@ def _bad_key_once(unit: WorkUnit) -> UnitOutput:
     return output
 
 
+@pytest.mark.parametrize("threaded", [False, True])
 @pytest.mark.parametrize("failing", [3, 5])  # one in the middle, and the last (no next unit to wait on it)
-def test_a_unit_that_fails_while_committed_stops_the_job_and_the_rerun_resumes(tmp_path, failing):
-    """Units are committed on a thread while the next is decoded: its error must reach the caller
-    (not vanish with the thread), with the units before it logged, and a re-run ends in the same
-    bytes as a run that never failed."""
+def test_a_unit_that_fails_while_committed_stops_the_job_and_the_rerun_resumes(tmp_path, monkeypatch, failing,
+                                                                                threaded):
+    """Large units are committed on a thread while the next is decoded: an error there must reach
+    the caller (not vanish with the thread), with the units before it logged, and a re-run ends in
+    the same bytes as a run that never failed. Small units are committed in line, alike."""
+    monkeypatch.setattr(pipeline, "THREADED_COMMIT_BYTES", 0 if threaded else 1 << 40)
     marker = tmp_path / "fail"
     marker.write_text(f"u{failing}")
     units = [WorkUnit(f"u{i}", f"image{i}.png", str(marker)) for i in range(6)]
