@@ -5,31 +5,37 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
+# OpenCV's sum takes at most 4 channels; 8-bit values' squares (<= 65025) fit a 16-bit LUT.
+_CV_SUM_CHANNELS = 4
+_SQUARES_U8 = (np.arange(256, dtype=np.uint32) ** 2).astype(np.uint16).reshape(1, 256)
+
 
 def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
     """Per-channel sum and sum of squares of a (H, W) or (H, W, C) image, for dataset statistics.
     Exact whatever the summation order: every partial sum of 8- or 16-bit values and of their
     squares is an integer below 2**53 for images of up to two million pixels.
 
-    8-bit: from each channel's 256-bin histogram (OpenCV), 2.7x faster than the rows below on a
-    512 px RGB fundus photograph (counts are exact in float32 below 2**24 pixels). 16-bit: one
-    contiguous float64 row a channel, which numpy reduces at ~1 ns a value (an (N, C) array over N
-    with C small took ~6 ns a value; a 65536-bin histogram costs more than it saves)."""
+    Up to 4 channels (every radiograph, fundus photograph and mask): sums by OpenCV, which adds
+    8- and 16-bit values in integers; squares of 8-bit values through a lookup table and summed
+    the same way; squares of 16-bit values by a float64 dot product a channel. Measured against a
+    256-bin histogram (8-bit) and float64 sums (16-bit): 224 px 8-bit 53 vs 73 us, 16-bit 49 vs
+    86 us, 1024 px 16-bit 0.61 vs 1.30 ms; a 512 px RGB photograph costs the same either way.
+    More channels (immunofluorescence): one contiguous float64 row a channel, which numpy reduces
+    at ~1 ns a value (an (N, C) array reduced over N with C small took ~6 ns a value)."""
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     count = pixels.shape[0] * pixels.shape[1]
-    if pixels.dtype == np.uint8 and count < 1 << 24 and channels <= _CV_CHANNELS_MAX:
+    if channels <= _CV_SUM_CHANNELS and pixels.dtype in (np.uint8, np.uint16):
         image = np.ascontiguousarray(pixels)
-        sums, squares = [], []
-        for channel in range(channels):
-            hist = cv2.calcHist([image], [channel], None, [256], [0, 256]).ravel().astype(np.float64)
-            sums.append(float((hist * _LEVELS).sum()))
-            squares.append(float((hist * _SQUARED_LEVELS).sum()))
+        sums = [float(s) for s in cv2.sumElems(image)[:channels]]
+        if pixels.dtype == np.uint8:
+            squares = [float(s) for s in cv2.sumElems(cv2.LUT(image, _SQUARES_U8))[:channels]]
+        else:
+            planes = [image] if channels == 1 else cv2.split(image)
+            squares = []
+            for plane in planes:
+                values = plane.reshape(-1).astype(np.float64)
+                squares.append(float(values @ values))
         return sums, squares, count
     rows = pixels.reshape(1, -1) if channels == 1 else np.ascontiguousarray(pixels.reshape(-1, channels).T)
     rows = rows.astype(np.float64)
-    return [float(r.sum()) for r in rows], [float(np.einsum("i,i->", r, r)) for r in rows], count
-
-
-_CV_CHANNELS_MAX = 512  # OpenCV's CV_CN_MAX
-_LEVELS = np.arange(256, dtype=np.float64)
-_SQUARED_LEVELS = _LEVELS * _LEVELS
+    return [float(r.sum()) for r in rows], [float(r @ r) for r in rows], count

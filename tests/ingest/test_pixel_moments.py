@@ -9,7 +9,9 @@ from ingest.pixel_moments import pixel_moments
 
 
 @pytest.mark.parametrize("shape, dtype", [((37, 23), np.uint16), ((40, 30, 3), np.uint8), ((16, 16, 7), np.uint16),
-                                            ((33, 17), np.uint8), ((9, 11, 7), np.uint8)])
+                                            ((33, 17), np.uint8), ((9, 11, 7), np.uint8), ((21, 19, 4), np.uint8),
+                                            ((13, 12, 2), np.uint16), ((10, 9, 1), np.uint8), ((15, 14, 3), np.uint16),
+                                            ((11, 10, 5), np.uint16)])
 def test_moments_are_exact_per_channel(shape, dtype):
     pixels = np.random.default_rng(0).integers(0, np.iinfo(dtype).max + 1, shape, dtype=dtype)
     sums, squares, count = pixel_moments(pixels)
@@ -17,3 +19,15 @@ def test_moments_are_exact_per_channel(shape, dtype):
     assert count == shape[0] * shape[1]
     assert sums == [float(sum(values[:, c])) for c in range(values.shape[1])]
     assert squares == [float(sum(v * v for v in values[:, c])) for c in range(values.shape[1])]
+
+
+@pytest.mark.parametrize("shape, dtype", [((1414, 1414), np.uint16), ((1414, 1414, 3), np.uint16),
+                                            ((2000, 2000, 4), np.uint8), ((1414, 1414, 7), np.uint16)])
+def test_moments_of_the_brightest_large_image_do_not_overflow(shape, dtype):
+    """All pixels at the dtype's maximum, two million of them or more: the largest sums there are
+    (integer accumulators inside OpenCV, float64 squares) must still come out exact."""
+    top = int(np.iinfo(dtype).max)
+    sums, squares, count = pixel_moments(np.full(shape, top, dtype))
+    channels = 1 if len(shape) == 2 else shape[2]
+    assert sums == [float(count * top)] * channels
+    assert squares == [float(count * top * top)] * channels
