@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from ingest.image_files import decode_gray  # noqa: E402
 from ingest.pipeline import IngestJob, run_job  # noqa: E402
+from rounds import Rounds  # noqa: E402
 from ingest.radiograph_crops import RadiographCropParams, radiograph_crops  # noqa: E402
 from ingest.sample_data.chexpert import make_chexpert_sample  # noqa: E402
 from ingest.sample_data.nih_cxr14 import make_nih_sample  # noqa: E402
@@ -61,13 +62,13 @@ def timed_ingest(build, out: Path) -> float:
 def measure(name: str, build, tmp: Path, repeats: int) -> dict:
     plan = build(tmp / "plan")
     decode_bound(plan)  # warm the page cache so every measurement reads from memory alike
-    limit_s = ingest_s = float("inf")
-    for _ in range(repeats):  # alternate, keep the best of each: this VM's speed drifts
+    rounds = Rounds()
+    for _ in range(repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
         os.sync()  # flush the last run's shards first, or their writeback lands in the next measurement
         elapsed, nbytes = decode_bound(plan)
-        limit_s = min(limit_s, elapsed)
         os.sync()
-        ingest_s = min(ingest_s, timed_ingest(build, tmp / "out"))
+        rounds.add(limit=elapsed, ingest=timed_ingest(build, tmp / "out"))
+    limit_s, ingest_s = rounds.best_seconds("limit"), rounds.best_seconds("ingest")
     images = len(plan.units)
     return {
         "benchmark": name,
@@ -78,6 +79,7 @@ def measure(name: str, build, tmp: Path, repeats: int) -> dict:
         "limit_images_per_s": round(images / limit_s, 2),
         "ingest_1proc_images_per_s": round(images / ingest_s, 2),
         "ratio_1proc_to_limit": round(limit_s / ingest_s, 3),
+        "median_of_rounds": {"ratio_1proc_to_limit": rounds.median_ratio("limit", "ingest")},
     }
 
 
@@ -87,7 +89,7 @@ def main() -> None:
     parser.add_argument("--nih-side", type=int, default=1024, help="NIH PNG side (the real files: 1024)")
     parser.add_argument("--chexpert-patients", type=int, default=240, help="240 make 374 images")
     parser.add_argument("--chexpert-shape", type=int, nargs=2, default=(390, 320), help="CheXpert JPEG (H, W)")
-    parser.add_argument("--repeats", type=int, default=5, help="best of N for each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (best and median of rounds are reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

@@ -33,6 +33,7 @@ from ingest import crops, mammogram  # noqa: E402
 from ingest.dicom_pixels import decode_dicom  # noqa: E402
 from ingest.pipeline import run_job  # noqa: E402
 from ingest.sources import cmmd, dicom_archive  # noqa: E402
+from rounds import Rounds  # noqa: E402
 from shards import codecs  # noqa: E402
 
 
@@ -65,18 +66,18 @@ def timed_ingest(make_job, out: Path) -> float:
     return time.perf_counter() - start
 
 
-def best_of(repeats: int, limit, make_job, out: Path) -> tuple[float, float]:
-    """Alternate limit and ingest, keep the best of each: this VM's speed drifts. One untimed run of
-    each first: the page cache, and one-time imports (the shard writer loads webdataset)."""
+def alternate(repeats: int, limit, make_job, out: Path) -> Rounds:
+    """Alternate limit and ingest (this VM's speed drifts; see benchmarks/rounds.py). One untimed
+    run of each first: the page cache, and one-time imports."""
     limit()
     timed_ingest(make_job, out)
-    limit_s = ingest_s = float("inf")
+    rounds = Rounds()
     for _ in range(repeats):
         os.sync()  # the last run's shards are written back now, not inside the next measurement
-        limit_s = min(limit_s, limit())
+        limit_s = limit()
         os.sync()
-        ingest_s = min(ingest_s, timed_ingest(make_job, out))
-    return limit_s, ingest_s
+        rounds.add(limit=limit_s, ingest=timed_ingest(make_job, out))
+    return rounds
 
 
 def generate(module: str, out: Path, *args: str) -> float:
@@ -86,11 +87,13 @@ def generate(module: str, out: Path, *args: str) -> float:
     return time.perf_counter() - start
 
 
-def throughput_line(name: str, images: int, limit_s: float, ingest_s: float, **extra) -> str:
+def throughput_line(name: str, images: int, rounds: Rounds, **extra) -> str:
+    limit_s, ingest_s = rounds.best_seconds("limit"), rounds.best_seconds("ingest")
     return json.dumps({
         "benchmark": name, "images": images, **extra, "cpu_count": os.cpu_count(), "python": platform.python_version(),
         "limit_images_per_s": round(images / limit_s, 2), "ingest_1proc_images_per_s": round(images / ingest_s, 2),
         "ratio_1proc_to_limit": round(limit_s / ingest_s, 3),
+        "median_of_rounds": {"ratio_1proc_to_limit": rounds.median_ratio("limit", "ingest")},
     })
 
 
@@ -116,7 +119,7 @@ def main() -> None:
     parser.add_argument("--cmmd-width", type=int, default=1914)
     parser.add_argument("--small-tree", type=int, default=1000)
     parser.add_argument("--large-tree", type=int, default=10000)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for each throughput measurement")
+    parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (best and median of rounds are reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
@@ -124,10 +127,10 @@ def main() -> None:
         generate("ingest.sample_data.dicom_archive", root, "--images", str(args.images), "--patients",
                  str(max(1, args.images // 4)), "--shape", str(args.height), str(args.width), "--no-quirks")
         units = dicom_archive.build_job(root=root, out=tmp / "plan", progress=False).units
-        limit_s, ingest_s = best_of(
+        rounds = alternate(
             args.repeats, lambda: dicom_limit(units, 224),
             lambda out: dicom_archive.build_job(root=root, out=out, progress=False), tmp / "dicom-out")
-        print(throughput_line("ingest_dicom_whole", len(units), limit_s, ingest_s,
+        print(throughput_line("ingest_dicom_whole", len(units), rounds,
                               image_shape=[args.height, args.width]), flush=True)
 
         root = tmp / "cmmd"
@@ -135,10 +138,10 @@ def main() -> None:
                  str(args.cmmd_height), str(args.cmmd_width))
         params = mammogram.CropParams()
         units = cmmd.build_job(root=root, out=tmp / "plan2", progress=False).units
-        limit_s, ingest_s = best_of(
+        rounds = alternate(
             args.repeats, lambda: cmmd_limit(units, params),
             lambda out: cmmd.build_job(root=root, out=out, progress=False), tmp / "cmmd-out")
-        print(throughput_line("ingest_cmmd_random", len(units), limit_s, ingest_s,
+        print(throughput_line("ingest_cmmd_random", len(units), rounds,
                               image_shape=[args.cmmd_height, args.cmmd_width]), flush=True)
 
         memory = {"benchmark": "ingest_dicom_memory", "image_shape": [64, 64]}

@@ -11,7 +11,7 @@ ingest:      the same jobs through `run_job` with 1 worker (planning excluded: f
              every image once for its fingerprint and nuclear threshold, reported as plan_s).
 Target: ingest >= 0.9 x limit.
 
-    python benchmarks/ingest_fundus_if.py [--drive-images 10] [--if-images 4 --if-side 1024] [--repeats 3]
+    python benchmarks/ingest_fundus_if.py [--drive-images 10] [--if-images 4 --if-side 1024] [--repeats 5]
 """
 
 from __future__ import annotations
@@ -38,6 +38,7 @@ from ingest.pipeline import run_job  # noqa: E402
 from ingest.sample_data.drive import make_drive_sample  # noqa: E402
 from ingest.sample_data.multiplex_if import make_if_sample  # noqa: E402
 from ingest.sources import drive, multiplex_if  # noqa: E402
+from rounds import Rounds  # noqa: E402
 from shards import codecs  # noqa: E402
 
 
@@ -89,17 +90,19 @@ def timed_ingest(make_job, out: Path) -> tuple[float, float]:
 def measure(name: str, make_job, limit, repeats: int, tmp: Path, extra: dict) -> dict:
     plan = make_job(tmp / "plan")
     limit(plan)  # warm the page cache and imports
-    limit_s = ingest_s = plan_s = float("inf")
-    for _ in range(repeats):  # alternate, keep the best of each: this VM's speed drifts
+    rounds = Rounds()
+    for _ in range(repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
         os.sync()
-        limit_s = min(limit_s, limit(plan))
+        limit_s = limit(plan)
         os.sync()
         p, r = timed_ingest(make_job, tmp / "out")
-        plan_s, ingest_s = min(plan_s, p), min(ingest_s, r)
+        rounds.add(limit=limit_s, plan=p, ingest=r)
+    limit_s, plan_s, ingest_s = (rounds.best_seconds(n) for n in ("limit", "plan", "ingest"))
     images = len(plan.units)
     return {"benchmark": f"ingest_{name}", "units": images, **extra, "cpu_count": os.cpu_count(),
             "limit_units_per_s": round(images / limit_s, 2), "ingest_1proc_units_per_s": round(images / ingest_s, 2),
-            "ratio_1proc_to_limit": round(limit_s / ingest_s, 3), "plan_s": round(plan_s, 3)}
+            "ratio_1proc_to_limit": round(limit_s / ingest_s, 3), "plan_s": round(plan_s, 3),
+            "median_of_rounds": {"ratio_1proc_to_limit": rounds.median_ratio("limit", "ingest")}}
 
 
 def main() -> None:
@@ -107,7 +110,7 @@ def main() -> None:
     parser.add_argument("--drive-images", type=int, default=10, help="per official split")
     parser.add_argument("--if-images", type=int, default=4)
     parser.add_argument("--if-side", type=int, default=1024)
-    parser.add_argument("--repeats", type=int, default=3, help="best of N for each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (best and median of rounds are reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)

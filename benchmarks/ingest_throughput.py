@@ -34,6 +34,7 @@ from ingest import mammogram  # noqa: E402
 from ingest.dicom_pixels import decode_dicom  # noqa: E402
 from ingest.mapped_files import read_source  # noqa: E402
 from ingest.pipeline import run_job  # noqa: E402
+from rounds import Rounds  # noqa: E402
 from ingest.sources import cbis  # noqa: E402
 from shards import codecs  # noqa: E402
 
@@ -82,7 +83,7 @@ def main() -> None:
     parser.add_argument("--patients", type=int, default=48)
     parser.add_argument("--height", type=int, default=4096)
     parser.add_argument("--width", type=int, default=2560)
-    parser.add_argument("--repeats", type=int, default=5, help="best of N for each measurement")
+    parser.add_argument("--repeats", type=int, default=5, help="alternating rounds (best and median of rounds are reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp) / "dl"
@@ -93,18 +94,18 @@ def main() -> None:
         job = cbis.build_job(root=root, out=Path(tmp) / "plan", crops="lesion", progress=False)
         images = len(job.units)
         decode_bound(job)  # warm the page cache so every measurement reads from memory alike
-        limit_s = limit2_s = one_s = two_s = float("inf")
-        for _ in range(args.repeats):  # alternate, keep the best of each: this VM's speed drifts
+        rounds = Rounds()
+        for _ in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
             # Flush dirty pages first (the generated tree, the last run's shards), or their
             # writeback lands inside whichever measurement comes next.
             os.sync()
             elapsed, nbytes = decode_bound(job)
-            limit_s = min(limit_s, elapsed)
-            limit2_s = min(limit2_s, decode_bound_two_processes(job.units))
+            limit2 = decode_bound_two_processes(job.units)
             os.sync()
-            one_s = min(one_s, timed_ingest(root, Path(tmp) / "one", 1))
+            one = timed_ingest(root, Path(tmp) / "one", 1)
             os.sync()
-            two_s = min(two_s, timed_ingest(root, Path(tmp) / "two", 2))
+            rounds.add(limit=elapsed, limit2=limit2, one=one, two=timed_ingest(root, Path(tmp) / "two", 2))
+        limit_s, limit2_s, one_s, two_s = (rounds.best_seconds(n) for n in ("limit", "limit2", "one", "two"))
     print(json.dumps({
         "benchmark": "ingest_cbis_lesion",
         "images": images,
@@ -122,6 +123,10 @@ def main() -> None:
         "ratio_1proc_to_limit": round(limit_s / one_s, 3),
         "ratio_2proc_to_2proc_limit": round(limit2_s / two_s, 3),
         "speedup_2proc_over_1proc": round(one_s / two_s, 3),
+        "limit_speedup_2proc_over_1proc": round(limit_s / limit2_s, 3),
+        "median_of_rounds": {"ratio_1proc_to_limit": rounds.median_ratio("limit", "one"),
+                             "ratio_2proc_to_2proc_limit": rounds.median_ratio("limit2", "two"),
+                             "speedup_2proc_over_1proc": rounds.median_ratio("one", "two")},
     }))
 
 

@@ -45,6 +45,7 @@ from shards.batch_ring import shared_batch  # noqa: E402
 from shards.card import read_card  # noqa: E402
 from shards.heap import keep_buffers_in_heap  # noqa: E402
 from shards.stream import StreamSource, make_loader  # noqa: E402
+from rounds import Rounds  # noqa: E402
 
 
 def train_members(root: Path) -> list[tuple[str, str, bytes]]:
@@ -133,7 +134,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4096, help="samples per epoch")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up); best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up)")
     parser.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -159,17 +160,17 @@ def main() -> None:
                                samples=samples)
         one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
                                   seed=0, augment="mae", samples_per_epoch=samples // 4)
-        best = dict.fromkeys(("limit", "stream", "folder", "limit_1", "stream_1"), 0.0)
+        rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
             epoch_rate(stream, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
-            for repeat in range(args.repeats):  # alternate, keep the best of each: this VM's speed drifts
-                measured = {"limit": decode_bound(pool, args.workers, samples),
-                            "stream": epoch_rate(stream, samples, repeat + 1),
-                            "folder": epoch_rate(folder, samples, repeat + 1),
-                            "limit_1": decode_bound(pool, 1, samples // 4),
-                            "stream_1": epoch_rate(one_core, samples // 4, repeat)}
-                best = {name: max(best[name], rate) for name, rate in measured.items()}
+            for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
+                rounds.add(limit=decode_bound(pool, args.workers, samples),
+                           stream=epoch_rate(stream, samples, repeat + 1),
+                           folder=epoch_rate(folder, samples, repeat + 1),
+                           limit_1=decode_bound(pool, 1, samples // 4),
+                           stream_1=epoch_rate(one_core, samples // 4, repeat))
+        best = {name: rounds.best_rate(name) for name in ("limit", "stream", "folder", "limit_1", "stream_1")}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
     print(json.dumps({
         "benchmark": "loader_cbis_both_crops_224_mae",
@@ -189,6 +190,9 @@ def main() -> None:
         "stream_in_process_samples_per_s": round(best["stream_1"], 1),
         "ratio_in_process_stream_to_1proc_decode": round(best["stream_1"] / best["limit_1"], 3),
         "shm_handoff_us_per_sample": round(handoff, 1),
+        "median_of_rounds": {"ratio_stream_to_decode_bound": rounds.median_ratio("stream", "limit"),
+                             "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
+                             "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))
 
 
