@@ -20,6 +20,7 @@ import functools
 import hashlib
 import json
 import os
+import pickle
 import shutil
 import sys
 import time
@@ -43,9 +44,11 @@ from shards.manifest import write_manifest
 from shards.writer import ShardWriter, atomic_write_bytes
 
 STAGING_DIR = ".staging"
-# Measured (paired runs, one process): on a thread, 40 MB IF units ingest 1.09x faster; 100 KB
-# CBIS and 50 KB CheXpert units 1.02x and 1.06x slower than committed in line.
-THREADED_COMMIT_BYTES = 1 << 20
+# A unit whose members add up to this is committed on a thread and, from a worker process, its
+# members travel out of band (ingest.unit_pool). Measured (paired runs, one process): on a thread,
+# 40 MB IF units ingest 1.09x faster; 100 KB CBIS and 50 KB CheXpert units 1.02x and 1.06x slower
+# than committed in line.
+LARGE_UNIT_BYTES = 1 << 20
 JOB_FILE = "job.json"
 
 
@@ -80,6 +83,9 @@ class UnitOutput:
     samples: list[EncodedSample] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)
     notes: Counter = field(default_factory=Counter)  # e.g. input_bytes, random_shortfall
+
+    def member_bytes(self) -> int:
+        return sum(len(data) for sample in self.samples for data in sample.members.values())
 
 
 @dataclass(frozen=True)
@@ -231,8 +237,18 @@ def _unit_outputs(job: IngestJob, pending: list[WorkUnit]) -> Iterator[UnitOutpu
         _init_worker(job.process)
         yield from map(_run_unit, pending)
         return
-    yield from map_units(pending, _run_unit, workers=job.workers, init=functools.partial(_init_worker, job.process),
-                         died=_died)
+    yield from map_units(pending, _run_pooled_unit, workers=job.workers,
+                         init=functools.partial(_init_worker, job.process), died=_died)
+
+
+def _run_pooled_unit(unit: WorkUnit) -> UnitOutput:
+    """_run_unit in a worker process: a large unit's members are marked to travel out of band
+    (ingest.unit_pool), and reach the parent as read-only memoryviews."""
+    output = _run_unit(unit)
+    if output.member_bytes() >= LARGE_UNIT_BYTES:
+        for sample in output.samples:
+            sample.members = {ext: pickle.PickleBuffer(data) for ext, data in sample.members.items()}
+    return output
 
 
 def _died(unit: WorkUnit, reason: str) -> UnitOutput:
@@ -284,7 +300,7 @@ def run_job(job: IngestJob) -> JobSummary:
         log.append(UnitRecord(unit.unit_id, sidecar, {s: w.checkpoint() for s, w in writers.items()}))
         bar.update(1)
 
-    # Units are committed (shards, then the progress log) in order. A unit of THREADED_COMMIT_BYTES
+    # Units are committed (shards, then the progress log) in order. A unit of LARGE_UNIT_BYTES
     # or more is committed on a thread while the next unit is decoded: hashing and writing its
     # members releases the GIL. Smaller ones are committed here, where the hand-over would cost more
     # than it hides.
@@ -294,7 +310,7 @@ def run_job(job: IngestJob) -> JobSummary:
                 if committing is not None:
                     committing.result()
                     committing = None
-                if sum(len(data) for s in output.samples for data in s.members.values()) >= THREADED_COMMIT_BYTES:
+                if output.member_bytes() >= LARGE_UNIT_BYTES:
                     committing = committer.submit(commit, unit, output, log)
                 else:
                     commit(unit, output, log)

@@ -62,7 +62,7 @@ def test_a_unit_that_fails_while_committed_stops_the_job_and_the_rerun_resumes(t
     """Large units are committed on a thread while the next is decoded: an error there must reach
     the caller (not vanish with the thread), with the units before it logged, and a re-run ends in
     the same bytes as a run that never failed. Small units are committed in line, alike."""
-    monkeypatch.setattr(pipeline, "THREADED_COMMIT_BYTES", 0 if threaded else 1 << 40)
+    monkeypatch.setattr(pipeline, "LARGE_UNIT_BYTES", 0 if threaded else 1 << 40)
     marker = tmp_path / "fail"
     marker.write_text(f"u{failing}")
     units = [WorkUnit(f"u{i}", f"image{i}.png", str(marker)) for i in range(6)]

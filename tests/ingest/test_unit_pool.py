@@ -4,7 +4,9 @@ than `window` units ahead of the one being waited for."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import pickle
 import signal
 import time
 
@@ -60,3 +62,33 @@ def test_no_unit_starts_more_than_window_ahead():
 @pytest.mark.parametrize(("code", "words"), [(-signal.SIGSEGV, "SIGSEGV while"), (3, "status 3")])
 def test_deaths_are_described(code, words):
     assert words in describe_death(code)
+
+
+def _bulky(unit: int) -> dict:
+    """Two large buffers marked out of band, one empty, and small bytes in band."""
+    big = bytes([unit]) * (3 << 20)
+    other = os.urandom(1 << 16)
+    return {"unit": unit, "big": pickle.PickleBuffer(big), "empty": pickle.PickleBuffer(b""),
+            "other": pickle.PickleBuffer(other), "digest": hashlib.sha256(big + other).hexdigest(), "small": b"s"}
+
+
+def test_pickle_buffers_come_back_as_read_only_views_with_their_bytes():
+    outputs = list(map_units(list(range(6)), _bulky, workers=2, init=_init, died=_died))
+    assert [o["unit"] for o in outputs] == list(range(6))
+    for o in outputs:
+        assert all(isinstance(o[k], memoryview) and o[k].readonly for k in ("big", "empty", "other"))
+        assert len(o["big"]) == 3 << 20 and bytes(o["big"][:1]) == bytes([o["unit"]]) and len(o["empty"]) == 0
+        assert hashlib.sha256(bytes(o["big"]) + bytes(o["other"])).hexdigest() == o["digest"]
+        assert o["small"] == b"s"
+
+
+def _bulky_or_killed(unit: int) -> dict:
+    if unit == 2:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _bulky(unit)
+
+
+def test_a_dead_worker_among_bulky_outputs_costs_only_its_unit():
+    outputs = list(map_units(list(range(5)), _bulky_or_killed, workers=2, init=_init, died=_died))
+    assert [o["unit"] for i, o in enumerate(outputs) if i != 2] == [0, 1, 3, 4]
+    assert "SIGKILL" in outputs[2]

@@ -14,6 +14,7 @@ import pytest
 import tifffile
 import webdataset as wds
 
+from ingest import pipeline
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.multiplex_tiff import files_fingerprint
 from ingest.pipeline import run_job
@@ -185,7 +186,11 @@ def test_shared_table_random_crops_and_patients(tmp_path):
     assert len({(r["patient"], r["split"]) for r in rows}) == 2 and {r["split"] for r in rows} == {"train", "test"}
 
 
-def test_same_inputs_give_byte_identical_shards_whatever_the_worker_count(made, table_crops, tmp_path):
+@pytest.mark.parametrize("large", [False, True])  # large: every unit's crops travel out of band (ingest.unit_pool)
+def test_same_inputs_give_byte_identical_shards_whatever_the_worker_count(made, table_crops, tmp_path, monkeypatch,
+                                                                          large):
+    if large:
+        monkeypatch.setattr(pipeline, "LARGE_UNIT_BYTES", 0)
     _, first = table_crops
     _, second = ingest(made.root, tmp_path / "again", size=32, shard_size=10, workers=2)
     assert shard_digests(first) == shard_digests(second) and shard_digests(first)
