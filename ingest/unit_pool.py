@@ -67,7 +67,7 @@ def send_result(conn: Connection, message: Any) -> None:
         for view in raw:
             while view:
                 view = view[os.write(fd, view):]
-        conn.send([b.raw().nbytes for b in buffers])
+        conn.send([view.nbytes for view in raw])
         conn.send_bytes(payload)
         send_handle(conn, fd, os.getppid())
     finally:
@@ -76,11 +76,12 @@ def send_result(conn: Connection, message: Any) -> None:
 
 def receive_result(conn: Connection) -> Any:
     """The message send_result sent; its out-of-band buffers are read-only memoryviews of the
-    mapped memory file. Raises EOFError or OSError when the worker is gone."""
+    mapped memory file. Raises EOFError or OSError when the worker is gone. (Unpickled: it comes
+    from this job's own worker over its private socket, never from a shard.)"""
     sizes = conn.recv()
     payload = conn.recv_bytes()
     if sizes is None:
-        return pickle.loads(payload)  # from this job's own worker, over its private pipe: never bytes from a shard
+        return pickle.loads(payload)
     try:
         fd = recv_handle(conn)
     except RuntimeError as exc:  # the descriptor never came: the worker died between the messages
