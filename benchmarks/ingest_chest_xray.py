@@ -6,8 +6,9 @@ limit:  for each image, in one process and nothing else: read the file, decode i
 ingest: `ingest nih-cxr14 --crops whole` / `ingest chexpert --crops whole` on the same files with
         one worker process (run_job only: planning excluded, as in ingest_throughput.py).
 job_fixed_s: the same ingest of the first image alone (a job's own start and finish: output
-folder, fsyncs, manifest, card), which a 374-image run pays once and a real 224,000-image one
-all but never. Target: ingest >= 0.9 x limit. Generated trees in the real layouts: NIH 8-bit PNGs at the real
+        folder, fsyncs, manifest, card), which a 374-image run pays once and a real
+        224,000-image one all but never.
+Target: ingest >= 0.9 x limit. Generated trees in the real layouts: NIH 8-bit PNGs at the real
 1024x1024, CheXpert 8-bit JPEGs at the -small version's 390x320 by default.
 
     python benchmarks/ingest_chest_xray.py [--nih-patients 16] [--chexpert-patients 240] [--repeats 5]

@@ -15,7 +15,6 @@ units are committed on a thread while the next unit is decoded. So:
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import hashlib
 import json
@@ -303,7 +302,8 @@ def run_job(job: IngestJob) -> JobSummary:
     # Units are committed (shards, then the progress log) in order. A unit of LARGE_UNIT_BYTES
     # or more is committed on a thread while the next unit is decoded: hashing and writing its
     # members releases the GIL. Smaller ones are committed here, where the hand-over would cost more
-    # than it hides.
+    # than it hides. Leaving the `with`, even on an error, waits for the unit being committed, so
+    # the log is whole before the writers are suspended.
     try:
         with ProgressLog(staging, good) as log, ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
             for unit, output in zip(pending, _unit_outputs(job, pending)):
@@ -317,9 +317,6 @@ def run_job(job: IngestJob) -> JobSummary:
             if committing is not None:
                 committing.result()
     except BaseException:
-        if committing is not None:  # let the unit being committed finish first: the log stays whole
-            with contextlib.suppress(BaseException):
-                committing.result()
         for writer in writers.values():
             writer.suspend()  # the shards in progress stay, for the resumed run
         raise

@@ -19,9 +19,9 @@ def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
     8- and 16-bit values in integers; squares of 8-bit values through a lookup table and summed
     the same way; squares of 16-bit values by a float64 einsum a channel (not `@`: BLAS threads a
     dot product this long, and in two ingest workers OpenBLAS's spinning threads made an IF job 5x
-    slower). Measured against a
-    256-bin histogram (8-bit) and float64 sums (16-bit): 224 px 8-bit 48 vs 59 us, 16-bit 58 vs
-    75 us; 512 px RGB 0.41 vs 0.60 ms; 1024 px 16-bit 1.0 vs 1.3 ms.
+    slower). Measured against a 256-bin histogram (8-bit) and float64 sums (16-bit): 224 px 8-bit
+    48 vs 59 us, 16-bit 58 vs 75 us; 512 px RGB 0.41 vs 0.60 ms; 1024 px 16-bit 1.0 vs 1.3 ms.
+
     More channels (immunofluorescence): one contiguous float64 row a channel, which numpy reduces
     at ~1 ns a value (an (N, C) array reduced over N with C small took ~6 ns a value)."""
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]

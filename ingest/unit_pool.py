@@ -86,8 +86,9 @@ def receive_result(conn: Connection) -> Any:
         fd = recv_handle(conn)
     except RuntimeError as exc:  # the descriptor never came: the worker died between the messages
         raise EOFError(str(exc)) from exc
+    total = sum(sizes)
     try:
-        mapped = memoryview(mmap.mmap(fd, sum(sizes), flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)) if sum(sizes) else b""
+        mapped = memoryview(mmap.mmap(fd, total, flags=mmap.MAP_SHARED, prot=mmap.PROT_READ)) if total else b""
     finally:
         os.close(fd)
     views, at = [], 0
