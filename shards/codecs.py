@@ -11,7 +11,7 @@ import io
 import cv2
 import numpy as np
 
-from shards import schema
+from shards import png_region, schema
 
 # PNG is lossless whatever the encoder settings; these are the fastest to write and to read. Measured
 # on 224 px crops of real radiographs (16-bit, 10-15 stored bits) and NIH chest X-rays (8-bit),
@@ -50,26 +50,84 @@ def encode_pixels(pixels: np.ndarray) -> tuple[str, bytes]:
     return member, out.getvalue()
 
 
-def decode_pixels(member: str, data: bytes) -> np.ndarray:
-    """Inverse of encode_pixels: PNG -> (H, W) or (H, W, 3) RGB; npy -> (H, W, C)."""
+Region = tuple[int, int, int, int]  # top, left, height, width
+
+
+def pixel_shape(member: str, data: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) of a pixel member, from its header alone."""
     if member == schema.PIXELS_PNG:
-        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+        try:
+            header = png_region.read_header(data)
+        except png_region.PngError as exc:
+            raise DecodeError(f"PNG member does not decode: {exc}") from exc
+        if header.channels is None:  # palette or alpha: OpenCV decides what it decodes to
+            img = decode_pixels(member, data)
+            return (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
+        return header.height, header.width, header.channels
+    if member == schema.PIXELS_NPY:
+        shape, _ = _npy_header(data)
+        return shape
+    raise DecodeError(f"{member!r} is not a pixel member")
+
+
+def decode_pixels(member: str, data: bytes, region: Region | None = None) -> np.ndarray:
+    """Inverse of encode_pixels: PNG -> (H, W) or (H, W, 3) RGB; npy -> (H, W, C). With `region`
+    (top, left, height, width), only those rows and columns: for a PNG that is all the decoding
+    done (shards.png_region), for .npy a slice."""
+    if member == schema.PIXELS_PNG:
+        try:
+            header = png_region.read_header(data)
+            img = png_region.decode_region(data, *(region or ()), header=header)
+        except png_region.PngError as exc:
+            raise DecodeError(f"PNG member does not decode: {exc}") from exc
         if img is None:
-            raise DecodeError("PNG member does not decode")
-        if img.ndim == 3:
-            if img.shape[2] != 3:
-                raise DecodeError(f"PNG member has {img.shape[2]} channels, expected 1 or 3")
-            img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+            img = _opencv_png(data)
+            if region is not None:
+                img = _cut(img, region)
         return img
     if member == schema.PIXELS_NPY:
+        _npy_header(data)
         try:
             arr = np.load(io.BytesIO(data), allow_pickle=False)
         except (ValueError, EOFError) as exc:  # np.load raises EOFError on an empty member
             raise DecodeError(f"npy member does not decode: {exc}") from exc
-        if arr.ndim != 3 or arr.dtype not in (np.uint8, np.uint16):
-            raise DecodeError(f"npy member has shape {arr.shape} dtype {arr.dtype}, expected (H, W, C) uint8/16")
-        return arr
+        return arr if region is None else _cut(arr, region)
     raise DecodeError(f"{member!r} is not a pixel member")
+
+
+def _opencv_png(data: bytes) -> np.ndarray:
+    """Any PNG OpenCV reads (the fallback for what shards.png_region leaves to it), RGB order."""
+    img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if img is None:
+        raise DecodeError("PNG member does not decode")
+    if img.ndim == 3:
+        if img.shape[2] != 3:
+            raise DecodeError(f"PNG member has {img.shape[2]} channels, expected 1 or 3")
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    return img
+
+
+def _cut(img: np.ndarray, region: Region) -> np.ndarray:
+    top, left, height, width = region
+    if not (0 <= top and 0 <= left and 0 < height and 0 < width
+            and top + height <= img.shape[0] and left + width <= img.shape[1]):
+        raise ValueError(f"region rows {top}+{height}, columns {left}+{width} is not inside "
+                         f"the {img.shape[0]} x {img.shape[1]} image")
+    return np.ascontiguousarray(img[top:top + height, left:left + width])
+
+
+def _npy_header(data: bytes) -> tuple[tuple[int, int, int], np.dtype]:
+    """The (H, W, C) shape and dtype an .npy member declares, checked; never unpickles."""
+    try:
+        stream = io.BytesIO(data)
+        version = np.lib.format.read_magic(stream)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read(stream)
+    except (ValueError, EOFError) as exc:  # EOFError: an empty or cut-short member
+        raise DecodeError(f"npy member does not decode: {exc}") from exc
+    if len(shape) != 3 or dtype not in (np.uint8, np.uint16):
+        raise DecodeError(f"npy member has shape {shape} dtype {dtype}, expected (H, W, C) uint8/16")
+    return shape, dtype
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

@@ -1,0 +1,175 @@
+"""Decoding a PNG member, or only the rectangle a crop keeps, with zlib and numpy.
+
+Why not OpenCV (libpng) for every PNG: a training stream crops before it resizes, and a PNG is
+a zlib stream of rows, so a crop that ends at row r needs the stream inflated up to row r and
+nothing after it, and of those rows only its own columns unfiltered. Measured here on 224 px
+16-bit CBIS crops (the members medshards writes): cv2.imdecode 0.66 ms; this module's whole-image
+decode 0.58 ms; the region of an MAE random resized crop 0.48 ms on average.
+
+The fast path covers what medshards writes (shards.codecs: the "up" filter on every row) and
+any PNG like it: not interlaced, 8- or 16-bit grey or RGB, every row filtered "none" or every
+row "up" (the first row may be either; "up" on row 0 is "none"). For anything else
+(`decode_region` returns None) the caller falls back to OpenCV: Sub, Average and Paeth rows
+depend on their left neighbours, which numpy cannot vectorise, and palette, alpha, sub-byte
+depths and tRNS are not training pixels medshards writes.
+
+Inflating is ISA-L's (the `isal` package): 1.8x the speed of zlib's here, which made a whole
+16-bit 224 px decode 0.39 ms against OpenCV's 0.74 ms in the same run.
+
+Integrity: every IDAT chunk is checked against its CRC-32 (as libpng does). A whole-image
+decode also reads the zlib stream to its end, which checks its Adler-32; a region decode stops
+at the crop's last row (`shards verify` decodes whole images, and checks whole shards against
+their SHA-256 in the card).
+"""
+
+from __future__ import annotations
+
+import struct
+from typing import NamedTuple
+
+import numpy as np
+from isal import isal_zlib
+
+SIGNATURE = b"\x89PNG\r\n\x1a\n"
+_GREY, _RGB = 0, 2
+_CHANNELS = {_GREY: 1, _RGB: 3}
+_FILTER_NONE, _FILTER_UP = 0, 2
+_LAST_FILTER = 4  # Paeth; a higher filter byte is damage
+_CHUNK = struct.Struct(">I4s")
+_IHDR = struct.Struct(">IIBBBBB")
+# Ancillary chunks that change what OpenCV returns (tRNS adds an alpha channel): leave to OpenCV.
+_CHANGES_PIXELS = {b"tRNS"}
+
+
+class PngError(ValueError):
+    """Bytes that are not the PNG they claim to be: names the reason."""
+
+
+class PngHeader(NamedTuple):
+    width: int
+    height: int
+    bit_depth: int
+    color_type: int
+    interlace: int
+
+    @property
+    def channels(self) -> int | None:
+        """1 (grey) or 3 (RGB); None for the colour types the fast path leaves to OpenCV."""
+        return _CHANNELS.get(self.color_type)
+
+    @property
+    def fast(self) -> bool:
+        return self.channels is not None and self.bit_depth in (8, 16) and self.interlace == 0
+
+
+def read_header(data: bytes) -> PngHeader:
+    """The IHDR of a PNG (its first chunk), checked against its CRC."""
+    if len(data) < 33 or data[:8] != SIGNATURE:
+        raise PngError("not a PNG (no PNG signature)")
+    length, kind = _CHUNK.unpack_from(data, 8)
+    if kind != b"IHDR" or length != _IHDR.size:
+        raise PngError("the first chunk is not a 13-byte IHDR")
+    (crc,) = struct.unpack_from(">I", data, 16 + length)
+    if isal_zlib.crc32(memoryview(data)[12:16 + length]) != crc:
+        raise PngError("IHDR fails its CRC")
+    width, height, bit_depth, color_type, compression, filtering, interlace = _IHDR.unpack_from(data, 16)
+    if compression or filtering:
+        raise PngError(f"IHDR names compression method {compression} / filter method {filtering} (only 0 exists)")
+    header = PngHeader(width, height, bit_depth, color_type, interlace)
+    if header.width < 1 or header.height < 1:
+        raise PngError(f"IHDR gives a {header.width} x {header.height} image")
+    return header
+
+
+def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None = None,
+                  width: int | None = None, header: PngHeader | None = None) -> np.ndarray | None:
+    """Rows top:top+height, columns left:left+width of the image, as OpenCV would decode them
+    (then RGB): (h, w) or (h, w, 3), uint8 or uint16. Defaults: the whole image. None when the PNG
+    is outside the fast path (see the module docstring); PngError when it is damaged."""
+    header = header or read_header(data)
+    height = header.height - top if height is None else height
+    width = header.width - left if width is None else width
+    if not (0 <= top and 0 <= left and 0 < height and 0 < width
+            and top + height <= header.height and left + width <= header.width):
+        raise ValueError(f"region rows {top}+{height}, columns {left}+{width} is not inside "
+                         f"the {header.height} x {header.width} image")
+    if not header.fast:
+        return None
+    pixel_bytes = header.channels * header.bit_depth // 8
+    stride = 1 + header.width * pixel_bytes
+    bottom = top + height
+    whole = bottom == header.height
+    rows = _inflate_rows(data, bottom * stride, whole)
+    if rows is None:
+        return None
+    rows = rows.reshape(bottom, stride)
+    filters = rows[:, 0]
+    if filters.max() > _LAST_FILTER:
+        raise PngError(f"row {int(np.argmax(filters > _LAST_FILTER))} has filter type {int(filters.max())}")
+    columns = rows[:, 1 + left * pixel_bytes:1 + (left + width) * pixel_bytes]
+    if filters[0] not in (_FILTER_NONE, _FILTER_UP):  # on row 0, "up" is "none" (the row above is 0)
+        return None
+    if not filters[1:].any():
+        region = np.ascontiguousarray(columns[top:])
+    elif (filters[1:] == _FILTER_UP).all():
+        region = _unfilter_up(columns, top)
+    else:
+        return None
+    if header.bit_depth == 16:
+        region = region.view(">u2").astype(np.uint16)
+    return region.reshape(height, width, 3) if header.channels == 3 else region
+
+
+def _inflate_rows(data: bytes, size: int, whole: bool) -> np.ndarray | None:
+    """The first `size` bytes of the inflated image data; with `whole`, the zlib stream read to
+    its end. None when an ancillary chunk that changes OpenCV's pixels comes first. The IDAT
+    chunks are joined and inflated in one call: 10% faster than a call per 8 KB chunk."""
+    view = memoryview(data)
+    bodies: list[memoryview] = []
+    position = 8
+    while position + 12 <= len(data):
+        length, kind = _CHUNK.unpack_from(data, position)
+        body_end = position + 8 + length
+        if body_end + 4 > len(data):
+            raise PngError(f"chunk {kind!r} at byte {position} runs past the end ({len(data)} bytes)")
+        if kind == b"IDAT":
+            body = view[position + 8:body_end]
+            (crc,) = struct.unpack_from(">I", data, body_end)
+            if isal_zlib.crc32(body, isal_zlib.crc32(kind)) != crc:
+                raise PngError(f"IDAT chunk at byte {position} fails its CRC")
+            bodies.append(body)
+        elif bodies or kind == b"IEND":
+            break  # image data is one run of consecutive IDAT chunks
+        elif kind in _CHANGES_PIXELS:
+            return None
+        position = body_end + 4
+    inflater = isal_zlib.decompressobj()
+    try:
+        rows = inflater.decompress(b"".join(bodies), 0 if whole else size)
+        if len(rows) < size:
+            rows += inflater.flush()
+    except isal_zlib.error as exc:
+        raise PngError(f"image data does not inflate: {exc}") from exc
+    if len(rows) < size:
+        raise PngError(f"image data ends after {len(rows)} of the {size} bytes its rows need (truncated)")
+    if whole and not inflater.eof:
+        raise PngError("image data's zlib stream has no end (truncated)")
+    return np.frombuffer(rows, np.uint8, count=size)
+
+
+def _unfilter_up(columns: np.ndarray, top: int) -> np.ndarray:
+    """Rows top: of "up"-filtered bytes, unfiltered: each row plus the unfiltered row above it,
+    i.e. a running sum down every byte column, mod 256. Rows above `top` enter as one sum
+    (a reduction, vectorised along the row); the rest by a doubling scan (log2(rows) vector
+    adds), where numpy's cumsum down axis 0 took five times as long."""
+    region = np.array(columns[top:])
+    if top:
+        region[0] += np.add.reduce(columns[:top], axis=0, dtype=np.uint8)
+    scratch = np.empty_like(region)
+    step = 1
+    while step < len(region):
+        scratch[:step] = region[:step]
+        np.add(region[step:], region[:-step], out=scratch[step:])
+        region, scratch = scratch, region
+        step *= 2
+    return region
