@@ -217,8 +217,7 @@ class ShardStream(IterableDataset):
             samples = reading.parse_meta(samples, handler)
             samples = reading.select_crop_kinds(samples, source.crop_kinds)
             samples = reading.shuffle(samples, self.shuffle_buffer, rng)
-            samples = reading.decode(samples, handler, channels=source.channels)
-            samples = stages.augment(samples, augment, handler)
+            samples = stages.decode_augmented(samples, augment, handler, channels=source.channels)
             return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
 
         return stages.repeat_passes(one_pass, f"{source.name}'s shards {[Path(s.path).name for s in shards]}")

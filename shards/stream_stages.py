@@ -1,7 +1,9 @@
-"""Training stages: from decoded pixels (shards.sample_stages) to batches, composed in order by
+"""Training stages: from parsed samples (shards.sample_stages) to batches, composed in order by
 shards.stream:
 
-    augment            + "image": (C, S, S), still in stored units (shards.augment)
+    decode_augmented   "pixels" member -> "image": (C, S, S), still in stored units: the crop
+                       drawn from the member's header, only its rectangle decoded, then resized
+                       and flipped (shards.augment)
     with_source        + "source" and "normalisation": the shard set's own per-channel mean, std
     repeat_passes      pass after pass over a reader's shards, for as long as it is read
     interleave         several sources' streams in a given order
@@ -25,6 +27,7 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
+from shards import codecs, schema
 from shards.augment import Augment
 from shards.batch_ring import shared_batch, tag_slot
 from shards.sample_stages import CountingHandler, Handler, Sample, SampleError
@@ -34,14 +37,23 @@ class StreamError(RuntimeError):
     """The stream cannot go on whatever the handler says (e.g. no readable sample at all)."""
 
 
-def augment(samples: Iterable[Sample], transform: Augment, handler: Handler) -> Iterator[Sample]:
+def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Handler, *,
+                     channels: int | None = None) -> Iterator[Sample]:
+    """Each sample's image, augmented, decoding only the rectangle its crop keeps. The channel
+    count, when given, must be the shard set's (its pixel_stats')."""
     for sample in samples:
+        member = sample["__pixels__"]
         try:
-            sample["image"] = transform(sample.pop("pixels"))
-        except Exception as exc:  # e.g. an image too small for a transform; the handler decides
+            data = sample[member]
+            height, width, found = codecs.pixel_shape(member, data)
+            if channels is not None and found != channels:
+                raise schema.SchemaError(f"{found} channels; the shard set's pixel_stats have {channels}")
+            crop = transform.draw(height, width)
+            image = transform.apply(codecs.decode_pixels(member, data, crop.region), crop)
+        except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
-        yield sample
+        yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "meta": sample["meta"], "image": image}
 
 
 def with_source(samples: Iterable[Sample], *, source: str, mean: Sequence[float],

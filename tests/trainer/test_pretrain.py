@@ -74,7 +74,6 @@ def test_ray_job_submit_two_workers_checkpoints_and_resumes(ray_cluster, lesion_
     run_dir = tmp_path / "tiny-cpu"
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2]
-    assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert list(run_dir.glob("checkpoint_*")), sorted(p.name for p in run_dir.iterdir())
     steps_per_epoch = int(float(rows[0]["step"]))
     # the second submission goes through the project's launcher (cluster/submit.py)
@@ -86,3 +85,9 @@ def test_ray_job_submit_two_workers_checkpoints_and_resumes(ray_cluster, lesion_
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3, 4]
     assert int(float(rows[3]["step"])) == 4 * steps_per_epoch
+    # Over the whole run, first two epochs against the last two: an epoch here is 3 steps of 16
+    # crops, lesion and background mixed, so one epoch's loss against another's is mostly which
+    # crops it drew (the 3-epoch run alone went 0.67, 0.84, 0.85 with one draw of crops and fell
+    # with another).
+    losses = [float(r["loss"]) for r in rows]
+    assert sum(losses[-2:]) < sum(losses[:2]), losses
