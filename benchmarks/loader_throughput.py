@@ -1,9 +1,11 @@
 """Loader throughput beside its decode-bound limit and beside a folder of PNG files, in one run.
 Prints one JSON line.
 
-decode_bound: the train split's pixel members, read into memory first, decoded by N processes
-              (codecs.decode_pixels, nothing else): what N cores can do at best, since a 224 px
-              16-bit PNG decode is most of a sample's cost.
+decode_bound: the train split's pixel members, read into memory first, decoded whole by N
+              processes (codecs.decode_pixels, nothing else): what N cores can do at best, since a
+              224 px 16-bit PNG decode is most of a sample's cost.
+decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_region (the bound
+              issue 3 measured, 0.66 ms a sample).
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
               epoch; normalisation itself happens on the training device (to_device), not here.
@@ -35,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 
 import cv2  # noqa: E402
+import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch.utils.data import DataLoader, Dataset, RandomSampler  # noqa: E402
 
@@ -67,20 +70,28 @@ def _hold_members(members: list[tuple[str, str, bytes]]) -> None:
     cv2.setNumThreads(1)
 
 
-def _decode_share(args: tuple[int, int, int]) -> int:
-    start, step, total = args
+def _opencv_decode(ext: str, data: bytes) -> None:
+    cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+
+
+_DECODERS = {"medshards": codecs.decode_pixels, "opencv": _opencv_decode}
+
+
+def _decode_share(args: tuple[int, int, int, str]) -> int:
+    start, step, total, decoder = args
+    decode = _DECODERS[decoder]
     count = 0
     for i in range(start, total, step):
         _, ext, data = _MEMBERS[i % len(_MEMBERS)]
-        codecs.decode_pixels(ext, data)
+        decode(ext, data)
         count += 1
     return count
 
 
-def decode_bound(pool, workers: int, samples: int) -> float:
+def decode_bound(pool, workers: int, samples: int, decoder: str = "medshards") -> float:
     """samples/s of the pool's N processes decoding the in-memory members round robin."""
     start = time.perf_counter()
-    done = sum(pool.map(_decode_share, [(w, workers, samples) for w in range(workers)]))
+    done = sum(pool.map(_decode_share, [(w, workers, samples, decoder) for w in range(workers)]))
     return done / (time.perf_counter() - start)
 
 
@@ -166,11 +177,13 @@ def main() -> None:
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
                 rounds.add(limit=decode_bound(pool, args.workers, samples),
+                           limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
                            stream=epoch_rate(stream, samples, repeat + 1),
                            folder=epoch_rate(folder, samples, repeat + 1),
                            limit_1=decode_bound(pool, 1, samples // 4),
                            stream_1=epoch_rate(one_core, samples // 4, repeat))
-        best = {name: rounds.best_rate(name) for name in ("limit", "stream", "folder", "limit_1", "stream_1")}
+        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "stream", "folder", "limit_1",
+                                                    "stream_1")}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
     print(json.dumps({
         "benchmark": "loader_cbis_both_crops_224_mae",
@@ -184,13 +197,16 @@ def main() -> None:
         "decode_bound_samples_per_s": round(best["limit"], 1),
         "stream_samples_per_s": round(best["stream"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
+        "decode_bound_opencv_samples_per_s": round(best["limit_opencv"], 1),
         "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
+        "ratio_stream_to_opencv_decode_bound": round(best["stream"] / best["limit_opencv"], 3),
         "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
         "decode_bound_1proc_samples_per_s": round(best["limit_1"], 1),
         "stream_in_process_samples_per_s": round(best["stream_1"], 1),
         "ratio_in_process_stream_to_1proc_decode": round(best["stream_1"] / best["limit_1"], 3),
         "shm_handoff_us_per_sample": round(handoff, 1),
         "median_of_rounds": {"ratio_stream_to_decode_bound": rounds.median_ratio("stream", "limit"),
+                             "ratio_stream_to_opencv_decode_bound": rounds.median_ratio("stream", "limit_opencv"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
                              "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))
