@@ -13,7 +13,8 @@ import pytest
 from shards import codecs, png_region
 from shards.png_region import PngError, decode_region, read_header
 
-UP = codecs._PNG_PARAMS  # what shards.codecs writes: the "up" filter on every row
+# libpng with the "up" filter on every row, as medshards wrote PNGs before shards.png_encode
+UP = [cv2.IMWRITE_PNG_COMPRESSION, 1, cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_UP]
 
 
 def opencv_rgb(data: bytes) -> np.ndarray:
