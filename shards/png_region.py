@@ -104,7 +104,8 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
     rows = rows.reshape(bottom, stride)
     filters = rows[:, 0]
     if filters.max() > _LAST_FILTER:
-        raise PngError(f"row {int(np.argmax(filters > _LAST_FILTER))} has filter type {int(filters.max())}")
+        row = int(np.argmax(filters > _LAST_FILTER))
+        raise PngError(f"row {row} has filter type {int(filters[row])} (0 to {_LAST_FILTER} exist)")
     columns = rows[:, 1 + left * pixel_bytes:1 + (left + width) * pixel_bytes]
     if filters[0] not in (_FILTER_NONE, _FILTER_UP):  # on row 0, "up" is "none" (the row above is 0)
         return None

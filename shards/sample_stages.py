@@ -6,7 +6,9 @@ each stage adds what it makes:
     parse_meta         + "meta": schema.SampleMeta, "__pixels__": which pixel member
     select_crop_kinds  drops samples of other crop kinds
     shuffle            a seeded shuffle buffer (of encoded samples: only what comes out is decoded)
-    decode             + "pixels": (H, W) or (H, W, C) uint8/uint16, exactly as stored
+    decode             + "pixels": (H, W) or (H, W, C) uint8/uint16, the whole image exactly as
+                       stored (`shards stats`; the stream decodes only each crop's rectangle:
+                       shards.stream_stages.decode_augmented)
 
 Error policy: a stage that can meet bad bytes takes a `handler`, called with a SampleError that
 names the shard and the key; the handler raises to stop the stream (raise_sample_error, the
