@@ -52,8 +52,7 @@ def pixel_shape(member: str, data: bytes) -> tuple[int, int, int]:
             return (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
         return header.height, header.width, header.channels
     if member == schema.PIXELS_NPY:
-        shape, _ = _npy_header(data)
-        return shape
+        return _npy_header(data)[0]
     raise DecodeError(f"{member!r} is not a pixel member")
 
 
@@ -73,12 +72,8 @@ def decode_pixels(member: str, data: bytes, region: Region | None = None) -> np.
                 img = _cut(img, region)
         return img
     if member == schema.PIXELS_NPY:
-        _npy_header(data)
-        try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, EOFError) as exc:  # np.load raises EOFError on an empty member
-            raise DecodeError(f"npy member does not decode: {exc}") from exc
-        return arr if region is None else _cut(arr, region)
+        arr = _npy_array(data)
+        return arr.copy() if region is None else _cut(arr, region)
     raise DecodeError(f"{member!r} is not a pixel member")
 
 
@@ -95,26 +90,34 @@ def _opencv_png(data: bytes) -> np.ndarray:
 
 
 def _cut(img: np.ndarray, region: Region) -> np.ndarray:
+    png_region.check_region(region, *img.shape[:2])
     top, left, height, width = region
-    if not (0 <= top and 0 <= left and 0 < height and 0 < width
-            and top + height <= img.shape[0] and left + width <= img.shape[1]):
-        raise ValueError(f"region rows {top}+{height}, columns {left}+{width} is not inside "
-                         f"the {img.shape[0]} x {img.shape[1]} image")
     return np.ascontiguousarray(img[top:top + height, left:left + width])
 
 
-def _npy_header(data: bytes) -> tuple[tuple[int, int, int], np.dtype]:
-    """The (H, W, C) shape and dtype an .npy member declares, checked; never unpickles."""
+def _npy_header(data: bytes) -> tuple[tuple[int, int, int], np.dtype, bool, int]:
+    """The (H, W, C) shape, dtype, Fortran order and data offset an .npy member declares, checked;
+    never unpickles (the header is a literal, and only uint8/uint16 pass)."""
     try:
         stream = io.BytesIO(data)
         version = np.lib.format.read_magic(stream)
         read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, dtype = read(stream)
+        shape, fortran, dtype = read(stream)
     except (ValueError, EOFError) as exc:  # EOFError: an empty or cut-short member
         raise DecodeError(f"npy member does not decode: {exc}") from exc
     if len(shape) != 3 or dtype not in (np.uint8, np.uint16):
         raise DecodeError(f"npy member has shape {shape} dtype {dtype}, expected (H, W, C) uint8/16")
-    return shape, dtype
+    return shape, dtype, fortran, stream.tell()
+
+
+def _npy_array(data: bytes) -> np.ndarray:
+    """The array of an .npy member, a read-only view of its bytes (the header parsed once)."""
+    shape, dtype, fortran, offset = _npy_header(data)
+    count = shape[0] * shape[1] * shape[2]
+    if len(data) - offset < count * dtype.itemsize:  # np.load, too, ignores bytes past the array
+        raise DecodeError(f"npy member does not decode: {len(data) - offset} data bytes for shape {shape} {dtype}")
+    values = np.frombuffer(data, dtype, count=count, offset=offset)
+    return values.reshape(shape[::-1]).transpose() if fortran else values.reshape(shape)
 
 
 def encode_mask(mask: np.ndarray) -> bytes:

@@ -83,6 +83,15 @@ def read_header(data: bytes) -> PngHeader:
     return header
 
 
+def check_region(region: tuple[int, int, int, int], image_height: int, image_width: int) -> None:
+    """ValueError unless region (top, left, height, width) is a non-empty rectangle inside the image."""
+    top, left, height, width = region
+    if not (0 <= top and 0 <= left and 0 < height and 0 < width
+            and top + height <= image_height and left + width <= image_width):
+        raise ValueError(f"region rows {top}+{height}, columns {left}+{width} is not inside "
+                         f"the {image_height} x {image_width} image")
+
+
 def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None = None,
                   width: int | None = None, header: PngHeader | None = None) -> np.ndarray | None:
     """Rows top:top+height, columns left:left+width of the image, as OpenCV would decode them
@@ -91,10 +100,7 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
     header = header or read_header(data)
     height = header.height - top if height is None else height
     width = header.width - left if width is None else width
-    if not (0 <= top and 0 <= left and 0 < height and 0 < width
-            and top + height <= header.height and left + width <= header.width):
-        raise ValueError(f"region rows {top}+{height}, columns {left}+{width} is not inside "
-                         f"the {header.height} x {header.width} image")
+    check_region((top, left, height, width), header.height, header.width)
     if not header.fast:
         return None
     pixel_bytes = header.channels * header.bit_depth // 8
