@@ -157,15 +157,19 @@ def shuffle(samples: Iterable[Sample], size: int, rng: random.Random) -> Iterato
     yield from buffer
 
 
+def check_channels(found: int, channels: int | None) -> None:
+    """SchemaError unless an image's channel count is the shard set's (None: any)."""
+    if channels is not None and found != channels:
+        raise schema.SchemaError(f"{found} channels; the shard set's pixel_stats have {channels}")
+
+
 def decode(samples: Iterable[Sample], handler: Handler, *, channels: int | None = None) -> Iterator[Sample]:
     """Pixels exactly as stored; the channel count, when given, must be the shard set's (its
     pixel_stats')."""
     for sample in samples:
         try:
             pixels = codecs.decode_pixels(sample["__pixels__"], sample[sample["__pixels__"]])
-            found = 1 if pixels.ndim == 2 else pixels.shape[2]
-            if channels is not None and found != channels:
-                raise schema.SchemaError(f"{found} channels; the shard set's pixel_stats have {channels}")
+            check_channels(1 if pixels.ndim == 2 else pixels.shape[2], channels)
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue

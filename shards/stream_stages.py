@@ -27,10 +27,10 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from shards import codecs, schema
+from shards import codecs
 from shards.augment import Augment
 from shards.batch_ring import shared_batch, tag_slot
-from shards.sample_stages import CountingHandler, Handler, Sample, SampleError
+from shards.sample_stages import CountingHandler, Handler, Sample, SampleError, check_channels
 
 
 class StreamError(RuntimeError):
@@ -46,8 +46,7 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
         try:
             data = sample[member]
             height, width, found = codecs.pixel_shape(member, data)
-            if channels is not None and found != channels:
-                raise schema.SchemaError(f"{found} channels; the shard set's pixel_stats have {channels}")
+            check_channels(found, channels)
             crop = transform.draw(height, width)
             image = transform.apply(codecs.decode_pixels(member, data, crop.region), crop)
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
