@@ -114,6 +114,28 @@ def train_loop_per_worker(loop_config: dict) -> None:
     train(config_from_dict(loop_config["config"]), RaySession(), Path(loop_config["run_dir"]))
 
 
+def start_embedded_ray() -> None:
+    """RAY: a single-machine Ray bound to loopback (no network set-up), with its dashboard on a
+    free loopback port and RAY_API_SERVER_ADDRESS naming it, set before the node starts so that
+    every Ray process inherits it.
+
+    Why: Ray Train's PlacementGroupCleaner asks the State API (served by the dashboard) every
+    second whether the run's controller is alive. With no dashboard it logged "State API may be
+    temporarily unavailable" each second; and where an earlier `ray start` had left its address in
+    /tmp/ray/ray_current_cluster, each query waited 40 s for that dead cluster, so every run ended
+    with a 12 s stall and a GetTimeoutError traceback. The dashboard's processes take about 0.8 GB."""
+    import socket
+
+    import ray
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
+             dashboard_port=port)
+
+
 def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     """RAY: TorchTrainer with ScalingConfig / RunConfig / CheckpointConfig / FailureConfig."""
     import ray
@@ -122,8 +144,8 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
 
     if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user: join that cluster
         ray.init()
-    else:  # embedded single-machine Ray, bound to loopback so no network setup is needed
-        ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=False)
+    else:
+        start_embedded_ray()
     use_gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
