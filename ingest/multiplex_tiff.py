@@ -13,9 +13,10 @@ are read from the file, never assumed:
   each page's `PageName` tag. No names -> MultiplexTiffError, never a guessed order.
 
 Pixels are read by region (`RegionReader.read`): uncompressed contiguous pages through a memory map
-(only the rows under the region are read), chunked pages (strips or tiles, compressed with what
-tifffile decodes without imagecodecs: deflate, packbits) by decoding only the chunks under the
-region, with a small LRU cache so neighbouring regions do not decode a chunk twice.
+(only the rows under the region are read), chunked pages (strips or tiles, compressed with any
+codec tifffile decodes through imagecodecs: deflate, LZW, zstd, JPEG, JPEG 2000, ...) by decoding
+only the chunks under the region, with a small LRU cache so neighbouring regions do not decode a
+chunk twice. A compression no codec knows is refused when the file is indexed, naming it.
 """
 
 from __future__ import annotations

@@ -6,8 +6,7 @@ field-of-view masks, as distributed:
                                             test/2nd_manual/01_manual2.gif
 
 Quirks handled (each seen in the real files, see ../shared/data/README.md):
-- images are LZW-compressed RGB TIFFs (565 x 584): decoded with Pillow (tifffile needs imagecodecs
-  for LZW);
+- images are LZW-compressed RGB TIFFs (565 x 584): decoded with Pillow, as the GIF masks are;
 - masks and manual labels are GIFs, which OpenCV cannot read: decoded with Pillow. Most hold 0/255
   grey levels, but `2nd_manual/01_manual2.gif` is palette-indexed with indices 0/1. Every mask is
   read through its palette to grey, checked to be two-valued, and stored as 0/255 uint8 (the

@@ -3,10 +3,11 @@ tifffile decodes whole, in every chunk layout we can write here."""
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 import pytest
 import tifffile
-from PIL import Image
 
 from ingest.multiplex_tiff import (
     ChannelIndex, MultiplexTiffError, Plane, RegionReader, read_channel_folder, read_channel_index,
@@ -37,6 +38,10 @@ LAYOUTS = {
     "zlib tiles": dict(tile=(32, 48), compression="zlib"),
     "predictor": dict(rowsperstrip=16, compression="zlib", predictor=True),
     "raw tiles": dict(tile=(32, 32)),
+    # through imagecodecs: LZW is common in OME-TIFF exports
+    "lzw strips": dict(rowsperstrip=7, compression="lzw"),
+    "lzw tiles with predictor": dict(tile=(32, 48), compression="lzw", predictor=True),
+    "zstd tiles": dict(tile=(32, 32), compression="zstd"),
     "raw big-endian strips (memmap)": dict(rowsperstrip=13, byteorder=">"),
 }
 
@@ -108,20 +113,24 @@ def test_missing_channel_names_missing_and_available():
 
 
 def test_files_we_cannot_use_say_why(tmp_path, stack):
-    unnamed, zstack, lzw, dup = (tmp_path / f"{n}.tif" for n in ("unnamed", "zstack", "lzw", "dup"))
+    unnamed, zstack, odd, dup = (tmp_path / f"{n}.tif" for n in ("unnamed", "zstack", "odd", "dup"))
     tifffile.imwrite(unnamed, stack, photometric="minisblack", metadata=None)
     tifffile.imwrite(zstack, np.zeros((2, 3, 8, 8), np.uint16), imagej=True, metadata={"axes": "ZCYX"})
-    Image.fromarray(stack[0].astype(np.uint8)).save(lzw, format="TIFF", compression="tiff_lzw", tiffinfo={285: "DAPI"})
+    tifffile.imwrite(odd, stack, imagej=True, metadata={"axes": "CYX", "Labels": NAMES})
+    raw = odd.read_bytes()  # each page's Compression tag (259, SHORT, 1) set to 60000, which no codec has
+    entry = struct.pack("<HHIH", 259, 3, 1, 1)
+    assert raw.count(entry) == len(NAMES)
+    odd.write_bytes(raw.replace(entry, struct.pack("<HHIH", 259, 3, 1, 60000)))
     tifffile.imwrite(dup, stack, imagej=True, metadata={"axes": "CYX", "Labels": ["DAPI", "dapi", "NeuN"]})
     (tmp_path / "junk.tif").write_bytes(b"II*\x00garbage")
     reasons = {}
-    for path in (unnamed, zstack, lzw, dup, tmp_path / "junk.tif"):
+    for path in (unnamed, zstack, odd, dup, tmp_path / "junk.tif"):
         with pytest.raises(MultiplexTiffError) as err:
             read_channel_index(path, path.name)
         reasons[path.stem] = str(err.value)
     assert reasons["unnamed"].startswith("no channel names: unnamed.tif")
     assert reasons["zstack"].startswith("unsupported axes: zstack.tif has axes ZCYX")
-    assert reasons["lzw"].startswith("undecodable TIFF: lzw.tif") and "imagecodecs" in reasons["lzw"]
+    assert reasons["odd"].startswith("undecodable TIFF: odd.tif") and "60000 is not a known COMPRESSION" in reasons["odd"]
     assert reasons["dup"].startswith("duplicate channel names: dup.tif")
     assert reasons["junk"].startswith("unreadable TIFF: junk.tif")
 
