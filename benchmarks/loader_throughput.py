@@ -4,6 +4,8 @@ Prints one JSON line.
 decode_bound: the train split's pixel members, read into memory first, decoded whole by N
               processes (codecs.decode_pixels, nothing else): what N cores can do at best, since a
               224 px 16-bit PNG decode is most of a sample's cost.
+decode_bound_region: the same, each member decoded only in the rectangle of an MAE crop drawn
+              from its header (what the stream decodes; shards.png_region);
 decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_region (the bound
               issue 3 measured, 0.66 ms a sample).
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
@@ -74,7 +76,15 @@ def _opencv_decode(ext: str, data: bytes) -> None:
     cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
 
 
-_DECODERS = {"medshards": codecs.decode_pixels, "opencv": _opencv_decode}
+_CROPS = Augment("mae", 224, seed=0)
+
+
+def _region_decode(ext: str, data: bytes) -> None:
+    crop = _CROPS.draw(*codecs.pixel_shape(ext, data)[:2])
+    codecs.decode_pixels(ext, data, crop.region)
+
+
+_DECODERS = {"medshards": codecs.decode_pixels, "opencv": _opencv_decode, "region": _region_decode}
 
 
 def _decode_share(args: tuple[int, int, int, str]) -> int:
@@ -178,12 +188,13 @@ def main() -> None:
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
                 rounds.add(limit=decode_bound(pool, args.workers, samples),
                            limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
+                           limit_region=decode_bound(pool, args.workers, samples, "region"),
                            stream=epoch_rate(stream, samples, repeat + 1),
                            folder=epoch_rate(folder, samples, repeat + 1),
                            limit_1=decode_bound(pool, 1, samples // 4),
                            stream_1=epoch_rate(one_core, samples // 4, repeat))
-        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "stream", "folder", "limit_1",
-                                                    "stream_1")}
+        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "limit_region", "stream", "folder",
+                                                          "limit_1", "stream_1")}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
     print(json.dumps({
         "benchmark": "loader_cbis_both_crops_224_mae",
@@ -198,6 +209,8 @@ def main() -> None:
         "stream_samples_per_s": round(best["stream"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
         "decode_bound_opencv_samples_per_s": round(best["limit_opencv"], 1),
+        "decode_bound_region_samples_per_s": round(best["limit_region"], 1),
+        "ratio_stream_to_region_decode_bound": round(best["stream"] / best["limit_region"], 3),
         "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
         "ratio_stream_to_opencv_decode_bound": round(best["stream"] / best["limit_opencv"], 3),
         "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
@@ -207,6 +220,8 @@ def main() -> None:
         "shm_handoff_us_per_sample": round(handoff, 1),
         "median_of_rounds": {"ratio_stream_to_decode_bound": rounds.median_ratio("stream", "limit"),
                              "ratio_stream_to_opencv_decode_bound": rounds.median_ratio("stream", "limit_opencv"),
+                             "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),
+                             "ratio_region_to_whole_decode_rate": rounds.median_ratio("limit_region", "limit"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
                              "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))

@@ -13,7 +13,7 @@ by torchvision's RandomResizedCrop.get_params algorithm, re-stated in `_random_r
 is not taken from a library because it must be drawn from the image's size before the pixels
 exist, which albumentations' and torchvision's transforms (which take the image) cannot do.
 Measured at 224 px, 16-bit: decoding only the crop's rectangle cost 0.90x a whole decode on
-PNGs written by OpenCV, 0.88x on PNGs written by shards.png_encode (see shards.png_region);
+PNGs written by OpenCV, 0.9x on PNGs written by shards.png_encode (see shards.png_region);
 resizing and flipping with OpenCV directly took about 70 us a sample, where albumentations'
 Compose of RandomResizedCrop and HorizontalFlip took 110 to 120 us.
 
