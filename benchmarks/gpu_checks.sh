@@ -1,0 +1,74 @@
+#!/usr/bin/env bash
+# Issue 3's GPU checks as one command, for a machine with a CUDA GPU and a python3 that has torch
+# (the lent device machine has torch, timm, opencv, pyarrow, tifffile, xxhash, pyyaml, tqdm and
+# tensorboard; wheels for the rest travel in .whl/, which .git/info/exclude should list):
+#
+#   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+#       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
+#       -d .whl isal pydicom nystrom-attention
+#   bash benchmarks/gpu_checks.sh OUT_DIR            # about 5 minutes on an H200
+#
+# 1. CUDA smoke run: the tiny MIRAM config in one process (run.use_ray=false: LocalSession takes
+#    the GPU, autocast in bf16 where the GPU has it) on freshly ingested sample CBIS shards; passes
+#    when every epoch's loss is finite and a checkpoint was written.
+# 2. to_device on the GPU gives the CPU's normalisation (float32, to 1e-6 relative).
+# 3. benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp: a whole
+#    MIRAM ViT-B/16 training step's time and peak memory per fine-decoder attention (Table II).
+#
+# GPU_CHECKS_DEVICE=cpu runs 1 and 2 on the CPU and skips 3: a dry run of this script anywhere.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+out=${1:-out/gpu-checks}
+device=${GPU_CHECKS_DEVICE:-cuda}
+py=${PYTHON:-python3}
+export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
+if [ -d .whl ]; then
+    "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
+fi
+mkdir -p "$out"
+out=$(cd "$out" && pwd)
+rm -rf "$out/runs" "$out/shards"
+[ -f "$out/cbis/metadata.csv" ] || "$py" -m ingest.cli sample-data cbis "$out/cbis" --patients 12 --seed 0
+"$py" -m ingest.cli cbis "$out/cbis" --crops lesion --out "$out/shards" --shard-size 4 --no-progress
+gpu=true
+if [ "$device" != cuda ]; then
+    gpu=false
+    export CUDA_VISIBLE_DEVICES=""  # LocalSession takes a GPU whenever torch sees one
+fi
+"$py" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml "data.sources=[{root: $out/shards}]" \
+    "run.storage_path=$out/runs" run.use_ray=false "run.use_gpu=\"$gpu\"" 2>&1 | tee "$out/smoke.log"
+"$py" - "$out" "$device" <<'EOF'
+import csv, json, math, sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from shards.stream_stages import to_device
+
+out, device = Path(sys.argv[1]), sys.argv[2]
+run = out / "runs" / "tiny-cpu"
+losses = [float(row["loss"]) for row in csv.DictReader(open(run / "epochs.csv"))]
+checkpoints = sorted((run / "checkpoints").glob("epoch_*"))
+assert losses and all(math.isfinite(x) for x in losses), losses
+assert checkpoints, f"no checkpoint under {run}"
+if device == "cuda":
+    assert torch.cuda.is_available(), "GPU_CHECKS_DEVICE=cuda but torch sees no GPU"
+rng = np.random.default_rng(0)
+batch = {"image": torch.from_numpy(rng.integers(0, 65536, (8, 1, 64, 64)).astype(np.uint16)),
+         "pixel_mean": rng.uniform(1000, 30000, (8, 1)).astype(np.float32),
+         "pixel_scale": (1 / rng.uniform(500, 9000, (8, 1))).astype(np.float32)}
+cpu = to_device(dict(batch), "cpu")["image"]
+moved = to_device(dict(batch), device)["image"]
+assert moved.device.type == device and moved.dtype == torch.float32
+torch.testing.assert_close(moved.cpu(), cpu, rtol=1e-6, atol=1e-6)
+print(json.dumps({"check": "gpu_smoke", "device": device,
+                  "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
+                  "epoch_losses": [round(x, 4) for x in losses], "checkpoints": len(checkpoints),
+                  "to_device_matches_cpu": True}))
+EOF
+if [ "$device" = cuda ]; then
+    "$py" benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp \
+        | tee "$out/full_miram.jsonl"
+fi
