@@ -127,6 +127,8 @@ def test_cut_short_members_and_streams_are_truncated_not_decoded():
     with pytest.raises(PngError, match="truncated"):
         decode_region(cut)
     np.testing.assert_array_equal(decode_region(cut, 0, 0, 2, 8), rows[:2])  # a region stops at its rows
+    with pytest.raises(PngError, match="truncated"):
+        decode_region(cut, 12, 0, 8, 8)  # a region whose last rows are past the cut
     no_end = handmade(rows, [0] * 20, stream=stream[:-4])  # every row, no Adler-32
     with pytest.raises(PngError, match="zlib stream has no end"):
         decode_region(no_end)
