@@ -11,7 +11,8 @@
 # 1. CUDA smoke run: the tiny MIRAM config in one process (run.use_ray=false: LocalSession takes
 #    the GPU, autocast in bf16 where the GPU has it) on freshly ingested sample CBIS shards; passes
 #    when every epoch's loss is finite and a checkpoint was written.
-# 2. to_device on the GPU gives the CPU's normalisation (float32, to 1e-6 relative).
+# 2. to_device on the GPU gives the CPU's normalisation (float32, to 1e-6 relative), and a
+#    2-worker loader with pin_memory (what the trainer asks for on a GPU) hands over pinned batches.
 # 3. benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp: a whole
 #    MIRAM ViT-B/16 training step's time and peak memory per fine-decoder attention (Table II).
 #
@@ -22,7 +23,7 @@ out=${1:-out/gpu-checks}
 device=${GPU_CHECKS_DEVICE:-cuda}
 py=${PYTHON:-python3}
 export NO_ALBUMENTATIONS_UPDATE=1 RAY_USAGE_STATS_ENABLED=0 PYTHONUNBUFFERED=1
-if [ -d .whl ]; then
+if [ -d .whl ] && [ "$device" = cuda ]; then  # wheels for the device machine's python
     "$py" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
     export PYTHONPATH=/tmp/site${PYTHONPATH:+:$PYTHONPATH}
 fi
@@ -63,10 +64,20 @@ cpu = to_device(dict(batch), "cpu")["image"]
 moved = to_device(dict(batch), device)["image"]
 assert moved.device.type == device and moved.dtype == torch.float32
 torch.testing.assert_close(moved.cpu(), cpu, rtol=1e-6, atol=1e-6)
+pinned = None
+if device == "cuda":  # the trainer's GPU path: worker batches copied out of the ring into pinned memory
+    from shards.stream import StreamSource, make_loader
+    loader, _ = make_loader([StreamSource(out / "shards")], batch_size=4, image_size=64, num_workers=2,
+                            pin_memory=True, samples_per_epoch=8)
+    batches = list(loader)
+    pinned = all(b["image"].is_pinned() for b in batches)
+    assert pinned and len(batches) == 2, [b["image"].is_pinned() for b in batches]
+    to_device(batches[0], "cuda")
+    torch.cuda.synchronize()
 print(json.dumps({"check": "gpu_smoke", "device": device,
                   "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
                   "epoch_losses": [round(x, 4) for x in losses], "checkpoints": len(checkpoints),
-                  "to_device_matches_cpu": True}))
+                  "to_device_matches_cpu": True, "loader_batches_pinned": pinned}))
 EOF
 if [ "$device" = cuda ]; then
     "$py" benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp \

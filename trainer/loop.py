@@ -96,6 +96,8 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     loader, steps_per_epoch = make_loader(
         sources, batch_size=config.data.batch_size, rank=session.rank, world_size=session.world_size,
         num_workers=config.data.num_workers, seed=run.seed, augment=config.data.augment, image_size=image_size,
+        # batches land in pinned memory, so to_device's copy to the GPU is an asynchronous DMA
+        pin_memory=session.device.type == "cuda",
     )
     if run.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)
