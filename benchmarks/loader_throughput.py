@@ -80,8 +80,8 @@ _CROPS = Augment("mae", 224, seed=0)
 
 
 def _region_decode(ext: str, data: bytes) -> None:
-    crop = _CROPS.draw(*codecs.pixel_shape(ext, data)[:2])
-    codecs.decode_pixels(ext, data, crop.region)
+    header = codecs.read_pixel_header(ext, data)
+    codecs.decode_pixels(ext, data, _CROPS.draw(header.height, header.width).region, header)
 
 
 _DECODERS = {"medshards": codecs.decode_pixels, "opencv": _opencv_decode, "region": _region_decode}

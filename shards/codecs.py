@@ -7,6 +7,7 @@ fast path leaves alone); .npy through numpy with allow_pickle=False. Nothing her
 from __future__ import annotations
 
 import io
+from typing import NamedTuple
 
 import cv2
 import numpy as np
@@ -40,30 +41,53 @@ def encode_pixels(pixels: np.ndarray) -> tuple[str, bytes]:
 Region = tuple[int, int, int, int]  # top, left, height, width
 
 
-def pixel_shape(member: str, data: bytes) -> tuple[int, int, int]:
-    """(height, width, channels) of a pixel member, from its header alone."""
+class PixelHeader(NamedTuple):
+    """What a pixel member's header says, plus what decode_pixels would otherwise parse again."""
+
+    height: int
+    width: int
+    channels: int
+    png: png_region.PngHeader | None = None
+    npy: tuple | None = None  # _npy_header's (shape, dtype, fortran, data offset)
+    whole: np.ndarray | None = None  # a PNG off png_region's fast path, decoded by OpenCV for its shape
+
+
+def read_pixel_header(member: str, data: bytes) -> PixelHeader:
+    """The member's height, width and channels from its header alone (a palette or alpha PNG,
+    which OpenCV decides how to decode, is decoded whole, once)."""
     if member == schema.PIXELS_PNG:
         try:
             header = png_region.read_header(data)
         except png_region.PngError as exc:
             raise DecodeError(f"PNG member does not decode: {exc}") from exc
-        if header.channels is None:  # palette or alpha: OpenCV decides what it decodes to
-            img = decode_pixels(member, data)
-            return (*img.shape[:2], 1 if img.ndim == 2 else img.shape[2])
-        return header.height, header.width, header.channels
+        if header.channels is None:
+            img = _opencv_png(data)
+            return PixelHeader(*img.shape[:2], 1 if img.ndim == 2 else img.shape[2], whole=img)
+        return PixelHeader(header.height, header.width, header.channels, png=header)
     if member == schema.PIXELS_NPY:
-        return _npy_header(data)[0]
+        npy = _npy_header(data)
+        return PixelHeader(*npy[0], npy=npy)
     raise DecodeError(f"{member!r} is not a pixel member")
 
 
-def decode_pixels(member: str, data: bytes, region: Region | None = None) -> np.ndarray:
+def pixel_shape(member: str, data: bytes) -> tuple[int, int, int]:
+    """(height, width, channels) of a pixel member, from its header alone."""
+    return read_pixel_header(member, data)[:3]
+
+
+def decode_pixels(member: str, data: bytes, region: Region | None = None,
+                  header: PixelHeader | None = None) -> np.ndarray:
     """Inverse of encode_pixels: PNG -> (H, W) or (H, W, 3) RGB; npy -> (H, W, C). With `region`
     (top, left, height, width), only those rows and columns: for a PNG that is all the decoding
-    done (shards.png_region), for .npy a slice."""
+    done (shards.png_region), for .npy a slice. `header`: read_pixel_header's for these bytes,
+    when the caller has it already."""
+    if header is None:
+        header = read_pixel_header(member, data)
+    if header.whole is not None:
+        return header.whole if region is None else _cut(header.whole, region)
     if member == schema.PIXELS_PNG:
         try:
-            header = png_region.read_header(data)
-            img = png_region.decode_region(data, *(region or ()), header=header)
+            img = png_region.decode_region(data, *(region or ()), header=header.png)
         except png_region.PngError as exc:
             raise DecodeError(f"PNG member does not decode: {exc}") from exc
         if img is None:
@@ -71,10 +95,8 @@ def decode_pixels(member: str, data: bytes, region: Region | None = None) -> np.
             if region is not None:
                 img = _cut(img, region)
         return img
-    if member == schema.PIXELS_NPY:
-        arr = _npy_array(data)
-        return arr.copy() if region is None else _cut(arr, region)
-    raise DecodeError(f"{member!r} is not a pixel member")
+    arr = _npy_array(data, header.npy)
+    return arr.copy() if region is None else _cut(arr, region)
 
 
 def _opencv_png(data: bytes) -> np.ndarray:
@@ -110,9 +132,9 @@ def _npy_header(data: bytes) -> tuple[tuple[int, int, int], np.dtype, bool, int]
     return shape, dtype, fortran, stream.tell()
 
 
-def _npy_array(data: bytes) -> np.ndarray:
-    """The array of an .npy member, a read-only view of its bytes (the header parsed once)."""
-    shape, dtype, fortran, offset = _npy_header(data)
+def _npy_array(data: bytes, npy: tuple) -> np.ndarray:
+    """The array of an .npy member, a read-only view of its bytes; npy: its _npy_header."""
+    shape, dtype, fortran, offset = npy
     count = shape[0] * shape[1] * shape[2]
     if len(data) - offset < count * dtype.itemsize:  # np.load, too, ignores bytes past the array
         raise DecodeError(f"npy member does not decode: {len(data) - offset} data bytes for shape {shape} {dtype}")

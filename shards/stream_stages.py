@@ -45,10 +45,10 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
         member = sample["__pixels__"]
         try:
             data = sample[member]
-            height, width, found = codecs.pixel_shape(member, data)
-            check_channels(found, channels)
-            crop = transform.draw(height, width)
-            image = transform.apply(codecs.decode_pixels(member, data, crop.region), crop)
+            header = codecs.read_pixel_header(member, data)
+            check_channels(header.channels, channels)
+            crop = transform.draw(header.height, header.width)
+            image = transform.apply(codecs.decode_pixels(member, data, crop.region, header), crop)
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
