@@ -164,7 +164,7 @@ class SampleMeta:
         meta = object.__new__(cls)
         fields = meta.__dict__
         fields.update(_OPTIONAL_DEFAULTS)
-        fields["extra"] = {}
+        fields.update({name: make() for name, make in _DEFAULT_FACTORIES.items()})
         fields.update(raw)
         meta.__post_init__()
         return meta
@@ -195,6 +195,8 @@ _TUPLE_FIELDS = ("crop_box", "source_size", "pixel_spacing_mm", "channel_names")
 _REQUIRED_FIELDS = frozenset(f.name for f in dataclasses.fields(SampleMeta)
                              if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING)
 _OPTIONAL_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SampleMeta) if f.default is not dataclasses.MISSING}
+_DEFAULT_FACTORIES = {f.name: f.default_factory for f in dataclasses.fields(SampleMeta)
+                      if f.default_factory is not dataclasses.MISSING}
 
 
 def pixel_member(channels: int, dtype: str) -> str:
