@@ -131,9 +131,9 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
 
 def _inflate_rows(data: bytes, size: int, total: int) -> np.ndarray | None:
     """The first `size` of the `total` bytes of the inflated image data; when that is all of them,
-    the zlib stream read to its end. None when an ancillary chunk that changes OpenCV's pixels comes first. The IDAT
-    chunks are joined and inflated in one call (10% faster than a call per 8 KB chunk); a PNG
-    written by shards.png_encode has one, which is inflated in place."""
+    the zlib stream read to its end. None when an ancillary chunk that changes OpenCV's pixels
+    comes first. The IDAT chunks are joined and inflated in one call (10% faster than a call per
+    8 KB chunk); a PNG written by shards.png_encode has one, which is inflated in place."""
     view = memoryview(data)
     bodies: list[memoryview] = []
     position = 8
@@ -173,8 +173,9 @@ _PREFIX_MARGIN = 2048  # compressed bytes fed past each estimate, so one call is
 
 
 def _inflate_prefix(inflater, stream: memoryview, size: int, total: int) -> bytes:
-    """At least `size` of the `total` inflated bytes (fewer only when the stream ends first), feeding `stream` a
-    piece at a time: each piece is what the ratio seen so far says the rest needs, plus a margin.
+    """At least `size` of the `total` inflated bytes (fewer only when the stream ends first),
+    feeding `stream` a piece at a time: each piece is what the ratio seen so far says the rest
+    needs, plus a margin.
     Why not decompress(stream, max_length=size): ISA-L then took longer for a crop ending at 85 %
     of the rows than for the whole image (314 against 222 us at 224 px, 16-bit), where feeding
     only the input a prefix needs takes time in proportion to it (196 us at 85 %, 37 us at 10 %)."""
