@@ -43,8 +43,16 @@ def _ray_env() -> dict[str, str]:
     # every later cluster once any run on the machine has written a token (~/.ray).
     env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled",
                PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}")
-    env.pop("RAY_ADDRESS", None)
+    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):  # the user's cluster, not the test's
+        env.pop(name, None)
     return env
+
+
+@pytest.fixture
+def ray_env() -> dict[str, str]:
+    """The environment of a Ray process started by a test: loopback only, no usage stats, no
+    cluster of the user's named."""
+    return _ray_env()
 
 
 def _alive_nodes(dashboard_url: str) -> int:

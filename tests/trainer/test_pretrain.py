@@ -4,7 +4,6 @@ two-node local Ray cluster; checkpoints, resume at the right step, falling loss,
 from __future__ import annotations
 
 import csv
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -62,16 +61,13 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
-def test_embedded_ray_run_ends_cleanly(lesion_shards, tmp_path):
+def test_embedded_ray_run_ends_cleanly(lesion_shards, ray_env, tmp_path):
     """`python trainer/pretrain.py` with no cluster starts an embedded Ray and finishes without
     Ray Train's placement-group cleaner losing its State API (it used to log that every second,
     or stall the run's end 12 s with a traceback; see start_embedded_ray)."""
-    env = dict(os.environ, RAY_USAGE_STATS_ENABLED="0", NO_ALBUMENTATIONS_UPDATE="1", RAY_AUTH_MODE="disabled")
-    for name in ("RAY_ADDRESS", "RAY_API_SERVER_ADDRESS"):
-        env.pop(name, None)
     args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path, 2, **{"run.workers": "1"})]
-    done = subprocess.run([sys.executable, "trainer/pretrain.py", *args], cwd=PROJECT, env=env, capture_output=True,
-                          text=True, timeout=600)
+    done = subprocess.run([sys.executable, "trainer/pretrain.py", *args], cwd=PROJECT, env=ray_env,
+                          capture_output=True, text=True, timeout=600)
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "finished:" in done.stdout and list((tmp_path / "tiny-cpu").glob("checkpoint_*"))
