@@ -11,7 +11,7 @@ from collections import Counter, defaultdict
 from pathlib import Path
 from typing import Any
 
-from shards import schema
+from shards import schema, storage
 from shards.writer import ShardRecord, atomic_write_bytes
 
 
@@ -69,11 +69,14 @@ def write_card(root: Path, card: dict[str, Any]) -> None:
     atomic_write_bytes(Path(root) / schema.CARD_FILE, data)
 
 
-def read_card(root: Path) -> dict[str, Any]:
-    path = Path(root) / schema.CARD_FILE
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no dataset card (not a shard set, or its ingest did not finish)")
-    card = json.loads(path.read_text())
+def read_card(root: str | Path) -> dict[str, Any]:
+    """The card of the shard set at `root` (a folder or a URI, see shards.storage)."""
+    path = storage.join(root, schema.CARD_FILE)
+    try:
+        data = storage.read_bytes(path)
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise FileNotFoundError(f"{path}: no dataset card (not a shard set, or its ingest did not finish)") from None
+    card = json.loads(data)
     if card.get("format") != schema.FORMAT_NAME:
         raise schema.SchemaError(f"{path}: format is {card.get('format')!r}, not {schema.FORMAT_NAME!r}")
     return card

@@ -11,8 +11,11 @@ import argparse
 import sys
 from pathlib import Path
 
-from shards import listing, preview, schema, stats, verify
+from shards import listing, preview, schema, stats, storage, verify
 from shards.card import read_card
+
+
+_ROOT_HELP = "shard set folder (holds dataset.json), or its URI: s3://bucket/prefix, gs://..., file:///..."
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -20,25 +23,26 @@ def _parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     ls = commands.add_parser("ls", help="summarise a shard set from its dataset.json and manifest")
-    ls.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    ls.add_argument("root", help=_ROOT_HELP)
     ls.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     check = commands.add_parser("verify", help="check every shard against the card and the manifest")
-    check.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    check.add_argument("root", help=_ROOT_HELP)
     check.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
 
     sheet = commands.add_parser("preview", help="write a contact-sheet PNG of a few samples")
-    sheet.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    sheet.add_argument("root", help=_ROOT_HELP)
     sheet.add_argument("--split", default="train", choices=schema.SPLITS)
     sheet.add_argument("-n", type=int, default=16, help="number of samples (default 16)")
-    sheet.add_argument("--out", type=Path, default=None, help="PNG path (default ROOT/preview.png)")
+    sheet.add_argument("--out", type=Path, default=None,
+                       help="PNG path (default ROOT/preview.png; ./preview.png for a URI)")
     sheet.add_argument("--seed", type=int, default=0, help="seed of the sample choice")
     sheet.add_argument("--cols", type=int, default=None, help="tiles per row (default: square-ish)")
     sheet.add_argument("--channel", type=int, default=0, help="channel shown for multi-channel images")
     sheet.add_argument("--tile", type=int, default=preview.TILE, help="tile side in pixels")
 
     moments = commands.add_parser("stats", help="write per-channel pixel mean/std of the train split into the card")
-    moments.add_argument("root", type=Path, help="shard set folder (holds dataset.json)")
+    moments.add_argument("root", help="shard set folder (holds dataset.json; not a URI: this writes the card)")
     moments.add_argument("--force", action="store_true", help="recompute when the card already has pixel_stats")
     return parser
 
@@ -50,6 +54,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
+    if args.command == "stats" and storage.is_uri(args.root):
+        print(f"shards stats: error: {args.root}: stats rewrites dataset.json, which needs a folder; run it on "
+              f"the local copy before uploading (ingest records pixel_stats itself)", file=sys.stderr)
+        return 2
     try:
         card = read_card(args.root)
     except (OSError, ValueError) as exc:  # missing, unreadable, not JSON, not a medshards card

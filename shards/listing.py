@@ -11,9 +11,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pyarrow.parquet as pq
-
-from shards import schema
+from shards import schema, storage
 
 TOP_LABEL_VALUES = 5
 
@@ -35,7 +33,7 @@ def summarize(root: Path, card: dict[str, Any]) -> dict[str, Any]:
             "crop_kinds": entry.get("crop_kinds", {}),
         }
     try:
-        manifest_rows = pq.read_metadata(Path(root) / schema.MANIFEST_FILE).num_rows
+        manifest_rows = storage.parquet_rows(storage.join(root, schema.MANIFEST_FILE))
     except (OSError, ValueError):
         manifest_rows = None
     summary = {name: card.get(name) for name in

@@ -15,9 +15,8 @@ from typing import Any
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 
-from shards import codecs, schema
+from shards import codecs, schema, storage
 from shards.card import shard_records
 from shards.writer import atomic_write_bytes
 
@@ -33,10 +32,10 @@ CAPTION_LABELS = ("pathology", "class4")  # shown first where a source has them
 
 def choose_rows(root: Path, split: str, n: int, seed: int) -> list[dict[str, Any]]:
     """n manifest rows of `split`, seeded, in manifest order (so shards are read front to back)."""
-    table = pq.read_table(Path(root) / schema.MANIFEST_FILE, columns=["key", "shard", "split"])
+    table = storage.read_parquet(storage.join(root, schema.MANIFEST_FILE), columns=["key", "shard", "split"])
     rows = [row for row in table.to_pylist() if row["split"] == split]
     if not rows:
-        raise ValueError(f"no {split} samples in {root / schema.MANIFEST_FILE}")
+        raise ValueError(f"no {split} samples in {storage.join(root, schema.MANIFEST_FILE)}")
     picked = np.random.default_rng(seed).choice(len(rows), size=min(n, len(rows)), replace=False)
     return [rows[i] for i in sorted(picked)]
 
@@ -52,7 +51,7 @@ def read_members(root: Path, card: dict[str, Any], rows: list[dict[str, Any]]) -
         wanted[row["shard"]].add(row["key"])
     found: dict[str, dict[str, bytes]] = defaultdict(dict)
     for shard, keys in wanted.items():
-        with tarfile.open(Path(root) / shard, mode="r:") as tar:
+        with storage.open_input(storage.join(root, shard)) as fh, tarfile.open(fileobj=fh, mode="r|") as tar:
             for info in tar:
                 key, _, ext = info.name.partition(".")
                 if key in keys and ext in schema.ALL_MEMBERS and info.isfile():
@@ -151,7 +150,7 @@ def run(root: Path, card: dict[str, Any], *, split: str = "train", n: int = 16, 
     ok, png = cv2.imencode(".png", sheet)
     if not ok:
         raise ValueError("OpenCV could not encode the contact sheet")
-    out = Path(out) if out is not None else Path(root) / "preview.png"
+    out = Path(out) if out is not None else Path("preview.png") if storage.is_uri(root) else Path(root) / "preview.png"
     atomic_write_bytes(out, png.tobytes())
     print(out, file=stdout)
     return 0

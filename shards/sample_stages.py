@@ -25,7 +25,7 @@ import warnings
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
-from shards import codecs, schema
+from shards import codecs, schema, storage
 from shards.tar_members import TarFormatError, TarReader
 
 Sample = dict[str, Any]
@@ -109,7 +109,7 @@ def tar_samples(shards: Iterable[str], handler: Handler, *,
     read = frozenset(read)
     for shard in shards:
         try:
-            with open(shard, "rb", buffering=_READ_BUFFER) as fh:
+            with storage.open_input(shard, _READ_BUFFER) as fh:
                 yield from _shard_samples(TarReader(fh), shard, handler, read)
         except (OSError, TarFormatError) as exc:
             handler(SampleError(shard, None, exc))

@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from shards import sample_stages as stages, schema
+from shards import sample_stages as stages, schema, storage
 from shards.card import write_card
 
 SPLIT = "train"
@@ -28,7 +28,7 @@ def compute(root: Path, card: dict[str, Any]) -> dict[str, Any]:
     if SPLIT not in card.get("splits", {}):
         raise ValueError(f"{root}: no {SPLIT} split to compute pixel statistics from")
     records = card["splits"][SPLIT]["shards"]
-    paths = [str(Path(root) / r["path"]) for r in records]
+    paths = [storage.join(root, r["path"]) for r in records]
     samples = stages.tar_samples(paths, stages.raise_sample_error, read=schema.PIXEL_MEMBERS + (schema.META_JSON,))
     samples = stages.decode(stages.parse_meta(samples, stages.raise_sample_error), stages.raise_sample_error)
     sums = squares = None

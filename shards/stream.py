@@ -34,11 +34,10 @@ from typing import Any, NamedTuple
 
 import cv2
 import numpy as np
-import pyarrow.parquet as pq
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import sample_stages as reading, schema, stream_stages as stages
+from shards import sample_stages as reading, schema, storage, stream_stages as stages
 from shards.sample_stages import SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
@@ -58,10 +57,11 @@ _READ = (schema.PIXELS_PNG, schema.PIXELS_NPY, schema.META_JSON)
 
 @dataclass(frozen=True)
 class StreamSource:
-    """One shard set's split in a mix. crop_kinds None takes every sample; name (shown in each
-    batch's "source") defaults to the card's source."""
+    """One shard set's split in a mix. root: a folder or a URI (s3://..., see shards.storage);
+    crop_kinds None takes every sample; name (shown in each batch's "source") defaults to the
+    card's source."""
 
-    root: Path
+    root: str | Path
     split: str = "train"
     weight: float = 1.0
     crop_kinds: tuple[str, ...] | None = None
@@ -97,14 +97,14 @@ def pixel_stats(card: dict[str, Any], root: Path) -> tuple[tuple[float, ...], tu
     return tuple(float(m) for m in mean), tuple(float(s) for s in std)
 
 
-def _samples_per_shard(root: Path, split: str, crop_kinds: frozenset[str]) -> Counter:
-    table = pq.read_table(root / schema.MANIFEST_FILE, columns=["shard", "split", "crop_kind"])
+def _samples_per_shard(root: str, split: str, crop_kinds: frozenset[str]) -> Counter:
+    table = storage.read_parquet(storage.join(root, schema.MANIFEST_FILE), columns=["shard", "split", "crop_kind"])
     return Counter(row["shard"] for row in table.to_pylist()
                    if row["split"] == split and row["crop_kind"] in crop_kinds)
 
 
 def open_source(source: StreamSource) -> OpenSource:
-    root = Path(source.root).resolve()
+    root = storage.shard_root(source.root)
     card = read_card(root)
     if source.split not in card["splits"]:
         raise ValueError(f"{root}: no {source.split!r} split (has {sorted(card['splits'])})")
@@ -118,7 +118,7 @@ def open_source(source: StreamSource) -> OpenSource:
         rel = Path(record["path"])
         if rel.parent != Path(source.split) or not rel.match(schema.SHARD_GLOB):  # stay inside the set
             raise ValueError(f"{root}: dataset.json lists shard {record['path']!r} outside {source.split}/")
-        shards.append(ShardSpan(str(root / rel), record["samples"] if counts is None else counts[record["path"]]))
+        shards.append(ShardSpan(storage.join(root, record["path"]), record["samples"] if counts is None else counts[record["path"]]))
     mean, std = pixel_stats(card, root)
     dtype = card["pixel_stats"].get("dtype", "uint16")
     if dtype not in _BATCH_DTYPES:
@@ -220,7 +220,7 @@ class ShardStream(IterableDataset):
             samples = stages.decode_augmented(samples, augment, handler, channels=source.channels)
             return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
 
-        return stages.repeat_passes(one_pass, f"{source.name}'s shards {[Path(s.path).name for s in shards]}")
+        return stages.repeat_passes(one_pass, f"{source.name}'s shards {[storage.name_of(s.path) for s in shards]}")
 
 
 def _as_made(batch: dict[str, Any]) -> dict[str, Any]:

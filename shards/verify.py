@@ -4,26 +4,31 @@ A shard set is trusted by training only as far as this check goes, so it reads e
 shard's size and sha256 against dataset.json, every tar member name, every sample's json against
 schema.SampleMeta, every pixel and mask member decoded (PNG via OpenCV, .npy with
 allow_pickle=False; nothing is ever unpickled), and every manifest row against the sample it names.
-Problems are collected, never raised, so one run names every problem in every bad shard.
+Problems are collected, never raised, so one run names every problem in every bad shard. A set on
+an object store (`shards verify s3://bucket/prefix`, see shards.storage) is checked the same way,
+each shard downloaded once into an anonymous temporary file: the check of an upload.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import multiprocessing
 import os
 import re
 import sys
 import tarfile
+import tempfile
 from collections import Counter, defaultdict
+from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import pyarrow.parquet as pq
 from tqdm import tqdm
 
-from shards import codecs, schema
+from shards import codecs, schema, storage
 from shards.writer import file_sha256, is_temporary
 
 _SHARD_PATH_RE = re.compile(r"^(?P<split>[a-z]+)/shard-\d{6}\.tar$")
@@ -145,28 +150,47 @@ def _read_samples(tar: tarfile.TarFile, check: ShardCheck, split: str) -> None:
     finish()
 
 
+@contextlib.contextmanager
+def _readable_copy(location: str) -> Iterator[tuple[BinaryIO, str]]:
+    """(a seekable file of the shard's bytes, their sha256): the file itself when local; for an
+    object store, an anonymous temporary copy hashed as it downloads, so the shard is fetched
+    once (the tar check then seeks in it)."""
+    if not storage.is_uri(location):
+        digest = file_sha256(Path(location))
+        with open(location, "rb") as fh:
+            yield fh, digest
+        return
+    sha = hashlib.sha256()
+    with tempfile.TemporaryFile(prefix="medshards-verify-") as copy, storage.open_input(location) as source:
+        for block in iter(lambda: source.read(1 << 20), b""):
+            sha.update(block)
+            copy.write(block)
+        copy.seek(0)
+        yield copy, sha.hexdigest()
+
+
 def check_shard(root: str, record: dict[str, Any]) -> ShardCheck:
     """Everything one shard can tell about itself (run in a worker process)."""
     check = ShardCheck(record["path"])
-    path = Path(root) / record["path"]
+    location = storage.join(root, record["path"])
     split = record["path"].split("/", 1)[0]
-    if not path.is_file():
+    if not storage.is_file(location):
         check.problems.append("file missing")
         return check
-    size = path.stat().st_size
+    size = storage.size_of(location)
     if size != record["bytes"]:
         check.problems.append(f"size {size} bytes, card says {record['bytes']}")
-    digest = file_sha256(path)
-    if digest != record["sha256"]:
-        check.problems.append(f"sha256 mismatch (file {digest[:12]}..., card {record['sha256'][:12]}...)")
     try:
-        with open(path, "rb") as fh, tarfile.open(fileobj=fh, mode="r:") as tar:
-            check.opened = True
-            _read_samples(tar, check, split)
-            # tarfile stops quietly at a damaged header; the end-of-archive blocks tell the difference
-            fh.seek(tar.offset)
-            if fh.read(_END_OF_ARCHIVE) != bytes(_END_OF_ARCHIVE):
-                check.problems.append(f"no end-of-archive blocks at byte {tar.offset} (truncated or damaged)")
+        with _readable_copy(location) as (fh, digest):
+            if digest != record["sha256"]:
+                check.problems.append(f"sha256 mismatch (file {digest[:12]}..., card {record['sha256'][:12]}...)")
+            with tarfile.open(fileobj=fh, mode="r:") as tar:
+                check.opened = True
+                _read_samples(tar, check, split)
+                # tarfile stops quietly at a damaged header; the end-of-archive blocks tell the difference
+                fh.seek(tar.offset)
+                if fh.read(_END_OF_ARCHIVE) != bytes(_END_OF_ARCHIVE):
+                    check.problems.append(f"no end-of-archive blocks at byte {tar.offset} (truncated or damaged)")
     except (tarfile.TarError, OSError, EOFError) as exc:
         check.problems.append(f"tar unreadable after {len(check.samples)} samples: {exc}")
     if len(check.samples) != record["samples"]:
@@ -195,29 +219,28 @@ def check_card(card: dict[str, Any]) -> tuple[list[str], list[dict[str, Any]]]:
     return problems, records
 
 
-def unlisted_files(root: Path, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
+def unlisted_files(root: str | Path, records: list[dict[str, Any]]) -> list[tuple[str, str]]:
     """Tars in the split folders that the card does not list, and temp files of interrupted writes."""
     listed = {r["path"] for r in records}
     found = []
     for split in schema.SPLITS:
-        folder = root / split
-        for path in sorted(folder.iterdir()) if folder.is_dir() else []:
-            rel = f"{split}/{path.name}"
-            if path.name.endswith(".tar") and rel not in listed:
+        for name in storage.list_folder(storage.join(root, split)):
+            rel = f"{split}/{name}"
+            if name.endswith(".tar") and rel not in listed:
                 found.append((rel, "not listed in dataset.json"))
-            elif is_temporary(path.name):
+            elif is_temporary(name):
                 found.append((rel, "temporary file left by an interrupted write"))
     return found
 
 
-def check_manifest(root: Path, card: dict[str, Any], checks: list[ShardCheck]) -> list[str]:
+def check_manifest(root: str | Path, card: dict[str, Any], checks: list[ShardCheck]) -> list[str]:
     """Cross-check manifest rows with the samples read; shard-level findings go into `checks`,
     manifest-level ones are returned."""
-    path = root / schema.MANIFEST_FILE
-    if not path.is_file():
+    path = storage.join(root, schema.MANIFEST_FILE)
+    if not storage.is_file(path):
         return ["missing: every sample is unaccounted for"]
     try:
-        table = pq.read_table(path)
+        table = storage.read_parquet(path)
     except (OSError, ValueError) as exc:  # ArrowInvalid is a ValueError
         return [f"unreadable as Parquet ({exc})"]
     missing_columns = [c for c in schema.MANIFEST_COLUMNS if c not in table.column_names]
@@ -266,7 +289,7 @@ def _usable_cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def _check_all(root: Path, records: list[dict[str, Any]], workers: int) -> list[ShardCheck]:
+def _check_all(root: str | Path, records: list[dict[str, Any]], workers: int) -> list[ShardCheck]:
     """Check shards, in parallel when workers > 1, returned in card order. forkserver, not fork:
     a caller (and tqdm's monitor) may have threads running, which a forked child would inherit
     mid-state; preloading this module imports it once in the server rather than in every worker."""
@@ -288,7 +311,7 @@ def _check_all(root: Path, records: list[dict[str, Any]], workers: int) -> list[
     return [results[i] for i in range(len(records))]
 
 
-def verify(root: Path, card: dict[str, Any], *, workers: int | None = None) -> tuple[list, int, int]:
+def verify(root: str | Path, card: dict[str, Any], *, workers: int | None = None) -> tuple[list, int, int]:
     """-> ([(file, problems) for every bad file: card, manifest, shards in card order, unlisted
     files], shards checked, samples read)."""
     card_problems, records = check_card(card)
@@ -306,7 +329,7 @@ def verify(root: Path, card: dict[str, Any], *, workers: int | None = None) -> t
     return [(name, problems) for name, problems in bad if problems], len(checks), sum(len(c.samples) for c in checks)
 
 
-def run(root: Path, card: dict[str, Any], *, workers: int | None = None, out=None) -> int:
+def run(root: str | Path, card: dict[str, Any], *, workers: int | None = None, out=None) -> int:
     """Print one line per bad file, naming all its problems, then a summary; exit code 0 or 1."""
     bad, shards, samples = verify(root, card, workers=workers)
     for name, problems in bad:

@@ -13,12 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-import pyarrow.parquet as pq
 import torch
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
-from shards import schema
+from shards import schema, storage
 from shards.stream import StreamSource, make_loader, open_source, to_device
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
@@ -74,7 +73,7 @@ def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int
     shapes = set()
     for source in sources:
         channels = open_source(source).channels
-        table = pq.read_table(Path(source.root) / schema.MANIFEST_FILE, columns=["height", "width"])
+        table = storage.read_parquet(storage.join(source.root, schema.MANIFEST_FILE), columns=["height", "width"])
         sides = set(table.column("height").to_pylist()) | set(table.column("width").to_pylist())
         if image_size:
             sides = {image_size}
@@ -90,7 +89,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     """Pretrain `config.model` on `config.data`; returns the last epoch's metrics."""
     run, optim = config.run, config.optim
     torch.manual_seed(run.seed + session.rank)
-    sources = [StreamSource(root=Path(s.root), split=s.split, weight=s.weight,
+    sources = [StreamSource(root=s.root, split=s.split, weight=s.weight,
                             crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
     channels, image_size = data_shape(sources, config.data.image_size)
     loader, steps_per_epoch = make_loader(

@@ -1,0 +1,186 @@
+"""Where a shard set is read from: a local (or shared) folder, or a URI that pyarrow.fs opens --
+`s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://namenode:8020/path`, `file:///abs/path`.
+
+Object stores are for reading. `ingest` writes a local or shared folder (a shard becomes visible by
+an atomic rename, which object stores do not have); copy the finished folder up with any tool
+(`aws s3 sync DIR s3://bucket/prefix`) and check the copy with `shards verify s3://bucket/prefix`.
+
+Options of the filesystem ride in the URI's query, as pyarrow.fs.FileSystem.from_uri reads them:
+`s3://bucket/shards?endpoint_override=minio.lan:9000&scheme=http` for an S3-compatible store on
+the premises, `?region=eu-west-1`, ... Joining a member's path keeps the query. Credentials come
+from where the cloud SDK looks (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, ~/.aws, an instance
+role; GOOGLE_APPLICATION_CREDENTIALS), never from a shard set; keep keys out of the URI, which
+messages and logs print whole.
+
+Each process opens its own filesystem, once per scheme, authority and query: a DataLoader worker
+forked from the trainer must not use the parent's connections and SDK threads, which do not
+survive a fork.
+
+A shard is read front to back (`open_input`): on an object store that is one streaming GET per
+shard, not one ranged request per member; members a reader does not want are read past.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+_URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # a scheme of two letters or more: not C:\
+_STREAM_BUFFER = 4 << 20  # an object store's GET is read in pieces this big
+
+
+def is_uri(location: str | Path) -> bool:
+    """True for `scheme://...` (read through pyarrow.fs), False for a local path."""
+    return isinstance(location, str) and bool(_URI_RE.match(location))
+
+
+def shard_root(location: str | Path) -> str:
+    """A shard set's root as every process should name it: a local path made absolute (Ray
+    workers do not share the driver's working directory), a URI without a trailing slash."""
+    if not is_uri(location):
+        return str(Path(location).resolve())
+    parts = urlsplit(str(location))
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
+
+
+def join(location: str | Path, *names: str) -> str:
+    """The location of `names` (relative, '/'-separated) under `location`; a URI keeps its query."""
+    if not is_uri(location):
+        return str(Path(location).joinpath(*names))
+    parts = urlsplit(str(location))
+    path = "/".join([parts.path.rstrip("/"), *(n.strip("/") for n in names)])
+    return urlunsplit(parts._replace(path=path))
+
+
+def name_of(location: str | Path) -> str:
+    """The last component of a location's path ('shard-000003.tar')."""
+    return (urlsplit(location).path if is_uri(location) else str(location)).rstrip("/").rsplit("/", 1)[-1]
+
+
+_FILESYSTEMS: dict[tuple, tuple[Any, str]] = {}
+
+
+def filesystem(location: str) -> tuple[Any, str]:
+    """(pyarrow filesystem, path in it) for a URI; the filesystem is this process's own."""
+    import pyarrow.fs  # here: a local shard set never needs it
+
+    parts = urlsplit(location)
+    key = (os.getpid(), parts.scheme, parts.netloc, parts.query)
+    if key not in _FILESYSTEMS:
+        try:
+            _FILESYSTEMS[key] = pyarrow.fs.FileSystem.from_uri(urlunsplit(parts._replace(path="/", fragment="")))
+        except (ValueError, OSError) as exc:  # ArrowInvalid is a ValueError
+            raise OSError(f"{location}: cannot open its filesystem ({exc})") from exc
+    fs, base = _FILESYSTEMS[key]
+    return fs, base.rstrip("/") + "/" + parts.path.lstrip("/")
+
+
+def open_input(location: str | Path, buffering: int = -1):
+    """A binary file to read `location` from front to back (`read(n)`, `tell()`, and `seek(n, 1)`
+    forward). Raises FileNotFoundError or OSError naming the location."""
+    if not is_uri(location):
+        return open(location, "rb", buffering=buffering)
+    fs, path = filesystem(str(location))
+    try:
+        return ForwardReader(fs.open_input_stream(path, buffer_size=_STREAM_BUFFER))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{location}: no such object") from exc
+    except OSError as exc:
+        raise OSError(f"{location}: cannot be opened ({exc})") from exc
+
+
+def read_bytes(location: str | Path) -> bytes:
+    with open_input(location) as fh:
+        return fh.read()
+
+
+def is_file(location: str | Path) -> bool:
+    if not is_uri(location):
+        return Path(location).is_file()
+    import pyarrow.fs
+
+    fs, path = filesystem(str(location))
+    return fs.get_file_info(path).type == pyarrow.fs.FileType.File
+
+
+def size_of(location: str | Path) -> int:
+    """The file's size in bytes; FileNotFoundError when there is none."""
+    if not is_uri(location):
+        return Path(location).stat().st_size
+    import pyarrow.fs
+
+    fs, path = filesystem(str(location))
+    info = fs.get_file_info(path)
+    if info.type != pyarrow.fs.FileType.File:
+        raise FileNotFoundError(f"{location}: no such object")
+    return info.size
+
+
+def list_folder(location: str | Path) -> list[str]:
+    """Names of the files directly in a folder, sorted; [] when there is no such folder."""
+    if not is_uri(location):
+        folder = Path(location)
+        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+    import pyarrow.fs
+
+    fs, path = filesystem(str(location))
+    infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
+    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
+
+
+def read_parquet(location: str | Path, columns: list[str] | None = None):
+    """A Parquet file (a manifest) as a pyarrow Table."""
+    import pyarrow.parquet as pq
+
+    if not is_uri(location):
+        return pq.read_table(location, columns=columns)
+    fs, path = filesystem(str(location))
+    return pq.read_table(path, columns=columns, filesystem=fs)
+
+
+def parquet_rows(location: str | Path) -> int:
+    """The row count in a Parquet file's footer (nothing else is read)."""
+    import pyarrow.parquet as pq
+
+    if not is_uri(location):
+        return pq.read_metadata(location).num_rows
+    fs, path = filesystem(str(location))
+    return pq.read_metadata(path, filesystem=fs).num_rows
+
+
+class ForwardReader:
+    """A pyarrow input stream as the file a tar reader wants: it counts its position and seeks
+    forward by reading past (an object's stream cannot seek)."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self._at = 0
+
+    def read(self, n: int = -1) -> bytes:
+        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+        self._at += len(data)
+        return data
+
+    def tell(self) -> int:
+        return self._at
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        target = offset if whence == os.SEEK_SET else self._at + offset
+        if whence not in (os.SEEK_SET, os.SEEK_CUR) or target < self._at:
+            raise OSError("an object store's stream only seeks forward")
+        while self._at < target:
+            if not self.read(min(target - self._at, _STREAM_BUFFER)):
+                break  # past the end: the next read says so
+        return self._at
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def __enter__(self) -> ForwardReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
