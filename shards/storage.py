@@ -22,14 +22,21 @@ shard, not one ranged request per member; members a reader does not want are rea
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import os
 import re
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # a scheme of two letters or more: not C:\
 _STREAM_BUFFER = 4 << 20  # an object store's GET is read in pieces this big
+READ_RETRIES = 3  # per failed read of a shard, each from a new request at the failed offset
+RETRY_PAUSE_S = 0.5  # doubled at each retry
 
 
 def is_uri(location: str | Path) -> bool:
@@ -85,11 +92,21 @@ def open_input(location: str | Path, buffering: int = -1):
         return open(location, "rb", buffering=buffering)
     fs, path = filesystem(str(location))
     try:
-        return ForwardReader(fs.open_input_stream(path, buffer_size=_STREAM_BUFFER))
+        return ForwardReader(fs.open_input_stream(path, buffer_size=_STREAM_BUFFER), location=str(location),
+                             reopen=functools.partial(_reopen_at, fs, path))
     except FileNotFoundError as exc:
         raise FileNotFoundError(f"{location}: no such object") from exc
     except OSError as exc:
         raise OSError(f"{location}: cannot be opened ({exc})") from exc
+
+
+def _reopen_at(fs, path: str, offset: int):
+    """A buffered stream of the object from `offset` on (ranged requests of _STREAM_BUFFER bytes)."""
+    import pyarrow
+
+    raw = fs.open_input_file(path)
+    raw.seek(offset)
+    return pyarrow.BufferedInputStream(raw, _STREAM_BUFFER)
 
 
 def read_bytes(location: str | Path) -> bytes:
@@ -153,14 +170,33 @@ def parquet_rows(location: str | Path) -> int:
 
 class ForwardReader:
     """A pyarrow input stream as the file a tar reader wants: it counts its position and seeks
-    forward by reading past (an object's stream cannot seek)."""
+    forward by reading past (an object's stream cannot seek). A read that fails mid-object (a
+    connection reset hours into a run) is retried READ_RETRIES times, each from a fresh request
+    that starts at the byte it stopped at (`reopen(offset)`); then the error names the object
+    and the offset."""
 
-    def __init__(self, stream):
+    def __init__(self, stream, *, location: str = "", reopen: Callable[[int], Any] | None = None):
         self._stream = stream
         self._at = 0
+        self._location, self._reopen = location, reopen
 
     def read(self, n: int = -1) -> bytes:
-        data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+        for attempt in range(READ_RETRIES + 1):
+            try:
+                data = self._stream.read() if n is None or n < 0 else self._stream.read(n)
+                break
+            except FileNotFoundError:
+                raise
+            except OSError as exc:
+                if self._reopen is None or attempt == READ_RETRIES:
+                    raise OSError(f"{self._location}: read failed at byte {self._at}"
+                                  f"{f' after {attempt} retries' if attempt else ''} ({exc})") from exc
+                warnings.warn(f"{self._location}: read failed at byte {self._at} ({exc}); retrying from there",
+                              stacklevel=2)
+                time.sleep(RETRY_PAUSE_S * 2**attempt)
+                with contextlib.suppress(OSError):
+                    self._stream.close()
+                self._stream = self._reopen(self._at)
         self._at += len(data)
         return data
 

@@ -139,3 +139,43 @@ def test_verify_names_a_damaged_object_and_a_missing_set_is_a_clear_error(s3, un
     assert "nothing-here/dataset.json" in capsys.readouterr().err
     assert cli.main(["stats", s3]) == 2
     assert "needs a folder" in capsys.readouterr().err
+
+
+class FailingAfter:
+    """An input stream that fails (a connection reset) after `good` reads: a network fault."""
+
+    def __init__(self, stream, good: int):
+        self.stream, self.good = stream, good
+
+    def read(self, n=None):
+        if self.good == 0:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        self.good -= 1
+        return self.stream.read(n)
+
+    def close(self):
+        if self.stream is not None:
+            self.stream.close()
+
+
+def test_a_read_that_fails_mid_object_resumes_from_its_byte_then_gives_up_naming_it(s3, uneven_set, monkeypatch):
+    monkeypatch.setattr(storage, "RETRY_PAUSE_S", 0.0)
+    shard = read_card(uneven_set)["splits"]["train"]["shards"][0]["path"]
+    expected = (uneven_set / shard).read_bytes()
+    location = storage.join(s3, shard)
+    fs, path = storage.filesystem(location)
+
+    def flaky_reopen(offset):  # every new request also fails once, after two good reads
+        return FailingAfter(storage._reopen_at(fs, path, offset), good=2)
+
+    reader = storage.ForwardReader(FailingAfter(fs.open_input_stream(path), good=3), location=location,
+                                   reopen=flaky_reopen)
+    with pytest.warns(UserWarning, match=r"read failed at byte 3000 .*retrying"):
+        chunks = list(iter(lambda: reader.read(1000), b""))
+    assert b"".join(chunks) == expected and reader.tell() == len(expected)
+
+    dead = storage.ForwardReader(FailingAfter(fs.open_input_stream(path), good=1), location=location,
+                                 reopen=lambda offset: FailingAfter(None, good=0))
+    dead.read(1000)
+    with pytest.warns(UserWarning), pytest.raises(OSError, match=r"train/shard-000000.tar.*byte 1000 after 3 retries"):
+        dead.read(1000)
