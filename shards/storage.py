@@ -148,6 +148,18 @@ def list_folder(location: str | Path) -> list[str]:
     return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
 
 
+def list_names(location: str | Path) -> list[str]:
+    """Names of everything directly in a folder (files and folders; an object store's common
+    prefixes count as folders), sorted; [] when there is no such folder."""
+    if not is_uri(location):
+        folder = Path(location)
+        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
+    import pyarrow.fs
+
+    fs, path = filesystem(str(location))
+    return sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)))
+
+
 def read_parquet(location: str | Path, columns: list[str] | None = None):
     """A Parquet file (a manifest) as a pyarrow Table."""
     import pyarrow.parquet as pq

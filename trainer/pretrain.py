@@ -23,6 +23,7 @@ if __package__ in (None, ""):  # run as a script (`python trainer/pretrain.py`):
 
 import torch
 
+from shards import storage
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import train
 
@@ -30,8 +31,7 @@ from trainer.loop import train
 def run_folder(config: ExperimentConfig) -> Path:
     """Where metrics, pictures and the resolved config go. Shared storage given as a URI keeps
     checkpoints there (Ray uploads them) and these files in ./runs/NAME on the driver's rank 0."""
-    storage = config.run.storage_path
-    base = Path("runs") if "://" in storage else Path(storage)
+    base = Path("runs") if storage.is_uri(config.run.storage_path) else Path(config.run.storage_path)
     return (base / config.run.name).resolve()
 
 
@@ -149,14 +149,14 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     use_gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
-    storage = config.run.storage_path
+    where = config.run.storage_path
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir)},
         scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu),
         run_config=RunConfig(
             name=config.run.name,
-            storage_path=storage if "://" in storage else str(Path(storage).resolve()),
+            storage_path=where if storage.is_uri(where) else str(Path(where).resolve()),
             checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
@@ -168,11 +168,12 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
 
 
 def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
+    """Whether the run already checkpointed: in one process (RUN/checkpoints/) or through Ray
+    Train (checkpoint_* under storage_path/NAME, a folder or an object store's prefix)."""
     if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
         return True
-    storage = config.run.storage_path
-    ray_run = Path(storage) / config.run.name if "://" not in storage else None
-    return bool(ray_run and ray_run.is_dir() and any(ray_run.glob("checkpoint_*")))
+    ray_run = storage.join(config.run.storage_path, config.run.name)
+    return any(name.startswith("checkpoint_") for name in storage.list_names(ray_run))
 
 
 def main(argv: list[str] | None = None) -> int:

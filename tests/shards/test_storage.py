@@ -4,7 +4,6 @@ spoken to by pyarrow's own S3 client), and over `file://` URIs; locations and th
 
 from __future__ import annotations
 
-import logging
 import os
 from pathlib import Path
 
@@ -18,9 +17,6 @@ from shards.stream import StreamSource, make_loader
 from trainer.loop import data_shape
 
 from tests.shards.test_stream import UNEVEN, write_set
-
-BUCKET = "medshards-test"
-
 
 def test_locations_join_keep_the_query_and_name_their_last_part():
     uri = "s3://bucket/sets/cbis/?endpoint_override=minio:9000&scheme=http"
@@ -71,31 +67,9 @@ def test_a_file_uri_streams_the_same_epoch_as_its_folder(uneven_set):
 
 
 @pytest.fixture(scope="module")
-def s3(uneven_set):
-    """A real S3 endpoint on 127.0.0.1 holding the uneven set under s3://BUCKET/uneven; yields
-    the set's URI (endpoint and region in its query, dummy credentials in the environment)."""
-    moto_server = pytest.importorskip("moto.server")
-    import pyarrow.fs
-
-    logging.getLogger("werkzeug").setLevel(logging.ERROR)  # one line per request otherwise
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    saved = {k: os.environ.get(k) for k in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_EC2_METADATA_DISABLED")}
-    os.environ.update(AWS_ACCESS_KEY_ID="medshards", AWS_SECRET_ACCESS_KEY="medshards", AWS_EC2_METADATA_DISABLED="true")
-    try:
-        host, port = server.get_host_and_port()
-        query = f"endpoint_override={host}:{port}&scheme=http&region=us-east-1"
-        fs, _ = pyarrow.fs.FileSystem.from_uri(f"s3://{BUCKET}?{query}&allow_bucket_creation=true")
-        fs.create_dir(BUCKET)
-        pyarrow.fs.copy_files(str(uneven_set), f"{BUCKET}/uneven", destination_filesystem=fs)
-        yield f"s3://{BUCKET}/uneven?{query}"
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        server.stop()
+def s3(s3_endpoint, uneven_set) -> str:
+    """The uneven set uploaded to S3: its URI."""
+    return s3_endpoint.upload(uneven_set, "uneven")
 
 
 @pytest.mark.parametrize("num_workers", [0, 2])

@@ -61,6 +61,20 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
+def test_a_ray_run_that_checkpointed_to_s3_is_not_continued_by_accident(s3_endpoint, tmp_path, monkeypatch, capsys):
+    from trainer.config import load_config
+    from trainer.pretrain import has_checkpoints, main, run_folder
+
+    monkeypatch.chdir(tmp_path)  # a URI storage_path keeps metrics and pictures in ./runs/NAME
+    with s3_endpoint.fs.open_output_stream(f"{s3_endpoint.bucket}/runs/tiny-cpu/checkpoint_000003/checkpoint.pt") as out:
+        out.write(b"written by Ray Train")
+    args = ["--config", str(TINY), f"run.storage_path={s3_endpoint.uri('runs')}", "data.sources=[{root: /nowhere}]"]
+    assert main(args) == 2
+    assert "already has checkpoints" in capsys.readouterr().err
+    other = load_config(TINY, [f"run.storage_path={s3_endpoint.uri('runs')}", "run.name=fresh"])
+    assert not has_checkpoints(other, run_folder(other))
+
+
 def test_embedded_ray_run_ends_cleanly(lesion_shards, ray_env, tmp_path):
     """`python trainer/pretrain.py` with no cluster starts an embedded Ray and finishes without
     Ray Train's placement-group cleaner losing its State API (it used to log that every second,
