@@ -18,6 +18,8 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from shards import storage
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
 
 # subcommand -> (module in ingest/sources/, one-line help)
@@ -39,8 +41,17 @@ def tool_version() -> str:
         return "0+unknown"
 
 
+def output_folder(text: str) -> Path:
+    """--out: a folder (local or shared). A URI is refused rather than made into a folder named
+    like it: a shard appears by an atomic rename, which object stores lack."""
+    if storage.is_uri(text):
+        raise argparse.ArgumentTypeError(f"{text}: ingest writes a folder; copy the finished folder to the object "
+                                         "store afterwards (e.g. aws s3 sync) and check it with `shards verify URI`")
+    return Path(text)
+
+
 def _add_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", type=Path, required=True, help="output folder for the shard set")
+    p.add_argument("--out", type=output_folder, required=True, help="output folder for the shard set")
     p.add_argument("--size", type=int, default=224, help="crop side in pixels after resizing (default %(default)s)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="fraction of training patients carved out as validation (default 0.1)")

@@ -25,3 +25,12 @@ def test_sample_data_ingests_cleanly(kind, tmp_path, capsys):
     card = json.loads((out / "dataset.json").read_text())
     assert card["source"] and card["rejects"]["count"] == 0
     assert sum(split["samples"] for split in card["splits"].values()) > 0
+
+
+def test_an_object_store_out_is_refused_before_anything_is_written(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as exit_:
+        main(["cbis", str(tmp_path), "--out", "s3://bucket/cbis-lesion"])
+    assert exit_.value.code == 2
+    assert "ingest writes a folder" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no folder named "s3:" made here
