@@ -4,6 +4,7 @@ two-node local Ray cluster; checkpoints, resume at the right step, falling loss,
 from __future__ import annotations
 
 import csv
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,24 @@ def test_embedded_ray_run_ends_cleanly(lesion_shards, ray_env, tmp_path):
     assert "finished:" in done.stdout and list((tmp_path / "tiny-cpu").glob("checkpoint_*"))
     for complaint in ("State API may be temporarily unavailable", "PlacementGroupCleaner", "Traceback"):
         assert complaint not in output, output[-3000:]
+
+
+def test_embedded_ray_run_streams_shards_from_s3_and_checkpoints_there(s3_endpoint, lesion_shards, ray_env, tmp_path):
+    """Shards and Ray Train's storage both in a bucket (no shared filesystem), as on a cloud
+    cluster: the workers stream the set over S3 and Ray uploads the checkpoint next to it."""
+    shards = s3_endpoint.upload(lesion_shards, "shards/cbis")
+    args = ["--config", str(TINY), f"data.sources=[{{root: '{shards}'}}]", "optim.epochs=1", "optim.warmup_epochs=0",
+            "data.batch_size=8", "run.workers=1", "run.name=on-s3", f"run.storage_path={s3_endpoint.uri('runs')}"]
+    done = subprocess.run([sys.executable, str(PROJECT / "trainer" / "pretrain.py"), *args], cwd=tmp_path,
+                          env=dict(ray_env, **{k: os.environ[k] for k in os.environ if k.startswith("AWS_")}),
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    assert "finished:" in done.stdout
+    import pyarrow.fs
+
+    stored = s3_endpoint.fs.get_file_info(pyarrow.fs.FileSelector(f"{s3_endpoint.bucket}/runs/on-s3", recursive=True))
+    assert any(info.base_name == "checkpoint.pt" and "/checkpoint_" in info.path for info in stored), stored
+    assert list((tmp_path / "runs" / "on-s3").glob("steps.csv"))  # metrics stay on the driver
 
 
 def submit(cluster, args: list[str]) -> subprocess.CompletedProcess:
