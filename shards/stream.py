@@ -118,7 +118,8 @@ def open_source(source: StreamSource) -> OpenSource:
         rel = Path(record["path"])
         if rel.parent != Path(source.split) or not rel.match(schema.SHARD_GLOB):  # stay inside the set
             raise ValueError(f"{root}: dataset.json lists shard {record['path']!r} outside {source.split}/")
-        shards.append(ShardSpan(storage.join(root, record["path"]), record["samples"] if counts is None else counts[record["path"]]))
+        samples = record["samples"] if counts is None else counts[record["path"]]
+        shards.append(ShardSpan(storage.join(root, record["path"]), samples))
     mean, std = pixel_stats(card, root)
     dtype = card["pixel_stats"].get("dtype", "uint16")
     if dtype not in _BATCH_DTYPES:

@@ -120,7 +120,8 @@ def batches(samples: Iterable[Sample], batch_size: int, handler: CountingHandler
         mean, scale = np.empty((batch_size, channels), np.float32), np.empty((batch_size, channels), np.float32)
         chunk = []
         rows = zip(images.numpy(), mean, scale)
-        for (out, mean_row, scale_row), sample in zip(rows, itertools.chain([first], itertools.islice(iterator, batch_size - 1))):
+        batch_samples = itertools.chain([first], itertools.islice(iterator, batch_size - 1))
+        for (out, mean_row, scale_row), sample in zip(rows, batch_samples):
             out[...] = sample.pop("image")
             mean_row[:], scale_row[:] = sample["normalisation"]
             chunk.append(sample)
