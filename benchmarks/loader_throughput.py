@@ -11,6 +11,9 @@ decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_r
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
               epoch; normalisation itself happens on the training device (to_device), not here.
+stream_uri:   the stream over the same shards named by a file:// URI: read through pyarrow.fs and
+              shards.storage's forward reader, the path an object store's shards take (s3://...),
+              without the network;
 folder:       the same crops written out as PNG files, read by a map-style Dataset (file read,
               decode, the same augment, the same hand-over) in a DataLoader with N workers.
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
@@ -177,23 +180,26 @@ def main() -> None:
         samples = args.samples - args.samples % args.batch_size
         stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                 num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
+        stream_uri, _ = make_loader([StreamSource(root.as_uri())], batch_size=args.batch_size, image_size=224,
+                                    num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
         folder = folder_loader(PngFolder(files), workers=args.workers, batch_size=args.batch_size,
                                samples=samples)
         one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
                                   seed=0, augment="mae", samples_per_epoch=samples // 4)
         rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
-            epoch_rate(stream, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
+            epoch_rate(stream, samples, 0), epoch_rate(stream_uri, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
                 rounds.add(limit=decode_bound(pool, args.workers, samples),
                            limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
                            limit_region=decode_bound(pool, args.workers, samples, "region"),
                            stream=epoch_rate(stream, samples, repeat + 1),
+                           stream_uri=epoch_rate(stream_uri, samples, repeat + 1),
                            folder=epoch_rate(folder, samples, repeat + 1),
                            limit_1=decode_bound(pool, 1, samples // 4),
                            stream_1=epoch_rate(one_core, samples // 4, repeat))
-        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "limit_region", "stream", "folder",
+        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "limit_region", "stream", "stream_uri", "folder",
                                                           "limit_1", "stream_1")}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
     print(json.dumps({
@@ -208,6 +214,7 @@ def main() -> None:
         "decode_bound_samples_per_s": round(best["limit"], 1),
         "stream_samples_per_s": round(best["stream"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
+        "stream_file_uri_samples_per_s": round(best["stream_uri"], 1),
         "decode_bound_opencv_samples_per_s": round(best["limit_opencv"], 1),
         "decode_bound_region_samples_per_s": round(best["limit_region"], 1),
         "ratio_stream_to_region_decode_bound": round(best["stream"] / best["limit_region"], 3),
@@ -223,6 +230,7 @@ def main() -> None:
                              "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),
                              "ratio_region_to_whole_decode_rate": rounds.median_ratio("limit_region", "limit"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
+                             "ratio_file_uri_stream_to_stream": rounds.median_ratio("stream_uri", "stream"),
                              "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))
 
