@@ -31,7 +31,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # a scheme of two letters or more: not C:\
 _STREAM_BUFFER = 4 << 20  # an object store's GET is read in pieces this big
@@ -82,7 +82,7 @@ def filesystem(location: str) -> tuple[Any, str]:
         except (ValueError, OSError) as exc:  # ArrowInvalid is a ValueError
             raise OSError(f"{location}: cannot open its filesystem ({exc})") from exc
     fs, base = _FILESYSTEMS[key]
-    return fs, base.rstrip("/") + "/" + parts.path.lstrip("/")
+    return fs, base.rstrip("/") + "/" + unquote(parts.path).lstrip("/")  # percent-decoded, as from_uri does
 
 
 def open_input(location: str | Path, buffering: int = -1):

@@ -5,6 +5,7 @@ spoken to by pyarrow's own S3 client), and over `file://` URIs; locations and th
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import cv2
@@ -60,10 +61,13 @@ def same_epoch(a, b) -> bool:
     return [k for k, _ in a] == [k for k, _ in b] and all(np.array_equal(x, y) for (_, x), (_, y) in zip(a, b))
 
 
-def test_a_file_uri_streams_the_same_epoch_as_its_folder(uneven_set):
+def test_a_file_uri_streams_the_same_epoch_as_its_folder(uneven_set, tmp_path):
     local = epoch_of(uneven_set, 0)
     assert len(local) == 28  # 29 samples in whole batches of 4
     assert same_epoch(epoch_of(uneven_set.as_uri(), 0), local)
+    spaced = tmp_path / "shard sets" / "uneven"  # as_uri() percent-encodes the space
+    shutil.copytree(uneven_set, spaced)
+    assert "%20" in spaced.as_uri() and same_epoch(epoch_of(spaced.as_uri(), 0), local)
 
 
 @pytest.fixture(scope="module")
