@@ -26,6 +26,7 @@ import contextlib
 import functools
 import os
 import re
+import stat
 import time
 import warnings
 from collections.abc import Callable
@@ -124,9 +125,12 @@ def is_file(location: str | Path) -> bool:
 
 
 def size_of(location: str | Path) -> int:
-    """The file's size in bytes; FileNotFoundError when there is none."""
+    """The file's size in bytes; FileNotFoundError when there is none (or it is a folder)."""
     if not is_uri(location):
-        return Path(location).stat().st_size
+        found = Path(location).stat()
+        if not stat.S_ISREG(found.st_mode):
+            raise FileNotFoundError(f"{location}: not a file")
+        return found.st_size
     import pyarrow.fs
 
     fs, path = filesystem(str(location))
@@ -136,37 +140,39 @@ def size_of(location: str | Path) -> int:
     return info.size
 
 
-def list_folder(location: str | Path) -> list[str]:
-    """Names of the files directly in a folder, sorted; [] when there is no such folder."""
+def _folder_entries(location: str | Path) -> list[tuple[str, bool]]:
+    """(name, is a file) for everything directly in a folder, sorted; [] when there is no such
+    folder. An object store's common prefixes are its folders."""
     if not is_uri(location):
         folder = Path(location)
-        return sorted(p.name for p in folder.iterdir() if p.is_file()) if folder.is_dir() else []
+        return sorted((p.name, p.is_file()) for p in folder.iterdir()) if folder.is_dir() else []
     import pyarrow.fs
 
     fs, path = filesystem(str(location))
     infos = fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True))
-    return sorted(info.base_name for info in infos if info.type == pyarrow.fs.FileType.File)
+    return sorted((info.base_name, info.type == pyarrow.fs.FileType.File) for info in infos)
+
+
+def list_folder(location: str | Path) -> list[str]:
+    """Names of the files directly in a folder, sorted; [] when there is no such folder."""
+    return [name for name, is_a_file in _folder_entries(location) if is_a_file]
 
 
 def list_names(location: str | Path) -> list[str]:
-    """Names of everything directly in a folder (files and folders; an object store's common
-    prefixes count as folders), sorted; [] when there is no such folder."""
-    if not is_uri(location):
-        folder = Path(location)
-        return sorted(p.name for p in folder.iterdir()) if folder.is_dir() else []
-    import pyarrow.fs
+    """Names of everything directly in a folder (files and folders), sorted; [] when there is none."""
+    return [name for name, _ in _folder_entries(location)]
 
-    fs, path = filesystem(str(location))
-    return sorted(info.base_name for info in fs.get_file_info(pyarrow.fs.FileSelector(path, allow_not_found=True)))
+
+def _arrow_source(location: str | Path) -> tuple[str, Any]:
+    """(path, filesystem) as pyarrow's readers take them: a local path with no filesystem."""
+    return filesystem(str(location))[::-1] if is_uri(location) else (str(location), None)
 
 
 def read_parquet(location: str | Path, columns: list[str] | None = None):
     """A Parquet file (a manifest) as a pyarrow Table."""
     import pyarrow.parquet as pq
 
-    if not is_uri(location):
-        return pq.read_table(location, columns=columns)
-    fs, path = filesystem(str(location))
+    path, fs = _arrow_source(location)
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
@@ -174,9 +180,7 @@ def parquet_rows(location: str | Path) -> int:
     """The row count in a Parquet file's footer (nothing else is read)."""
     import pyarrow.parquet as pq
 
-    if not is_uri(location):
-        return pq.read_metadata(location).num_rows
-    fs, path = filesystem(str(location))
+    path, fs = _arrow_source(location)
     return pq.read_metadata(path, filesystem=fs).num_rows
 
 

@@ -174,10 +174,11 @@ def check_shard(root: str, record: dict[str, Any]) -> ShardCheck:
     check = ShardCheck(record["path"])
     location = storage.join(root, record["path"])
     split = record["path"].split("/", 1)[0]
-    if not storage.is_file(location):
+    try:
+        size = storage.size_of(location)  # one request: a missing shard raises
+    except (FileNotFoundError, NotADirectoryError):
         check.problems.append("file missing")
         return check
-    size = storage.size_of(location)
     if size != record["bytes"]:
         check.problems.append(f"size {size} bytes, card says {record['bytes']}")
     try:
