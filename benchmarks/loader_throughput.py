@@ -188,7 +188,8 @@ def main() -> None:
                                   seed=0, augment="mae", samples_per_epoch=samples // 4)
         rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
-            epoch_rate(stream, samples, 0), epoch_rate(stream_uri, samples, 0), epoch_rate(folder, samples, 0)  # warm page cache, workers, imports
+            for loader in (stream, stream_uri, folder):  # warm page cache, workers, imports
+                epoch_rate(loader, samples, 0)
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
                 rounds.add(limit=decode_bound(pool, args.workers, samples),
@@ -199,8 +200,7 @@ def main() -> None:
                            folder=epoch_rate(folder, samples, repeat + 1),
                            limit_1=decode_bound(pool, 1, samples // 4),
                            stream_1=epoch_rate(one_core, samples // 4, repeat))
-        best = {name: rounds.best_rate(name) for name in ("limit", "limit_opencv", "limit_region", "stream", "stream_uri", "folder",
-                                                          "limit_1", "stream_1")}
+        best = {name: rounds.best_rate(name) for name in rounds.values}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
     print(json.dumps({
         "benchmark": "loader_cbis_both_crops_224_mae",

@@ -150,7 +150,9 @@ def run(root: Path, card: dict[str, Any], *, split: str = "train", n: int = 16, 
     ok, png = cv2.imencode(".png", sheet)
     if not ok:
         raise ValueError("OpenCV could not encode the contact sheet")
-    out = Path(out) if out is not None else Path("preview.png") if storage.is_uri(root) else Path(root) / "preview.png"
+    if out is None:  # beside the set, or here when the set is in an object store
+        out = "preview.png" if storage.is_uri(root) else Path(root) / "preview.png"
+    out = Path(out)
     atomic_write_bytes(out, png.tobytes())
     print(out, file=stdout)
     return 0
