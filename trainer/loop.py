@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import torch
+import torch.distributed as dist
 from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
@@ -65,6 +66,19 @@ def _batches(loader, steps: int, device: torch.device) -> Iterator[tuple[int, di
         if step >= steps:
             return
         yield step, to_device(batch, device)
+
+
+def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
+    """values averaged over every rank of the process group (as MAE's main_pretrain.py logs
+    misc.all_reduce_mean of the loss), so what rank 0 logs is the whole batch's figure, not its
+    own shard of it; unchanged in one process. Every rank must call it at the same step: the
+    stream gives every rank the same number of batches, so they reach each step together."""
+    if not (dist.is_available() and dist.is_initialized()) or dist.get_world_size() == 1:
+        return values
+    names = sorted(values)
+    totals = torch.tensor([values[name] for name in names], dtype=torch.float64, device=device)
+    dist.all_reduce(totals)
+    return dict(zip(names, (totals / dist.get_world_size()).tolist()))
 
 
 def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int, int]:
@@ -145,15 +159,18 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 scheduler.step_update(step)
                 if hasattr(_unwrap(model), "on_step_end"):  # EMA teachers follow the student here
                     _unwrap(model).on_step_end(step / total_steps)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(value.detach())
-                if log and step % run.log_every_steps == 0:
-                    log.step(step, {name: float(v.detach()) for name, v in terms.items()}
-                             | {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch})
+                values = {name: float(value.detach()) for name, value in terms.items()}
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                if step % run.log_every_steps == 0:
+                    values = mean_over_ranks(values, session.device)  # on every rank, before rank 0 logs
+                    if log:
+                        log.step(step, values | {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch})
                 if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
             seen = max(1, min(steps_per_epoch, i + 1))
-            metrics = {"epoch": epoch, **{k: v / seen for k, v in sums.items()}, "step": step, "lr": optimizer.param_groups[0]["lr"],
+            means = mean_over_ranks({k: v / seen for k, v in sums.items()}, session.device)  # equal steps per rank
+            metrics = {"epoch": epoch, **means, "step": step, "lr": optimizer.param_groups[0]["lr"],
                         "samples_per_s": seen * config.data.batch_size * session.world_size / (time.perf_counter() - started)}
             if log:
                 log.epoch(step, metrics)
