@@ -114,6 +114,11 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     )
     if run.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)
+    # In every checkpoint: what the model was built for and how its inputs were normalised, so
+    # the encoder can be exported and fine-tuned without the shards (trainer/export_encoder.py).
+    data = {"in_chans": channels, "img_size": image_size,
+            "sources": [{"name": s.name, "mean": list(s.mean), "std": list(s.std), "dtype": s.dtype}
+                        for s in loader.dataset.sources]}
 
     model = build_method(config.model.name, in_chans=channels, img_size=image_size, **config.model.options)
     model = session.prepare_model(model.to(session.device))
@@ -176,7 +181,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 log.epoch(step, metrics)
             last = epoch == optim.epochs - 1
             if (epoch + 1) % run.checkpoint_every_epochs == 0 or last:
-                _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config)
+                _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config, data)
             else:
                 session.report(metrics, None)
     finally:
@@ -185,9 +190,10 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     return metrics
 
 
-def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config) -> None:
+def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config,
+                            data) -> None:
     """Rank 0 writes the checkpoint (model, optimizer, scheduler, scaler, step, epoch, resolved
-    config); every rank reports, as Ray Train requires."""
+    config, the data's shape and normalisation); every rank reports, as Ray Train requires."""
     if session.rank != 0:
         session.report(metrics, None)
         return
@@ -201,6 +207,7 @@ def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scale
             "step": step,
             "config": config.to_dict(),
             "config_yaml": dump_config(config),
+            "data": data,
         }, Path(tmp) / CHECKPOINT_FILE)
         session.report(metrics, Path(tmp))
 

@@ -45,6 +45,7 @@ from torch import nn
 from trainer.layers.adaptive_mask import adaptive_counts, adaptive_mask
 from trainer.layers.masking import num_visible, unshuffle_with_mask_tokens
 from trainer.layers.patchify import patchify
+from trainer.layers.timm_export import TimmEncoder
 from trainer.layers.vit_block import init_transformer_weights
 from trainer.losses.feature_regression import FeatureRegressionLoss
 from trainer.methods.mae import MaskedAutoencoder, reconstruction_images
@@ -162,6 +163,10 @@ class DAMA(nn.Module):
         pred = unshuffle_with_mask_tokens(pred, blank, ids_restore1)
         target = unshuffle_with_mask_tokens(target, blank.to(target.dtype), ids_restore2)
         return self.feature_loss(pred, target, (1 - mask1) * (1 - mask2))
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The first student's ViT encoder (the one trained by gradient), as timm builds it (trainer.layers.timm_export)."""
+        return self.student1.encoder.as_timm()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         imgs = batch["image"]

@@ -17,6 +17,7 @@ from torch import nn
 from trainer.layers.masking import unshuffle_with_mask_tokens
 from trainer.layers.patchify import patchify, unpatchify
 from trainer.layers.pixel_decoder import PixelDecoder
+from trainer.layers.timm_export import TimmEncoder
 from trainer.losses.masked_reconstruction import MaskedReconstructionLoss, patch_mean_std
 from trainer.methods.vit_encoder import MaskedViTEncoder
 
@@ -93,6 +94,10 @@ class MaskedAutoencoder(nn.Module):
     def forward_loss(self, imgs: torch.Tensor, pred: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """imgs: (N, C, H, W), pred: (N, L, p*p*C), mask: (N, L) -> MSE on the removed patches."""
         return self.loss(pred, patchify(imgs, self.patch_size), mask)
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained ViT encoder, as timm builds it (trainer.layers.timm_export)."""
+        return self.encoder.as_timm()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         imgs = batch["image"]

@@ -31,6 +31,7 @@ from torch import nn
 from trainer.layers.masking import unshuffle_with_mask_tokens
 from trainer.layers.patchify import patchify
 from trainer.layers.pixel_decoder import PixelDecoder
+from trainer.layers.timm_export import TimmEncoder
 from trainer.layers.token_duplication import duplicate_tokens
 from trainer.losses.masked_reconstruction import MaskedReconstructionLoss
 from trainer.methods.mae import reconstruction_images
@@ -150,6 +151,10 @@ class MIRAM(nn.Module):
         loss_coarse = self.loss(pred_coarse, patchify(inputs, self.patch_size), mask)
         loss_fine = self.loss(pred_fine, patchify(images, self.patch_size), self.fine_mask(mask))
         return loss_coarse, loss_fine
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained ViT encoder, as timm builds it (trainer.layers.timm_export)."""
+        return self.encoder.as_timm()
 
     def forward(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         images = batch["image"]

@@ -33,13 +33,13 @@ Optimiser and schedule (LARS, batch 64, 300 epochs; §IV-C) are in trainer/confi
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.layers.context_bottleneck import ContextBottleneck
 from trainer.layers.projection_head import ProjectionHead
+from trainer.layers.timm_export import TimmEncoder, timm_backbone
 from trainer.losses.vicreg import VICRegLoss
 from trainer.methods.vicreg import asymmetric_views
 
@@ -68,7 +68,7 @@ class MLVICX(nn.Module):
         blur: tuple[float, float] = (1.0, 0.1),
     ):
         super().__init__()
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, num_classes=0, **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, num_classes=0)
         modules = [info["module"] for info in self.encoder.feature_info]
         if modules != ["act1", "layer1", "layer2", "layer3", "layer4"]:
             raise ValueError(f"{encoder}: expected a ResNet (stem act1, layer1..layer4), got levels {modules}")
@@ -112,6 +112,15 @@ class MLVICX(nn.Module):
         maps = self.refined_maps(images)
         y = self.encoder.forward_head(maps[-1])  # timm's global average pool of the last refined map
         return self.global_expander(y), self.multilevel_expander(self.compound(maps))
+
+    def timm_encoder(self) -> TimmEncoder:
+        """Refused: the pretrained encoder is the ResNet with a context-bottleneck block after each
+        level, in line (§III-A-1), which no timm model has. Exporting the ResNet alone would hand
+        over a network that computes other features than the one pretrained."""
+        raise NotImplementedError(
+            "MLVICX's encoder refines each ResNet level in line with a context-bottleneck block (§III-A-1); "
+            "timm has no such model, and the ResNet without them is not the pretrained network. Fine-tune "
+            "from the checkpoint's whole model (trainer.methods.mlvicx.MLVICX.refined_maps)")
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

@@ -38,13 +38,13 @@ from __future__ import annotations
 import random
 from typing import NamedTuple
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.layers.projection_head import ProjectionHead
 from trainer.layers.pyramid_decoder import PyramidDecoder, conv_bn_relu
+from trainer.layers.timm_export import TimmEncoder, backbone_as_timm, timm_backbone
 from trainer.losses.negative_cosine import NegativeCosineLoss
 from trainer.views.geometric import random_hflip, random_resized_crop
 from trainer.views.local_corruptions import LocalCorruptions
@@ -105,8 +105,7 @@ class PCRLv2(nn.Module):
     ):
         super().__init__()
         # Only the deepest stage (stride 32) leaves the encoder: the decoder has no skip to take.
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, features_only=True, out_indices=(4,),
-                                         **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, features_only=True, out_indices=(4,))
         stride = self.encoder.feature_info.reduction()[-1]
         self.img_size, self.local_size = img_size, local_size or img_size
         for name, size in (("img_size", self.img_size), ("local_size", self.local_size)):
@@ -183,6 +182,10 @@ class PCRLv2(nn.Module):
                     loss_local = loss_local + self.comparison_loss.symmetric(p_local[j], v_local[j], p_global, v_global)
         loss = loss_rec + loss_cmp + self.local_weight * loss_local
         return {"loss": loss, "loss_rec": loss_rec, "loss_cmp": loss_cmp, "loss_local": loss_local}
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained encoder, as timm builds it (trainer.layers.timm_export)."""
+        return backbone_as_timm(self.encoder)
 
     def forward(self, batch: dict[str, torch.Tensor], level: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:

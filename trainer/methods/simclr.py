@@ -21,11 +21,11 @@ trainer/configs/simclr_cxr.yaml.
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
 from trainer.layers.projection_head import ProjectionHead
+from trainer.layers.timm_export import TimmEncoder, backbone_as_timm, timm_backbone
 from trainer.losses.nt_xent import NTXentLoss
 from trainer.views.contrastive import ContrastiveViews
 
@@ -46,7 +46,7 @@ class SimCLR(nn.Module):
         crop_scale: tuple[float, float] = (0.08, 1.0),
     ):
         super().__init__()
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, num_classes=0, **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, num_classes=0)
         width = self.encoder.num_features
         self.projector = ProjectionHead((width, proj_hidden_dim or width, proj_dim), last_bn=True)
         self.views = ContrastiveViews(img_size, scale=tuple(crop_scale))
@@ -55,6 +55,10 @@ class SimCLR(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> z = g(f(x)), (N, proj_dim)."""
         return self.projector(self.encoder(images))
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained encoder, as timm builds it (trainer.layers.timm_export)."""
+        return backbone_as_timm(self.encoder)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

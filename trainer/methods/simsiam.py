@@ -16,11 +16,11 @@ trainer/configs/simsiam_cxr.yaml.
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
 from trainer.layers.projection_head import ProjectionHead
+from trainer.layers.timm_export import TimmEncoder, backbone_as_timm, timm_backbone
 from trainer.losses.negative_cosine import NegativeCosineLoss
 from trainer.views.contrastive import ContrastiveViews
 
@@ -40,7 +40,7 @@ class SimSiam(nn.Module):
         crop_scale: tuple[float, float] = (0.2, 1.0),
     ):
         super().__init__()
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, num_classes=0, **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, num_classes=0)
         width = self.encoder.num_features
         self.projector = ProjectionHead((width, proj_dim, proj_dim, proj_dim), last_bn=True)
         self.predictor = ProjectionHead((proj_dim, pred_dim, proj_dim))
@@ -51,6 +51,10 @@ class SimSiam(nn.Module):
         """(N, C, H, W) -> (z = projector(encoder(x)), p = predictor(z)), each (N, proj_dim)."""
         z = self.projector(self.encoder(images))
         return z, self.predictor(z)
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained encoder, as timm builds it (trainer.layers.timm_export)."""
+        return backbone_as_timm(self.encoder)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

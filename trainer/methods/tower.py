@@ -31,12 +31,12 @@ Optimiser and schedule (Adam, cosine, §4.1) are in trainer/configs/tower_drive.
 
 from __future__ import annotations
 
-import timm
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from trainer.layers.projection_head import ProjectionHead
+from trainer.layers.timm_export import TimmEncoder, backbone_as_timm, timm_backbone
 from trainer.layers.unet import UNetDecoder
 from trainer.losses.info_nce import InfoNCELoss
 from trainer.views.anatomy_masks import block_masks, random_ray_masks, stripe_masks
@@ -77,8 +77,7 @@ class TOWER(nn.Module):
         super().__init__()
         if anatomy not in ANATOMIES:
             raise ValueError(f"anatomy must be one of {ANATOMIES}, got {anatomy!r}")
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, features_only=True,
-                                         **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, features_only=True)
         info = self.encoder.feature_info
         stride = info.reduction()[-1]
         if img_size % stride:
@@ -122,6 +121,10 @@ class TOWER(nn.Module):
     def embed(self, deepest: torch.Tensor) -> torch.Tensor:
         """The encoder's deepest map (N, C, h, w) -> z = h(GAP(map)), (N, proj_dim)."""
         return self.projector(deepest.mean(dim=(2, 3)))
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained encoder, as timm builds it (trainer.layers.timm_export)."""
+        return backbone_as_timm(self.encoder)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

@@ -19,11 +19,11 @@ trainer/configs/vicreg_cxr.yaml.
 
 from __future__ import annotations
 
-import timm
 import torch
 from torch import nn
 
 from trainer.layers.projection_head import ProjectionHead
+from trainer.layers.timm_export import TimmEncoder, backbone_as_timm, timm_backbone
 from trainer.losses.vicreg import VICRegLoss
 from trainer.views.contrastive import ContrastiveViews
 
@@ -54,7 +54,7 @@ class VICReg(nn.Module):
         blur: tuple[float, float] = (1.0, 0.1),
     ):
         super().__init__()
-        self.encoder = timm.create_model(encoder, pretrained=False, in_chans=in_chans, num_classes=0, **(encoder_options or {}))
+        self.encoder = timm_backbone(encoder, in_chans=in_chans, options=encoder_options, num_classes=0)
         self.expander = ProjectionHead((self.encoder.num_features, expander_dim, expander_dim, expander_dim))
         self.views = asymmetric_views(img_size, crop_scale, blur)
         self.loss = VICRegLoss(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff)
@@ -62,6 +62,10 @@ class VICReg(nn.Module):
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(N, C, H, W) -> z = expander(encoder(x)), (N, expander_dim)."""
         return self.expander(self.encoder(images))
+
+    def timm_encoder(self) -> TimmEncoder:
+        """The pretrained encoder, as timm builds it (trainer.layers.timm_export)."""
+        return backbone_as_timm(self.encoder)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

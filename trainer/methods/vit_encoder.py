@@ -13,6 +13,7 @@ from torch import nn
 
 from trainer.layers.masking import random_masking
 from trainer.layers.pos_embed import sincos_pos_embed_2d
+from trainer.layers.timm_export import TimmEncoder
 from trainer.layers.vit_block import Block, init_transformer_weights
 
 
@@ -33,6 +34,10 @@ class MaskedViTEncoder(nn.Module):
         drop_path_rate: float = 0.0,
     ):
         super().__init__()
+        # timm's VisionTransformer with the same shape: cls token, LayerNorm eps 1e-6, GELU, qkv bias
+        self.timm_kwargs = dict(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
+                                depth=depth, num_heads=num_heads, mlp_ratio=mlp_ratio, num_classes=0,
+                                global_pool="token")
         self.patch_embed = PatchEmbed(img_size=img_size, patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim)
         self.grid_size = self.patch_embed.grid_size
         self.cls_token = nn.Parameter(torch.zeros(1, 1, embed_dim))
@@ -47,6 +52,13 @@ class MaskedViTEncoder(nn.Module):
         weight = self.patch_embed.proj.weight
         nn.init.xavier_uniform_(weight.view(weight.shape[0], -1))
         nn.init.normal_(self.cls_token, std=0.02)
+
+    def as_timm(self) -> TimmEncoder:
+        """This encoder as timm's VisionTransformer ("vit_base_patch16_224" with every size given,
+        so only the family comes from the name). Its forward_features on whole images is
+        encode_visible(patch_tokens(images)): every patch kept, none masked."""
+        return TimmEncoder("vit_base_patch16_224", dict(self.timm_kwargs),
+                           {k: v.detach().clone() for k, v in self.state_dict().items()})
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
