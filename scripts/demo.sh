@@ -18,8 +18,11 @@ fi
 rm -rf "$demo/runs/tiny-cpu"
 "$bin/python" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml \
     "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs"
+# The pretrained encoder, for fine-tuning with timm.
+"$bin/python" trainer/export_encoder.py "$demo/runs/tiny-cpu" --out "$demo/encoder/miram-tiny.safetensors"
 echo
 echo "shards:      $shards/{train,val,test}/shard-*.tar  (manifest.parquet, dataset.json beside them)"
 echo "preview:     $demo/cbis-lesion-preview.png"
 echo "inspect:     $bin/shards ls $shards"
 echo "pretraining: $demo/runs/tiny-cpu/  (checkpoint_*/, epochs.csv, steps.csv, tensorboard/, images/*.png)"
+echo "encoder:     $demo/encoder/miram-tiny.safetensors  (timm weights; miram-tiny.json says how to load them)"
