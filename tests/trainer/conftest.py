@@ -100,3 +100,18 @@ def ray_cluster(tmp_path_factory) -> RayCluster:
                 except subprocess.TimeoutExpired:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
+
+
+@pytest.fixture(scope="session")
+def lesion_shards(tmp_path_factory) -> Path:
+    """CBIS-shaped sample shards, lesion and random crops: enough samples (~60 train) for a loss
+    curve over a few epochs."""
+    from ingest.pipeline import run_job
+    from ingest.sample_data.cbis_ddsm import make_cbis_sample
+    from ingest.sources import cbis
+
+    base = tmp_path_factory.mktemp("data")
+    root = make_cbis_sample(base / "cbis", patients=12, seed=4, layout="tcia").root
+    run_job(cbis.build_job(root=root, out=base / "shards", crops="both", random_side=96, shard_size=9,
+                           val_fraction=0.1, progress=False))
+    return base / "shards"

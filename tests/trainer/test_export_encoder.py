@@ -11,9 +11,6 @@ import timm
 import torch
 from safetensors.torch import load_file
 
-from ingest.pipeline import run_job
-from ingest.sample_data.cbis_ddsm import make_cbis_sample
-from ingest.sources import cbis
 from shards.card import read_card
 from trainer.export_encoder import main as export_main
 from trainer.registry import build_method
@@ -23,15 +20,13 @@ TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
 
 
 @pytest.fixture(scope="module")
-def pretrained_run(tmp_path_factory) -> Path:
+def pretrained_run(lesion_shards, tmp_path_factory) -> Path:
     """A one-process tiny MIRAM run of two epochs (a checkpoint after each)."""
     from trainer.pretrain import main as pretrain_main
 
     base = tmp_path_factory.mktemp("export")
-    root = make_cbis_sample(base / "cbis", patients=8, seed=2, layout="tcia").root
-    run_job(cbis.build_job(root=root, out=base / "shards", crops="lesion", shard_size=8, progress=False))
-    args = ["--config", str(TINY), f"data.sources=[{{root: {base / 'shards'}}}]", f"run.storage_path={base}",
-            "run.use_ray=false", "optim.epochs=2", "data.batch_size=4"]
+    args = ["--config", str(TINY), f"data.sources=[{{root: {lesion_shards}}}]", f"run.storage_path={base}",
+            "run.use_ray=false", "optim.epochs=2", "data.batch_size=4", "run.max_steps_per_epoch=3"]
     assert pretrain_main(args) == 0
     return base / "tiny-cpu"
 

@@ -9,25 +9,11 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
 import torch
 
-from ingest.pipeline import run_job
-from ingest.sample_data.cbis_ddsm import make_cbis_sample
-from ingest.sources import cbis
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
-
-
-@pytest.fixture(scope="module")
-def lesion_shards(tmp_path_factory) -> Path:
-    base = tmp_path_factory.mktemp("data")
-    root = make_cbis_sample(base / "cbis", patients=12, seed=4, layout="tcia").root
-    # Lesion and random crops: enough samples (~60 train) for a loss curve over a few epochs.
-    run_job(cbis.build_job(root=root, out=base / "shards", crops="both", random_side=96, shard_size=9,
-                           val_fraction=0.1, progress=False))
-    return base / "shards"
 
 
 def epoch_rows(run_dir: Path) -> list[dict[str, str]]:
