@@ -87,10 +87,11 @@ def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int
     shapes = set()
     for source in sources:
         channels = open_source(source).channels
-        table = storage.read_parquet(storage.join(source.root, schema.MANIFEST_FILE), columns=["height", "width"])
-        sides = set(table.column("height").to_pylist()) | set(table.column("width").to_pylist())
-        if image_size:
+        if image_size:  # the manifest is read only to find the side (every worker reads it, from a bucket too)
             sides = {image_size}
+        else:
+            table = storage.read_parquet(storage.join(source.root, schema.MANIFEST_FILE), columns=["height", "width"])
+            sides = set(table.column("height").to_pylist()) | set(table.column("width").to_pylist())
         if len(sides) != 1:
             raise ValueError(f"{source.root}: samples of several sizes {sorted(sides)}; set data.image_size")
         shapes.add((channels, sides.pop()))
