@@ -13,7 +13,7 @@ each shard set). Both are written atomically. Fine-tuning then starts from
     encoder = timm.create_model(recipe["timm_model"], pretrained=False, **recipe["timm_kwargs"])
     encoder.load_state_dict(safetensors.torch.load_file(OUT))
 
-Exit status: 0 written; 2 no usable checkpoint (named, with the reason).
+Exit status: 0 written; 2 no usable checkpoint, or OUT cannot be written (named, with the reason).
 """
 
 from __future__ import annotations
@@ -128,9 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     except ExportError as exc:
         print(f"export_encoder: {exc}", file=sys.stderr)
         return 2
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(args.out, weights)
-    atomic_write_bytes(recipe_path(args.out), (json.dumps(recipe, indent=2) + "\n").encode())
+    try:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_bytes(args.out, weights)
+        atomic_write_bytes(recipe_path(args.out), (json.dumps(recipe, indent=2) + "\n").encode())
+    except OSError as exc:
+        print(f"export_encoder: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     print(f"encoder: {args.out} ({recipe['timm_model']}, {recipe['method']} at epoch {recipe['epoch']}, "
           f"step {recipe['step']}, from {checkpoint})\nrecipe:  {recipe_path(args.out)}", flush=True)
     return 0

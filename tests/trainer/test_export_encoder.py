@@ -76,3 +76,10 @@ def test_unusable_locations_are_named_and_nothing_is_written(tmp_path, capsys):
         err = capsys.readouterr().err
         assert str(location) in err and reason in err, err
     assert not (tmp_path / "x.safetensors").exists() and not (tmp_path / "x.json").exists()
+
+
+def test_an_unwritable_output_is_named(pretrained_run, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    assert export_main([str(pretrained_run), "--out", str(blocker / "enc.safetensors")]) == 2
+    assert f"cannot write {blocker / 'enc.safetensors'}" in capsys.readouterr().err
