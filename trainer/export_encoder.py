@@ -36,6 +36,7 @@ from shards import storage
 from shards.writer import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
+from trainer.pretrain import LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, local_checkpoints
 from trainer.registry import build_method
 
 RECIPE_VERSION = 1
@@ -55,9 +56,11 @@ def find_checkpoint(location: str | Path) -> str | Path:
         return path
     if (path / CHECKPOINT_FILE).is_file():
         return path / CHECKPOINT_FILE
-    candidates = [*path.glob(f"checkpoint_*/{CHECKPOINT_FILE}"), *path.glob(f"checkpoints/epoch_*/{CHECKPOINT_FILE}")]
+    candidates = [folder / CHECKPOINT_FILE for folder in (*path.glob(f"{RAY_CHECKPOINT_PREFIX}*"), *local_checkpoints(path))
+                  if (folder / CHECKPOINT_FILE).is_file()]
     if not candidates:
-        what = "does not exist" if not path.exists() else f"holds no {CHECKPOINT_FILE}, checkpoint_*/ or checkpoints/"
+        what = ("does not exist" if not path.exists()
+                else f"holds no {CHECKPOINT_FILE}, {RAY_CHECKPOINT_PREFIX}*/ or {LOCAL_CHECKPOINTS}/")
         raise ExportError(f"{path}: {what}")
     return max(candidates, key=lambda p: (p.stat().st_mtime, str(p)))  # the newest written
 

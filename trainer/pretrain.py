@@ -35,6 +35,18 @@ def run_folder(config: ExperimentConfig) -> Path:
     return (base / config.run.name).resolve()
 
 
+# Where a run's checkpoints are: Ray Train's storage_path/NAME/checkpoint_*/ (a folder or a bucket
+# prefix), or a one-process run's RUN/checkpoints/epoch_NNNN/; each holds loop.CHECKPOINT_FILE.
+RAY_CHECKPOINT_PREFIX = "checkpoint_"
+LOCAL_CHECKPOINTS = "checkpoints"
+_LOCAL_EPOCH_GLOB = "epoch_[0-9][0-9][0-9][0-9]"  # not epoch_NNNN.tmp, a copy cut short
+
+
+def local_checkpoints(run_dir: Path) -> list[Path]:
+    """A one-process run's complete checkpoint folders, oldest first."""
+    return sorted((run_dir / LOCAL_CHECKPOINTS).glob(_LOCAL_EPOCH_GLOB))
+
+
 class LocalSession:
     """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, the newest kept ones."""
 
@@ -42,7 +54,7 @@ class LocalSession:
 
     def __init__(self, run_dir: Path, keep: int):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-        self.folder = run_dir / "checkpoints"
+        self.run_dir, self.folder = run_dir, run_dir / LOCAL_CHECKPOINTS
         self.keep = keep
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
@@ -59,14 +71,14 @@ class LocalSession:
         for item in checkpoint_dir.iterdir():
             (tmp / item.name).write_bytes(item.read_bytes())
         tmp.rename(target)
-        for old in sorted(self.folder.glob("epoch_[0-9][0-9][0-9][0-9]"))[: -self.keep]:
+        for old in local_checkpoints(self.run_dir)[: -self.keep]:
             for item in old.iterdir():
                 item.unlink()
             old.rmdir()
 
     @contextlib.contextmanager
     def latest_checkpoint(self) -> Iterator[Path | None]:
-        found = sorted(self.folder.glob("epoch_[0-9][0-9][0-9][0-9]"))
+        found = local_checkpoints(self.run_dir)
         yield found[-1] if found else None
 
 
@@ -170,10 +182,10 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
 def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
     """Whether the run already checkpointed: in one process (RUN/checkpoints/) or through Ray
     Train (checkpoint_* under storage_path/NAME, a folder or an object store's prefix)."""
-    if (run_dir / "checkpoints").is_dir() and any((run_dir / "checkpoints").iterdir()):
+    if (run_dir / LOCAL_CHECKPOINTS).is_dir() and any((run_dir / LOCAL_CHECKPOINTS).iterdir()):
         return True
     ray_run = storage.join(config.run.storage_path, config.run.name)
-    return any(name.startswith("checkpoint_") for name in storage.list_names(ray_run))
+    return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run))
 
 
 def main(argv: list[str] | None = None) -> int:

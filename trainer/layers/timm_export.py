@@ -36,6 +36,11 @@ class TimmEncoder(NamedTuple):
         return model
 
 
+def weights_of(module: nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of the module's state dict: the export stays as it is while training goes on."""
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
 def timm_backbone(name: str, *, in_chans: int, options: dict[str, Any] | None = None, **extra) -> nn.Module:
     """timm.create_model(name, pretrained=False, in_chans=..., **options, **extra) (extra: e.g.
     features_only, num_classes=0), remembering the headless classifier it exports as."""
@@ -48,4 +53,4 @@ def timm_backbone(name: str, *, in_chans: int, options: dict[str, Any] | None = 
 def backbone_as_timm(backbone: nn.Module) -> TimmEncoder:
     """A timm_backbone's weights (copied) with the recipe it was made from."""
     name, kwargs = backbone.timm_recipe
-    return TimmEncoder(name, dict(kwargs), {k: v.detach().clone() for k, v in backbone.state_dict().items()})
+    return TimmEncoder(name, dict(kwargs), weights_of(backbone))

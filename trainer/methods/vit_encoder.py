@@ -13,7 +13,7 @@ from torch import nn
 
 from trainer.layers.masking import random_masking
 from trainer.layers.pos_embed import sincos_pos_embed_2d
-from trainer.layers.timm_export import TimmEncoder
+from trainer.layers.timm_export import TimmEncoder, weights_of
 from trainer.layers.vit_block import Block, init_transformer_weights
 
 
@@ -57,8 +57,7 @@ class MaskedViTEncoder(nn.Module):
         """This encoder as timm's VisionTransformer ("vit_base_patch16_224" with every size given,
         so only the family comes from the name). Its forward_features on whole images is
         encode_visible(patch_tokens(images)): every patch kept, none masked."""
-        return TimmEncoder("vit_base_patch16_224", dict(self.timm_kwargs),
-                           {k: v.detach().clone() for k, v in self.state_dict().items()})
+        return TimmEncoder("vit_base_patch16_224", dict(self.timm_kwargs), weights_of(self))
 
     def forward(
         self, imgs: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None
