@@ -10,7 +10,8 @@ decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_r
               issue 3 measured, 0.66 ms a sample).
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
-              epoch; normalisation itself happens on the training device (to_device), not here.
+              epoch; normalisation, and the resize and flip of the crops training enlarges,
+              happen on the training device (to_device), not here (see to_device_cpu_us below).
 stream_uri:   the stream over the same shards named by a file:// URI: read through pyarrow.fs and
               shards.storage's forward reader, the path an object store's shards take (s3://...),
               without the network;
@@ -19,6 +20,7 @@ folder:       the same crops written out as PNG files, read by a map-style Datas
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
 process decoding; and the cost a sample of making and filling a fresh shared-memory batch, which
 a DataLoader worker pays per batch unless it reuses buffers (the folder pays it, the stream not).
+And to_device's cost a sample on one CPU core (to_device_cpu_us: work a GPU does instead).
 Rounds alternate and the best of each is kept. Targets (issue 3): stream >= 0.9 x decode_bound,
 and stream >= folder.
 
@@ -52,7 +54,7 @@ from shards.augment import Augment  # noqa: E402
 from shards.batch_ring import shared_batch  # noqa: E402
 from shards.card import read_card  # noqa: E402
 from shards.heap import keep_buffers_in_heap  # noqa: E402
-from shards.stream import StreamSource, make_loader  # noqa: E402
+from shards.stream import StreamSource, make_loader, to_device  # noqa: E402
 from rounds import Rounds  # noqa: E402
 
 
@@ -115,6 +117,24 @@ def epoch_rate(loader, samples: int, epoch: int) -> float:
     count = sum(len(batch["image"] if isinstance(batch, dict) else batch) for batch in loader)
     assert count == samples, (count, samples)
     return count / (time.perf_counter() - start)
+
+
+def to_device_cpu_us(loader, batches: int = 4) -> float:
+    """Microseconds a sample that to_device takes on this CPU, one thread (normalising, resizing
+    and flipping; on a training GPU this is one fused pass over the batch)."""
+    taken = [batch for _, batch in zip(range(batches), loader)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        best = float("inf")
+        for _ in range(3):
+            start = time.perf_counter()
+            for batch in taken:
+                to_device(dict(batch), "cpu")
+            best = min(best, time.perf_counter() - start)
+    finally:
+        torch.set_num_threads(threads)
+    return best / sum(len(b["key"]) for b in taken) * 1e6
 
 
 def shm_handoff_us(batch_size: int, side: int) -> float:
@@ -202,6 +222,7 @@ def main() -> None:
                            stream_1=epoch_rate(one_core, samples // 4, repeat))
         best = {name: rounds.best_rate(name) for name in rounds.values}
         handoff = min(shm_handoff_us(args.batch_size, 224) for _ in range(3))
+        finish = to_device_cpu_us(stream)
     print(json.dumps({
         "benchmark": "loader_cbis_both_crops_224_mae",
         "train_samples": len(members),
@@ -225,6 +246,7 @@ def main() -> None:
         "stream_in_process_samples_per_s": round(best["stream_1"], 1),
         "ratio_in_process_stream_to_1proc_decode": round(best["stream_1"] / best["limit_1"], 3),
         "shm_handoff_us_per_sample": round(handoff, 1),
+        "to_device_cpu_us_per_sample": round(finish, 1),
         "median_of_rounds": {"ratio_stream_to_decode_bound": rounds.median_ratio("stream", "limit"),
                              "ratio_stream_to_opencv_decode_bound": rounds.median_ratio("stream", "limit_opencv"),
                              "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),

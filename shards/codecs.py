@@ -76,27 +76,37 @@ def pixel_shape(member: str, data: bytes) -> tuple[int, int, int]:
 
 
 def decode_pixels(member: str, data: bytes, region: Region | None = None,
-                  header: PixelHeader | None = None) -> np.ndarray:
+                  header: PixelHeader | None = None, out: np.ndarray | None = None) -> np.ndarray:
     """Inverse of encode_pixels: PNG -> (H, W) or (H, W, 3) RGB; npy -> (H, W, C). With `region`
     (top, left, height, width), only those rows and columns: for a PNG that is all the decoding
     done (shards.png_region), for .npy a slice. `header`: read_pixel_header's for these bytes,
-    when the caller has it already."""
+    when the caller has it already. `out`: an array of the result's shape (any strides, a dtype
+    the pixels fit) to decode into and return, in place of a new array."""
     if header is None:
         header = read_pixel_header(member, data)
-    if header.whole is not None:
-        return header.whole if region is None else _cut(header.whole, region)
-    if member == schema.PIXELS_PNG:
+    if member == schema.PIXELS_PNG and header.whole is None:
         try:
-            img = png_region.decode_region(data, *(region or ()), header=header.png)
+            img = png_region.decode_region(data, *(region or ()), header=header.png, out=out)
         except png_region.PngError as exc:
             raise DecodeError(f"PNG member does not decode: {exc}") from exc
-        if img is None:
-            img = _opencv_png(data)
-            if region is not None:
-                img = _cut(img, region)
-        return img
-    arr = _npy_array(data, header.npy)
-    return arr.copy() if region is None else _cut(arr, region)
+        if img is not None:
+            return img
+    if header.whole is not None:
+        img = header.whole
+    elif member == schema.PIXELS_PNG:
+        img = _opencv_png(data)
+    else:
+        img = _npy_array(data, header.npy)
+    if region is not None:
+        png_region.check_region(region, *img.shape[:2])
+        top, left, height, width = region
+        img = img[top:top + height, left:left + width]
+    if out is None:
+        return np.array(img)  # its own C-contiguous copy (an .npy's pixels are a view of `data`)
+    if out.shape != img.shape:
+        raise ValueError(f"out is {out.shape}, the pixels {img.shape}")
+    np.copyto(out, img, casting="safe")
+    return out
 
 
 def _opencv_png(data: bytes) -> np.ndarray:
@@ -109,12 +119,6 @@ def _opencv_png(data: bytes) -> np.ndarray:
             raise DecodeError(f"PNG member has {img.shape[2]} channels, expected 1 or 3")
         img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
     return img
-
-
-def _cut(img: np.ndarray, region: Region) -> np.ndarray:
-    png_region.check_region(region, *img.shape[:2])
-    top, left, height, width = region
-    return np.ascontiguousarray(img[top:top + height, left:left + width])
 
 
 def _npy_header(data: bytes) -> tuple[tuple[int, int, int], np.dtype, bool, int]:

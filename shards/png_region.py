@@ -94,10 +94,14 @@ def check_region(region: tuple[int, int, int, int], image_height: int, image_wid
 
 
 def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None = None,
-                  width: int | None = None, header: PngHeader | None = None) -> np.ndarray | None:
+                  width: int | None = None, header: PngHeader | None = None,
+                  out: np.ndarray | None = None) -> np.ndarray | None:
     """Rows top:top+height, columns left:left+width of the image, as OpenCV would decode them
     (then RGB): (h, w) or (h, w, 3), uint8 or uint16. Defaults: the whole image. None when the PNG
-    is outside the fast path (see the module docstring); PngError when it is damaged."""
+    is outside the fast path (see the module docstring); PngError when it is damaged.
+    out: an array of that shape (any strides, a dtype the pixels fit) to write them into and
+    return, instead of a new one: a stream decodes straight into its batch, and the byte swap of
+    16-bit pixels is then the only copy made."""
     header = header or read_header(data)
     height = header.height - top if height is None else height
     width = header.width - left if width is None else width
@@ -119,14 +123,21 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
     if filters[0] not in (_FILTER_NONE, _FILTER_UP):  # on row 0, "up" is "none" (the row above is 0)
         return None
     if not filters[1:].any():
-        region = np.ascontiguousarray(columns[top:])
+        region = columns[top:]
     elif (filters[1:] == _FILTER_UP).all():
         region = _unfilter_up(columns, top)
     else:
         return None
     if header.bit_depth == 16:
-        region = region.view(">u2").astype(np.uint16)
-    return region.reshape(height, width, 3) if header.channels == 3 else region
+        region = region.view(">u2")  # rows may be strided: only the last axis must be contiguous
+    if header.channels == 3:
+        region = region.reshape(height, width, 3)
+    if out is None:
+        return region.astype(np.uint16) if header.bit_depth == 16 else np.array(region)
+    if out.shape != region.shape:
+        raise ValueError(f"out is {out.shape}, the region {region.shape}")
+    np.copyto(out, region, casting="safe")
+    return out
 
 
 def _inflate_rows(data: bytes, size: int, total: int) -> np.ndarray | None:

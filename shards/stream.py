@@ -199,15 +199,16 @@ class ShardStream(IterableDataset):
                                                   for child in seeds.spawn(2 + len(self.sources)))
         handler = reading.CountingHandler(self.handler)
         augment = Augment(self.augment, self.image_size, seed=augment_seed)
-        streams = [islice(self._source_samples(source, shards, random.Random(seed), augment, handler), quota)
+        rows = stages.BatchRows(self.batch_size, self.dtype, new_batch)
+        streams = [islice(self._source_samples(source, shards, random.Random(seed), augment, handler, rows), quota)
                    for source, shards, quota, seed in zip(self.sources, reader.shards, reader.quotas, source_seeds)]
         order = np.repeat(np.arange(len(streams)), reader.quotas)
         np.random.default_rng(mix_seed).shuffle(order)
-        yield from stages.batches(stages.interleave(streams, order.tolist()), self.batch_size, handler, self.dtype,
-                                  new_batch)
+        yield from stages.batches(stages.interleave(streams, order.tolist()), handler, rows)
 
     def _source_samples(self, source: OpenSource, shards: tuple[ShardSpan, ...], rng: random.Random,
-                        augment: Augment, handler: reading.Handler) -> Iterator[dict[str, Any]]:
+                        augment: Augment, handler: reading.Handler,
+                        rows: stages.BatchRows) -> Iterator[dict[str, Any]]:
         """One source's samples for one reader, pass after pass over its shards (a new shard order
         each pass after the first, which the plan shuffled)."""
         def one_pass(number: int) -> Iterator[dict[str, Any]]:
@@ -218,7 +219,7 @@ class ShardStream(IterableDataset):
             samples = reading.parse_meta(samples, handler)
             samples = reading.select_crop_kinds(samples, source.crop_kinds)
             samples = reading.shuffle(samples, self.shuffle_buffer, rng)
-            samples = stages.decode_augmented(samples, augment, handler, channels=source.channels)
+            samples = stages.decode_augmented(samples, augment, handler, rows, channels=source.channels)
             return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
 
         return stages.repeat_passes(one_pass, f"{source.name}'s shards {[storage.name_of(s.path) for s in shards]}")

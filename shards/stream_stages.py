@@ -1,20 +1,24 @@
 """Training stages: from parsed samples (shards.sample_stages) to batches, composed in order by
 shards.stream:
 
-    decode_augmented   "pixels" member -> "image": (C, S, S), still in stored units: the crop
-                       drawn from the member's header, only its rectangle decoded, then resized
-                       and flipped (shards.augment)
+    decode_augmented   the pixel member -> its batch row (BatchRows), still in stored units: the
+                       crop drawn from the member's header, only its rectangle decoded, straight
+                       into the row; resized there when shrunk, otherwise left at its own size
+                       for the device (shards.device_crops) + "row", "resize_from", "flip"
     with_source        + "source" and "normalisation": the shard set's own per-channel mean, std
     repeat_passes      pass after pass over a reader's shards, for as long as it is read
     interleave         several sources' streams in a given order
     batches            -> {"image": (B, C, S, S) in stored units (uint8 / uint16), "pixel_mean" and
-                           "pixel_scale": (B, C) float32 numpy (1 / std), "key", "crop_kind", "source",
+                           "pixel_scale": (B, C) float32 numpy (1 / std), "resize_from": (B, 2)
+                           int32 and "flip": (B,) bool numpy, "key", "crop_kind", "source",
                            "labels", "skipped"}
-    to_device          the batch on the training device, "image" float32 (x - mean) / std
+    to_device          the batch on the training device, "image" float32 (x - mean) / std, every
+                       crop resized and flipped there
 
 Why normalise on the device and not in the worker: a float32 batch is twice the bytes of 16-bit
 pixels (four times 8-bit) to fill in shared memory, hand over, pin and copy to the GPU, and the
 worker's float conversion was a tenth of its time; on the GPU it is one fused op on the batch.
+Why resize and flip there too: shards.device_crops.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ import numpy as np
 import torch
 from torch.utils.data import get_worker_info
 
-from shards import codecs
+from shards import codecs, schema
 from shards.augment import Augment
 from shards.batch_ring import shared_batch, tag_slot
+from shards.device_crops import finish_crops, repeat_edges
 from shards.sample_stages import CountingHandler, Handler, Sample, SampleError, check_channels
 
 
@@ -37,10 +42,46 @@ class StreamError(RuntimeError):
     """The stream cannot go on whatever the handler says (e.g. no readable sample at all)."""
 
 
-def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Handler, *,
+class BatchRows:
+    """The batch tensor being filled: decode_augmented decodes each sample straight into the row
+    `batches` takes next (the two run in step: a sample is decoded when `batches` pulls it, and
+    nothing between them buffers samples), so a sample's pixels are written once, from its member
+    into the batch. new_batch: makes the (B, C, S, S) tensor of `dtype` and names its ring slot."""
+
+    def __init__(self, batch_size: int, dtype: torch.dtype,
+                 new_batch: Callable[[tuple[int, ...], torch.dtype], tuple[torch.Tensor, Any]]):
+        self.batch_size, self.dtype, self.new_batch = batch_size, dtype, new_batch
+        self.images: torch.Tensor | None = None
+        self.slot: Any = None
+        self._rows: np.ndarray | None = None
+        self.filled = 0
+
+    def next_row(self, shape: tuple[int, int, int]) -> tuple[int, np.ndarray]:
+        """(index, row) of the row the next sample goes into, in a new batch when none is open."""
+        if self.images is None:
+            self.images, self.slot = self.new_batch((self.batch_size, *shape), self.dtype)
+            self._rows = self.images.numpy()
+        if self._rows.shape[1:] != shape:
+            raise StreamError(f"a sample of shape {shape} in a batch of {tuple(self._rows.shape[1:])}")
+        return self.filled, self._rows[self.filled]
+
+    def take_row(self) -> int:
+        index, self.filled = self.filled, self.filled + 1
+        return index
+
+    def take_batch(self) -> tuple[torch.Tensor, Any]:
+        images, slot = self.images, self.slot
+        self.images, self.slot, self._rows, self.filled = None, None, None, 0
+        return images, slot
+
+
+def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Handler, rows: BatchRows, *,
                      channels: int | None = None) -> Iterator[Sample]:
-    """Each sample's image, augmented, decoding only the rectangle its crop keeps. The channel
-    count, when given, must be the shard set's (its pixel_stats')."""
+    """Each sample's crop, drawn from its member's header, decoded into its batch row (only the
+    crop's rectangle is decoded): resized there when shrunk, otherwise left at its own size for
+    the device (shards.device_crops); + "row", "resize_from" and "flip". The channel count, when
+    given, must be the shard set's (its pixel_stats')."""
+    size = transform.image_size
     for sample in samples:
         member = sample["__pixels__"]
         try:
@@ -48,11 +89,21 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
             header = codecs.read_pixel_header(member, data)
             check_channels(header.channels, channels)
             crop = transform.draw(header.height, header.width)
-            image = transform.apply(codecs.decode_pixels(member, data, crop.region, header), crop)
+            index, row = rows.next_row((header.channels, size, size))
+            if transform.on_device(crop):
+                h, w = crop.height, crop.width
+                grey_png = member == schema.PIXELS_PNG and header.channels == 1
+                out = row[0, :h, :w] if grey_png else row[:, :h, :w].transpose(1, 2, 0)
+                codecs.decode_pixels(member, data, crop.region, header, out=out)
+                repeat_edges(row, h, w)
+            else:
+                transform.resize_into(codecs.decode_pixels(member, data, crop.region, header), crop, row)
+                h = w = size
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
-        yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "meta": sample["meta"], "image": image}
+        yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "meta": sample["meta"],
+               "row": index, "resize_from": (h, w), "flip": crop.flip}
 
 
 def with_source(samples: Iterable[Sample], *, source: str, mean: Sequence[float],
@@ -75,14 +126,17 @@ def fresh_batch(shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tenso
 
 
 def to_device(batch: dict[str, Any], device: torch.device | str, *, non_blocking: bool = True) -> dict[str, Any]:
-    """The batch with its tensors on `device` and "image" normalised there: float32
-    (x - mean) * (1 / std) per sample and channel, with each sample's own shard set's statistics
-    ("pixel_mean" and "pixel_scale" are consumed). uint8 and uint16 values are exact in float32."""
+    """The batch with its tensors on `device` and "image" finished there: float32
+    (x - mean) * (1 / std) per sample and channel, with each sample's own shard set's statistics,
+    and each crop left at its own size resized and flipped (shards.device_crops). "pixel_mean",
+    "pixel_scale", "resize_from" and "flip" are consumed. uint8 and uint16 values are exact in
+    float32."""
     moved = {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    mean, scale = (torch.from_numpy(moved.pop(k)).to(device, non_blocking=non_blocking)
-                   for k in ("pixel_mean", "pixel_scale"))
+    mean, scale, resize_from, flip = (torch.from_numpy(moved.pop(k)).to(device, non_blocking=non_blocking)
+                                      for k in ("pixel_mean", "pixel_scale", "resize_from", "flip"))
     image = moved["image"].to(torch.float32)
-    moved["image"] = image.sub_(mean[:, :, None, None]).mul_(scale[:, :, None, None])
+    image = image.sub_(mean[:, :, None, None]).mul_(scale[:, :, None, None])
+    moved["image"] = finish_crops(image, resize_from, flip)
     return moved
 
 
@@ -104,35 +158,36 @@ def interleave(streams: Sequence[Iterator[Sample]], order: Iterable[int]) -> Ite
         yield next(streams[index])
 
 
-def batches(samples: Iterable[Sample], batch_size: int, handler: CountingHandler, dtype: torch.dtype,
-            new_batch: Callable[[tuple[int, ...], torch.dtype], tuple[torch.Tensor, Any]] = fresh_batch,
-            ) -> Iterator[dict[str, Any]]:
-    """Whole batches only (the plan gives each reader a multiple of batch_size). Each image is
-    copied into the batch tensor (of `dtype`, wide enough for every source's pixels; from
-    `new_batch`, which also names the ring slot it occupies, if any) as it arrives and dropped, so
-    a batch's worth of images is never held twice. "skipped" counts the samples this reader's
-    handler skipped since its previous batch."""
+def batches(samples: Iterable[Sample], handler: CountingHandler, rows: BatchRows) -> Iterator[dict[str, Any]]:
+    """Whole batches only (the plan gives each reader a multiple of batch_size), of the rows
+    decode_augmented filled. "skipped" counts the samples this reader's handler skipped since its
+    previous batch."""
     reported = 0
+    batch_size = rows.batch_size
     iterator = iter(samples)
     for first in iterator:
-        channels = first["image"].shape[0]
-        images, slot = new_batch((batch_size, *first["image"].shape), dtype)
+        channels = len(first["normalisation"][0])
         mean, scale = np.empty((batch_size, channels), np.float32), np.empty((batch_size, channels), np.float32)
+        resize_from, flip = np.empty((batch_size, 2), np.int32), np.empty(batch_size, np.bool_)
         chunk = []
-        rows = zip(images.numpy(), mean, scale)
-        batch_samples = itertools.chain([first], itertools.islice(iterator, batch_size - 1))
-        for (out, mean_row, scale_row), sample in zip(rows, batch_samples):
-            out[...] = sample.pop("image")
-            mean_row[:], scale_row[:] = sample["normalisation"]
+        for sample in itertools.chain([first], itertools.islice(iterator, batch_size - 1)):
+            index = rows.take_row()
+            if sample["row"] != index:
+                raise StreamError(f"sample {sample['__key__']} was decoded into row {sample['row']}, not {index}")
+            mean[index], scale[index] = sample["normalisation"]
+            resize_from[index], flip[index] = sample["resize_from"], sample["flip"]
             chunk.append(sample)
         if len(chunk) != batch_size:
             raise StreamError(f"a reader's stream ended {len(chunk)} samples into a batch of {batch_size}")
+        images, slot = rows.take_batch()
         yield tag_slot({
             "image": images,
             # numpy, not tensors: a DataLoader sends every tensor through its own shared-memory
-            # segment and file descriptor, which costs more than pickling 2 x B x C floats
+            # segment and file descriptor, which costs more than pickling a few numbers a sample
             "pixel_mean": mean,
             "pixel_scale": scale,
+            "resize_from": resize_from,
+            "flip": flip,
             "key": [s["__key__"] for s in chunk],
             "crop_kind": [s["meta"].crop_kind for s in chunk],
             "source": [s["source"] for s in chunk],
