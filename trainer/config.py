@@ -21,6 +21,9 @@ class ConfigError(ValueError):
     pass
 
 
+BAD_SAMPLES = ("stop", "skip")  # data.bad_samples
+
+
 @dataclass
 class SourceConfig:
     """One shard set in the mix (MIRAM's "MGs & Lesions" mixes lesion sets and random-crop sets)."""
@@ -38,6 +41,9 @@ class DataConfig:
     num_workers: int = 4  # DataLoader processes per training worker
     augment: str = "mae"
     image_size: int | None = None  # None: the shards' own size
+    # stop: the first sample that cannot be read ends the run, naming its shard and key;
+    # skip: it is left out with a warning naming them, and counted (epochs.csv: skipped_samples)
+    bad_samples: str = "stop"
 
 
 @dataclass
@@ -163,6 +169,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     config = _build(ExperimentConfig, raw, "")
     if not config.data.sources:
         raise ConfigError("data.sources: name at least one shard set (root: path/to/shards)")
+    if config.data.bad_samples not in BAD_SAMPLES:
+        raise ConfigError(f"data.bad_samples: {config.data.bad_samples!r} is not one of {list(BAD_SAMPLES)}")
     return config
 
 

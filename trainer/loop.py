@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from shards import schema, storage
-from shards.stream import StreamSource, make_loader, open_source, to_device
+from shards.stream import StreamSource, make_loader, open_source, raise_sample_error, to_device, warn_and_skip
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -112,6 +112,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
         num_workers=config.data.num_workers, seed=run.seed, augment=config.data.augment, image_size=image_size,
         # batches land in pinned memory, so to_device's copy to the GPU is an asynchronous DMA
         pin_memory=session.device.type == "cuda",
+        handler={"stop": raise_sample_error, "skip": warn_and_skip}[config.data.bad_samples],
     )
     if run.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)
@@ -147,8 +148,10 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             loader.dataset.set_epoch(epoch)
             model.train()
             sums: dict[str, float] = {}
+            skipped = 0
             started = time.perf_counter()
             for i, batch in _batches(loader, steps_per_epoch, session.device):
+                skipped += batch["skipped"]
                 with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
                     terms = model(batch)
                 loss = terms["loss"]
@@ -175,7 +178,9 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
             seen = max(1, min(steps_per_epoch, i + 1))
-            means = mean_over_ranks({k: v / seen for k, v in sums.items()}, session.device)  # equal steps per rank
+            means = mean_over_ranks({**{k: v / seen for k, v in sums.items()}, "skipped_samples": skipped},
+                                    session.device)  # equal steps per rank
+            means["skipped_samples"] = round(means["skipped_samples"] * session.world_size)  # all ranks' total
             metrics = {"epoch": epoch, **means, "step": step, "lr": optimizer.param_groups[0]["lr"],
                         "samples_per_s": seen * config.data.batch_size * session.world_size / (time.perf_counter() - started)}
             if log:

@@ -24,6 +24,7 @@ if __package__ in (None, ""):  # run as a script (`python trainer/pretrain.py`):
 import torch
 
 from shards import storage
+from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import train
 
@@ -210,7 +211,13 @@ def main(argv: list[str] | None = None) -> int:
     if config.run.use_ray:
         fit_on_ray(config, run_dir)
     else:
-        train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+        try:
+            train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+        except SampleError as exc:
+            print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
+                  "trains without the samples that cannot be read (each named in a warning, and counted)",
+                  file=sys.stderr)
+            return 1
     print(f"metrics: {run_dir / 'epochs.csv'}, {run_dir / 'steps.csv'}, {run_dir / 'tensorboard'}\n"
           f"pictures: {run_dir / 'images'}", flush=True)
     return 0

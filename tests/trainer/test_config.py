@@ -30,6 +30,7 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("optim.epochs=seven", "expected int"),
     ("run.workers=true", "expected int"),
     ("nonsense", "section.key=value"),
+    ("data.bad_samples=ignore", r"data.bad_samples: 'ignore' is not one of \['stop', 'skip'\]"),
 ])
 def test_bad_overrides_say_what_is_wrong(tmp_path, override, message):
     path = tmp_path / "x.yaml"
