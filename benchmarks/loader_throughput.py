@@ -10,8 +10,9 @@ decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_r
               issue 3 measured, 0.66 ms a sample).
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
-              epoch; normalisation, and the resize and flip of the crops training enlarges,
-              happen on the training device (to_device), not here (see to_device_cpu_us below).
+              epoch, as GPU training runs it (resize_on_device): normalisation, and the resize and
+              flip of the crops training enlarges, happen on the GPU (to_device), not here;
+stream_cpu_resize: the same with every crop resized and flipped in the workers (CPU training);
 stream_uri:   the stream over the same shards named by a file:// URI: read through pyarrow.fs and
               shards.storage's forward reader, the path an object store's shards take (s3://...),
               without the network;
@@ -20,7 +21,8 @@ folder:       the same crops written out as PNG files, read by a map-style Datas
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
 process decoding; and the cost a sample of making and filling a fresh shared-memory batch, which
 a DataLoader worker pays per batch unless it reuses buffers (the folder pays it, the stream not).
-And to_device's cost a sample on one CPU core (to_device_cpu_us: work a GPU does instead).
+And to_device's cost a sample on one CPU core for the stream's batches (to_device_cpu_us: work
+a GPU does instead; why CPU training resizes in the workers).
 Rounds alternate and the best of each is kept. Targets (issue 3): stream >= 0.9 x decode_bound,
 and stream >= folder.
 
@@ -199,16 +201,20 @@ def main() -> None:
             files[-1].write_bytes(data)
         samples = args.samples - args.samples % args.batch_size
         stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
-                                num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
-        stream_uri, _ = make_loader([StreamSource(root.as_uri())], batch_size=args.batch_size, image_size=224,
+                                num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
+                                resize_on_device=True)
+        stream_cpu, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                     num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
+        stream_uri, _ = make_loader([StreamSource(root.as_uri())], batch_size=args.batch_size, image_size=224,
+                                    num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
+                                    resize_on_device=True)
         folder = folder_loader(PngFolder(files), workers=args.workers, batch_size=args.batch_size,
                                samples=samples)
         one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
-                                  seed=0, augment="mae", samples_per_epoch=samples // 4)
+                                  seed=0, augment="mae", samples_per_epoch=samples // 4, resize_on_device=True)
         rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
-            for loader in (stream, stream_uri, folder):  # warm page cache, workers, imports
+            for loader in (stream, stream_cpu, stream_uri, folder):  # warm page cache, workers, imports
                 epoch_rate(loader, samples, 0)
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
@@ -216,6 +222,7 @@ def main() -> None:
                            limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
                            limit_region=decode_bound(pool, args.workers, samples, "region"),
                            stream=epoch_rate(stream, samples, repeat + 1),
+                           stream_cpu=epoch_rate(stream_cpu, samples, repeat + 1),
                            stream_uri=epoch_rate(stream_uri, samples, repeat + 1),
                            folder=epoch_rate(folder, samples, repeat + 1),
                            limit_1=decode_bound(pool, 1, samples // 4),
@@ -234,6 +241,7 @@ def main() -> None:
         "python": platform.python_version(),
         "decode_bound_samples_per_s": round(best["limit"], 1),
         "stream_samples_per_s": round(best["stream"], 1),
+        "stream_cpu_resize_samples_per_s": round(best["stream_cpu"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
         "stream_file_uri_samples_per_s": round(best["stream_uri"], 1),
         "decode_bound_opencv_samples_per_s": round(best["limit_opencv"], 1),
@@ -242,6 +250,8 @@ def main() -> None:
         "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
         "ratio_stream_to_opencv_decode_bound": round(best["stream"] / best["limit_opencv"], 3),
         "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
+        "ratio_cpu_resize_stream_to_decode_bound": round(best["stream_cpu"] / best["limit"], 3),
+        "ratio_cpu_resize_stream_to_folder": round(best["stream_cpu"] / best["folder"], 3),
         "decode_bound_1proc_samples_per_s": round(best["limit_1"], 1),
         "stream_in_process_samples_per_s": round(best["stream_1"], 1),
         "ratio_in_process_stream_to_1proc_decode": round(best["stream_1"] / best["limit_1"], 3),
@@ -252,6 +262,7 @@ def main() -> None:
                              "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),
                              "ratio_region_to_whole_decode_rate": rounds.median_ratio("limit_region", "limit"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
+                             "ratio_cpu_resize_stream_to_decode_bound": rounds.median_ratio("stream_cpu", "limit"),
                              "ratio_file_uri_stream_to_stream": rounds.median_ratio("stream_uri", "stream"),
                              "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))

@@ -148,27 +148,12 @@ class Augment:
         (shards.device_crops): when the crop is enlarged or kept in both directions. Its own pixels
         are then no more bytes to hand over than the resized image, and OpenCV would enlarge it
         bilinearly (INTER_LINEAR), which the device does with the same sample positions. A crop
-        shrunk in either direction is resized here (`resize_into`), with area averaging."""
+        shrunk in either direction is resized here (`apply`), with area averaging."""
         return crop.height <= self.image_size and crop.width <= self.image_size
 
-    def resize_into(self, pixels: np.ndarray, crop: Crop, out: np.ndarray) -> None:
-        """pixels: the crop's rectangle, (h, w) or (h, w, C) -> out (C, image_size, image_size),
-        resized as `apply` resizes but not flipped (the stream's flips all happen on the device)."""
-        if pixels.shape[:2] != (crop.height, crop.width):
-            raise ValueError(f"pixels are {pixels.shape[:2]}, the crop is {crop.height} x {crop.width}")
-        size = self.image_size
-        shrink = crop.height > size or crop.width > size
-        interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LINEAR
-        if pixels.ndim == 2 and out.dtype == pixels.dtype and out[0].flags.c_contiguous:
-            cv2.resize(pixels, (size, size), dst=out[0], interpolation=interpolation)
-        elif pixels.ndim == 2:
-            out[0] = cv2.resize(pixels, (size, size), interpolation=interpolation)
-        elif pixels.shape[2] <= _PLANES_ABOVE:
-            resized = cv2.resize(np.ascontiguousarray(pixels), (size, size), interpolation=interpolation)
-            np.copyto(out, resized.reshape(size, size, -1).transpose(2, 0, 1), casting="safe")
-        else:
-            for plane, target in zip(pixels.transpose(2, 0, 1), out):
-                target[...] = cv2.resize(np.ascontiguousarray(plane), (size, size), interpolation=interpolation)
+    def apply_into(self, pixels: np.ndarray, crop: Crop, out: np.ndarray) -> None:
+        """`apply`, written into out (C, image_size, image_size), whose dtype may be wider."""
+        np.copyto(out, self.apply(pixels, crop), casting="safe")
 
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """pixels (H, W) or (H, W, C) -> (C, image_size, image_size), same dtype, C-contiguous."""

@@ -13,7 +13,8 @@ shuffles that change every epoch, safe decoding, augmentation, per-set normalisa
             batch["image"]          # (B, C, 224, 224) float32, normalised with each set's own stats
 
 Batches leave the workers in stored units (uint8 / uint16, with each sample's mean and 1 / std);
-to_device normalises them on the training device (see shards.stream_stages for why).
+to_device normalises them on the training device (see shards.stream_stages for why), and, with
+resize_on_device (GPU training), resizes and flips the crops the workers left at their own size.
 
 Which rank and worker reads what, and what an epoch covers: shards.stream_plan. The stages a
 sample goes through: shards.sample_stages, then shards.stream_stages. Error policy: `handler`
@@ -136,7 +137,7 @@ class ShardStream(IterableDataset):
     def __init__(self, sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                  shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
-                 handler: reading.Handler = raise_sample_error):
+                 handler: reading.Handler = raise_sample_error, resize_on_device: bool = False):
         if not 0 <= rank < world_size:
             raise StreamPlanError(f"rank {rank} is not in [0, world_size {world_size})")
         if seed < 0 or shuffle_buffer < 1:
@@ -155,7 +156,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.samples_per_epoch = seed, shuffle_buffer, samples_per_epoch
-        self.handler = handler
+        self.handler, self.resize_on_device = handler, resize_on_device
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.ring: BatchRing | None = None  # set by make_loader, whose RingLoader gives slots back
         self.steps_per_epoch = self.plan(0).steps_per_epoch  # raises here if no plan is possible
@@ -219,7 +220,8 @@ class ShardStream(IterableDataset):
             samples = reading.parse_meta(samples, handler)
             samples = reading.select_crop_kinds(samples, source.crop_kinds)
             samples = reading.shuffle(samples, self.shuffle_buffer, rng)
-            samples = stages.decode_augmented(samples, augment, handler, rows, channels=source.channels)
+            samples = stages.decode_augmented(samples, augment, handler, rows, channels=source.channels,
+                                              resize_on_device=self.resize_on_device)
             return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
 
         return stages.repeat_passes(one_pass, f"{source.name}'s shards {[storage.name_of(s.path) for s in shards]}")
@@ -241,19 +243,20 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
                 handler: reading.Handler = raise_sample_error, pin_memory: bool = False,
-                prefetch_factor: int | None = None) -> StreamLoader:
+                prefetch_factor: int | None = None, resize_on_device: bool = False) -> StreamLoader:
     """A loader over a ShardStream (batches are made in the DataLoader workers, in buffers they
     reuse: shards.batch_ring), and the number of batches every rank gets per epoch. Call
     loader.dataset.set_epoch(e) before each epoch. Workers persist across epochs (the epoch
     reaches them through shared memory). Every batch's "image" is its own tensor (pinned when
-    pin_memory), yours to keep."""
+    pin_memory), yours to keep; to_device finishes it. resize_on_device (for GPU training): the
+    workers leave the crops the augmentation enlarges to to_device (shards.device_crops)."""
     if num_workers:
         # One worker is one core's work, so OpenCV's thread pool only gets in the way; and it must go
         # before the fork: a worker that inherits the parent's live pool deadlocks in OpenCV.
         cv2.setNumThreads(1)
     dataset = ShardStream(sources, batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
                           num_workers=num_workers, seed=seed, augment=augment, shuffle_buffer=shuffle_buffer,
-                          samples_per_epoch=samples_per_epoch, handler=handler)
+                          samples_per_epoch=samples_per_epoch, handler=handler, resize_on_device=resize_on_device)
     prefetch = (prefetch_factor or 2) if num_workers else None
     if num_workers:
         dataset.ring = BatchRing(num_workers, prefetch + 2)

@@ -2,9 +2,9 @@
 shards.stream:
 
     decode_augmented   the pixel member -> its batch row (BatchRows), still in stored units: the
-                       crop drawn from the member's header, only its rectangle decoded, straight
-                       into the row; resized there when shrunk, otherwise left at its own size
-                       for the device (shards.device_crops) + "row", "resize_from", "flip"
+                       crop drawn from the member's header, only its rectangle decoded, resized
+                       and flipped into the row, or (for GPU training) left at its own size for
+                       the device when enlarged (shards.device_crops) + "row", "resize_from", "flip"
     with_source        + "source" and "normalisation": the shard set's own per-channel mean, std
     repeat_passes      pass after pass over a reader's shards, for as long as it is read
     interleave         several sources' streams in a given order
@@ -18,7 +18,7 @@ shards.stream:
 Why normalise on the device and not in the worker: a float32 batch is twice the bytes of 16-bit
 pixels (four times 8-bit) to fill in shared memory, hand over, pin and copy to the GPU, and the
 worker's float conversion was a tenth of its time; on the GPU it is one fused op on the batch.
-Why resize and flip there too: shards.device_crops.
+Why resize and flip there too, for GPU training: shards.device_crops.
 """
 
 from __future__ import annotations
@@ -76,11 +76,13 @@ class BatchRows:
 
 
 def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Handler, rows: BatchRows, *,
-                     channels: int | None = None) -> Iterator[Sample]:
+                     channels: int | None = None, resize_on_device: bool = False) -> Iterator[Sample]:
     """Each sample's crop, drawn from its member's header, decoded into its batch row (only the
-    crop's rectangle is decoded): resized there when shrunk, otherwise left at its own size for
-    the device (shards.device_crops); + "row", "resize_from" and "flip". The channel count, when
-    given, must be the shard set's (its pixel_stats')."""
+    crop's rectangle is decoded) and augmented there; + "row", "resize_from" and "flip". With
+    resize_on_device, a crop the augmentation enlarges or keeps is decoded straight into the row
+    at its own size and left for the device to resize and flip (shards.device_crops): the
+    setting for GPU training; on a CPU, OpenCV in the workers resizes faster than torch in the
+    training process. The channel count, when given, must be the shard set's (its pixel_stats')."""
     size = transform.image_size
     for sample in samples:
         member = sample["__pixels__"]
@@ -90,20 +92,20 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
             check_channels(header.channels, channels)
             crop = transform.draw(header.height, header.width)
             index, row = rows.next_row((header.channels, size, size))
-            if transform.on_device(crop):
-                h, w = crop.height, crop.width
+            if resize_on_device and transform.on_device(crop):
+                (h, w), flip = (crop.height, crop.width), crop.flip
                 grey_png = member == schema.PIXELS_PNG and header.channels == 1
                 out = row[0, :h, :w] if grey_png else row[:, :h, :w].transpose(1, 2, 0)
                 codecs.decode_pixels(member, data, crop.region, header, out=out)
                 repeat_edges(row, h, w)
-            else:
-                transform.resize_into(codecs.decode_pixels(member, data, crop.region, header), crop, row)
-                h = w = size
+            else:  # finished here: the row is the augmented image
+                transform.apply_into(codecs.decode_pixels(member, data, crop.region, header), crop, row)
+                (h, w), flip = (size, size), False
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
         yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "meta": sample["meta"],
-               "row": index, "resize_from": (h, w), "flip": crop.flip}
+               "row": index, "resize_from": (h, w), "flip": flip}
 
 
 def with_source(samples: Iterable[Sample], *, source: str, mean: Sequence[float],

@@ -110,8 +110,9 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     loader, steps_per_epoch = make_loader(
         sources, batch_size=config.data.batch_size, rank=session.rank, world_size=session.world_size,
         num_workers=config.data.num_workers, seed=run.seed, augment=config.data.augment, image_size=image_size,
-        # batches land in pinned memory, so to_device's copy to the GPU is an asynchronous DMA
-        pin_memory=session.device.type == "cuda",
+        # batches land in pinned memory, so to_device's copy to the GPU is an asynchronous DMA; and
+        # the GPU resizes the crops MAE's augmentation enlarges (shards.device_crops)
+        pin_memory=session.device.type == "cuda", resize_on_device=session.device.type == "cuda",
         handler={"stop": raise_sample_error, "skip": warn_and_skip}[config.data.bad_samples],
     )
     if run.max_steps_per_epoch:

@@ -211,15 +211,16 @@ def test_16bit_pixels_come_back_exactly_and_normalise_with_the_card(tmp_path):
             np.testing.assert_array_equal(np.rint(image[0].astype(np.float64) * 250.0 + 5000.0), stored)
 
 
-@pytest.mark.parametrize("augment", ["none", "mae"])
+@pytest.mark.parametrize("augment,resize_on_device", [("none", False), ("mae", False), ("mae", True)])
 @pytest.mark.parametrize("channels,dtype", [(1, np.uint16), (3, np.uint8), (7, np.uint16)])
-def test_channels_come_out_first_in_order_each_with_its_stats(tmp_path, channels, dtype, augment):
+def test_channels_come_out_first_in_order_each_with_its_stats(tmp_path, channels, dtype, augment, resize_on_device):
     levels = np.arange(1, channels + 1) * 20  # channel c holds 20 * (c + 1) + sample index everywhere
     images = [np.broadcast_to((levels + i).astype(dtype), (20, 20, channels)).copy() for i in range(6)]
     images = [im[:, :, 0] for im in images] if channels == 1 else images
     mean, std = (levels * 0.5).tolist(), (levels * 0.25).tolist()
     root = write_set(tmp_path / "set", images, [3, 3], stats={"mean": mean, "std": std})
-    loader, _ = make_loader([StreamSource(root)], batch_size=3, image_size=16, augment=augment)
+    loader, _ = make_loader([StreamSource(root)], batch_size=3, image_size=16, augment=augment,
+                            resize_on_device=resize_on_device, num_workers=2 if resize_on_device else 0)
     assert loader.dataset.channels == channels
     for batch in loader:
         assert batch["image"].dtype == {np.uint8: torch.uint8, np.uint16: torch.uint16}[dtype]

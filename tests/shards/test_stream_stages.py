@@ -23,25 +23,31 @@ def sample(key: str, pixels: np.ndarray) -> dict:
             "meta": SimpleNamespace(crop_kind="whole", labels={})}  # what parse_meta gives, as far as batches reads
 
 
-def run_stages(samples, augment, channels, batch_size, *, dtype=torch.uint16, handler=None, new_batch=fresh_batch):
+def run_stages(samples, augment, channels, batch_size, *, dtype=torch.uint16, handler=None, new_batch=fresh_batch,
+               resize_on_device=True):
     handler = handler or reading.CountingHandler(reading.raise_sample_error)
     rows = BatchRows(batch_size, dtype, new_batch)
-    decoded = decode_augmented(samples, augment, handler, rows, channels=channels)
+    decoded = decode_augmented(samples, augment, handler, rows, channels=channels, resize_on_device=resize_on_device)
     tagged = with_source(decoded, source="toy", mean=[0.0] * channels, std=[1.0] * channels)
     return list(batches(tagged, handler, rows))
 
 
+@pytest.mark.parametrize("resize_on_device", [True, False])
 @pytest.mark.parametrize("shape,dtype", [((60, 45), np.uint16), ((60, 45, 3), np.uint8), ((60, 45, 7), np.uint16)])
-def test_decoding_the_crop_into_its_row_and_finishing_on_the_device_gives_the_augmented_image(shape, dtype):
+def test_decoding_the_crop_into_its_row_and_finishing_on_the_device_gives_the_augmented_image(shape, dtype,
+                                                                                             resize_on_device):
     rng = np.random.default_rng(0)
     images = [rng.integers(0, np.iinfo(dtype).max, size=shape, dtype=dtype) for _ in range(24)]
     channels = 1 if len(shape) == 2 else shape[2]
-    made = run_stages([sample(f"k{i}", im) for i, im in enumerate(images)], Augment("mae", 32, seed=4), channels, 8)
+    made = run_stages([sample(f"k{i}", im) for i, im in enumerate(images)], Augment("mae", 32, seed=4), channels, 8,
+                      resize_on_device=resize_on_device)
     whole = Augment("mae", 32, seed=4)
     assert [k for b in made for k in b["key"]] == [f"k{i}" for i in range(24)]
     sizes = np.concatenate([b["resize_from"] for b in made])
-    # both paths taken: crops shrunk (resized in the worker: 32 x 32) and crops left to the device
-    assert (sizes == 32).all(axis=1).any() and (sizes < 32).all(axis=1).any()
+    if resize_on_device:  # both paths: crops shrunk (finished in the worker: 32 x 32), crops left to the device
+        assert (sizes == 32).all(axis=1).any() and (sizes < 32).all(axis=1).any()
+    else:  # every row finished in the worker, flips included
+        assert (sizes == 32).all() and not any(b["flip"].any() for b in made)
     finished = torch.cat([to_device(b, "cpu")["image"] for b in made]).numpy()
     for image, got, size in zip(images, finished, sizes):
         expected = whole(image).astype(np.float64)
