@@ -6,22 +6,25 @@
 What it adds over a bare `ray job submit --working-dir . -- python trainer/pretrain.py ...`: the
 config and overrides are checked here first (a typo fails in a second, not after the upload and a
 cluster start-up); the upload leaves out the virtualenv, outputs and git history; the job gets a
-readable id (`pretrain-<run name>-<n>`) and the environment every worker needs; `--wait` follows
-the job's log and exits with its outcome. Training logic stays in trainer/pretrain.py.
+readable id (`pretrain-<run name>-<n>`) and the environment every worker needs (plus any `--env`
+you forward, e.g. bucket credentials); `--wait` follows the job's log and exits with its outcome. Training logic stays in trainer/pretrain.py.
 """
 
 from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 
 PROJECT = Path(__file__).resolve().parents[1]
 UPLOAD_EXCLUDES = [".venv/", "out/", "runs/", ".git/", "**/__pycache__/", "*.egg-info/"]
 WORKER_ENV = {"NO_ALBUMENTATIONS_UPDATE": "1", "RAY_USAGE_STATS_ENABLED": "0"}
 EXIT_OK, EXIT_JOB_FAILED, EXIT_USAGE = 0, 1, 2
+_ENV_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 def entrypoint(config: str, overrides: list[str], resume: bool) -> str:
@@ -31,8 +34,33 @@ def entrypoint(config: str, overrides: list[str], resume: bool) -> str:
     return " ".join(shlex.quote(w) for w in words)
 
 
-def runtime_env(working_dir: Path) -> dict:
-    return {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES, "env_vars": dict(WORKER_ENV)}
+def runtime_env(working_dir: Path, env: dict[str, str] | None = None) -> dict:
+    return {"working_dir": str(working_dir), "excludes": UPLOAD_EXCLUDES, "env_vars": {**WORKER_ENV, **(env or {})}}
+
+
+def forwarded_env(items: list[str], environ: Mapping[str, str]) -> dict[str, str]:
+    """--env NAME[=VALUE] items -> {NAME: VALUE}; a bare NAME takes its value from `environ`.
+    ValueError names an item that is not a variable name or a NAME that is not set."""
+    env = {}
+    for item in items:
+        name, given, value = item.partition("=")
+        if not _ENV_NAME.fullmatch(name):
+            raise ValueError(f"--env {item!r}: {name!r} is not an environment variable name")
+        if not given:
+            if name not in environ:
+                raise ValueError(f"--env {name}: {name} is not set in this shell (or pass --env {name}=VALUE)")
+            value = environ[name]
+        env[name] = value
+    return env
+
+
+def bucket_locations(config) -> list[str]:
+    """The config's shard roots and run storage that are URIs (s3://...): what the workers must
+    have credentials for."""
+    from shards.storage import is_uri
+
+    places = [s.root for s in config.data.sources] + [config.run.storage_path]
+    return [place for place in places if is_uri(place) and not str(place).startswith("file://")]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -43,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", required=True, help="experiment YAML, relative to the project root")
     p.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
     p.add_argument("--wait", action="store_true", help="follow the job's log until it ends; exit with its outcome")
+    p.add_argument("--env", action="append", default=[], metavar="NAME[=VALUE]",
+                   help="an environment variable for every worker, repeatable; a bare NAME takes its value from "
+                        "this shell (e.g. --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY for shards in a "
+                        "bucket). Values are stored in the job's runtime environment, which the "
+                        "Ray dashboard shows: where the nodes have credentials of their own, use those")
     p.add_argument("overrides", nargs="*", help="section.key=value overrides, as trainer/pretrain.py takes them")
     return p
 
@@ -56,15 +89,21 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     try:
         config = load_config(PROJECT / args.config, args.overrides)
-    except ConfigError as exc:
+        env = forwarded_env(args.env, os.environ)
+    except (ConfigError, ValueError) as exc:
         print(f"cluster.submit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    buckets = bucket_locations(config)
+    if buckets and not any(name.startswith("AWS_") for name in env):
+        print(f"cluster.submit: note: the run reads or writes {', '.join(map(str, buckets))}; every node needs "
+              "credentials for it (its own, or --env AWS_ACCESS_KEY_ID --env AWS_SECRET_ACCESS_KEY ...)",
+              file=sys.stderr)
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     client = JobSubmissionClient(args.address)
     job_id = client.submit_job(
         entrypoint=entrypoint(args.config, args.overrides, args.resume),
-        runtime_env=runtime_env(PROJECT),
+        runtime_env=runtime_env(PROJECT, env),
         submission_id=f"pretrain-{config.run.name}-{time.time_ns() // 1_000_000}",
     )
     print(f"submitted {job_id} to {args.address}; follow it with: ray job logs --follow --address {args.address} {job_id}")
