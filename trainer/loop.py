@@ -23,7 +23,7 @@ from shards.stream import StreamSource, make_loader, open_source, raise_sample_e
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
-from trainer.run_log import RunLog
+from trainer.run_log import RunLog, epoch_line
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -182,10 +182,12 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             means = mean_over_ranks({**{k: v / seen for k, v in sums.items()}, "skipped_samples": skipped},
                                     session.device)  # equal steps per rank
             means["skipped_samples"] = round(means["skipped_samples"] * session.world_size)  # all ranks' total
+            seconds = time.perf_counter() - started
             metrics = {"epoch": epoch, **means, "step": step, "lr": optimizer.param_groups[0]["lr"],
-                        "samples_per_s": seen * config.data.batch_size * session.world_size / (time.perf_counter() - started)}
+                        "samples_per_s": seen * config.data.batch_size * session.world_size / seconds}
             if log:
                 log.epoch(step, metrics)
+                print(epoch_line(metrics, optim.epochs, seconds), flush=True)
             last = epoch == optim.epochs - 1
             if (epoch + 1) % run.checkpoint_every_epochs == 0 or last:
                 _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config, data)

@@ -1,5 +1,5 @@
 """Metrics of a run, written by rank 0 to the run folder: steps.csv (every few steps),
-epochs.csv (one row per epoch) and TensorBoard events."""
+epochs.csv (one row per epoch) and TensorBoard events; and a line per epoch for the job's log."""
 
 from __future__ import annotations
 
@@ -52,3 +52,20 @@ class RunLog:
 
     def close(self) -> None:
         self._tb.close()
+
+
+def _duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
+
+
+def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> str:
+    """One epoch's summary for the log: 'epoch 3/400 step 1200 loss 0.5123 ... 2450 samples/s
+    2m10s/epoch, eta 14h20m' (the rest of the run at this epoch's pace), with the skipped samples
+    when there were any."""
+    epoch = int(metrics["epoch"])
+    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
+    skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
+    eta = _duration(epoch_seconds * (epochs - epoch - 1))
+    return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {losses} lr {metrics['lr']:.3g} "
+            f"{metrics['samples_per_s']:.0f} samples/s{skipped} {_duration(epoch_seconds)}/epoch, eta {eta}")

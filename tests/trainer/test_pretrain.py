@@ -31,7 +31,7 @@ def overrides(shards: Path, storage: Path, epochs: int, **extra) -> list[str]:
     return [f"{k}={v}" for k, v in items.items()]
 
 
-def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_path):
+def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_path, capsys):
     from trainer.pretrain import main
 
     args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path, 4, **{"run.use_ray": "false"})]
@@ -39,6 +39,9 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     run_dir = tmp_path / "tiny-cpu"
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3]
+    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
+    assert f"loss {float(rows[0]['loss']):.4f}" in progress[0] and progress[-1].endswith("eta 0m00s")
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     assert (run_dir / "config.yaml").exists() and list((run_dir / "images").glob("step_*.png"))
     assert main(args) == 2  # an existing run is not silently continued
