@@ -38,24 +38,28 @@ def repeat_edges(row: np.ndarray, height: int, width: int) -> None:
         row[:, :rows, width] = row[:, :rows, width - 1]
 
 
-def finish_crops(images: torch.Tensor, resize_from: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-    """images (B, C, H, W) float; resize_from (B, 2) integer: the (height, width) each row holds in
-    its top-left corner (see the module docstring); flip (B,) bool. Every row resized to H x W
-    and mirrored where flipped, in place; returns `images`."""
+def finish_crops(images: torch.Tensor, resize_from: np.ndarray, flip: np.ndarray) -> torch.Tensor:
+    """images (B, C, H, W) float, on any device; resize_from (B, 2) integer: the (height, width)
+    each row holds in its top-left corner (see the module docstring); flip (B,) bool. Both on the
+    host (numpy, or CPU tensors): which rows need work is decided there, so a GPU batch is never
+    waited for. Every row resized to H x W and mirrored where flipped, in place; returns `images`."""
+    resize_from, flip = np.asarray(resize_from), np.asarray(flip, dtype=bool)
     if resize_from.shape != (images.shape[0], 2) or flip.shape != images.shape[:1]:
-        raise ValueError(f"resize_from {tuple(resize_from.shape)} and flip {tuple(flip.shape)} do not "
+        raise ValueError(f"resize_from {resize_from.shape} and flip {flip.shape} do not "
                          f"describe a batch of {images.shape[0]}")
     height, width = images.shape[-2:]
-    pending = (resize_from[:, 0] != height) | (resize_from[:, 1] != width)
-    if pending.any():
-        rows = pending.nonzero().squeeze(1)
-        sizes = resize_from[rows].to(images.dtype)
+    pending = np.flatnonzero((resize_from[:, 0] != height) | (resize_from[:, 1] != width))
+    if len(pending):
+        rows = torch.from_numpy(pending).to(images.device)
+        sizes = torch.from_numpy(resize_from[pending].astype(np.float32)).to(images.device, images.dtype)
         grid_y = _sample_positions(sizes[:, :1], height, images.device)
         grid_x = _sample_positions(sizes[:, 1:], width, images.device)
         grid = torch.stack(torch.broadcast_tensors(grid_x[:, None, :], grid_y[:, :, None]), dim=-1)
         images[rows] = F.grid_sample(images[rows], grid, mode="bilinear", padding_mode="border", align_corners=False)
-    if flip.any():
-        images[flip] = images[flip].flip(-1)
+    flipped = np.flatnonzero(flip)
+    if len(flipped):
+        rows = torch.from_numpy(flipped).to(images.device)
+        images[rows] = images[rows].flip(-1)
     return images
 
 

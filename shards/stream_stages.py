@@ -134,11 +134,11 @@ def to_device(batch: dict[str, Any], device: torch.device | str, *, non_blocking
     "pixel_scale", "resize_from" and "flip" are consumed. uint8 and uint16 values are exact in
     float32."""
     moved = {k: (v.to(device, non_blocking=non_blocking) if torch.is_tensor(v) else v) for k, v in batch.items()}
-    mean, scale, resize_from, flip = (torch.from_numpy(moved.pop(k)).to(device, non_blocking=non_blocking)
-                                      for k in ("pixel_mean", "pixel_scale", "resize_from", "flip"))
+    mean, scale = (torch.from_numpy(moved.pop(k)).to(device, non_blocking=non_blocking)
+                   for k in ("pixel_mean", "pixel_scale"))
     image = moved["image"].to(torch.float32)
     image = image.sub_(mean[:, :, None, None]).mul_(scale[:, :, None, None])
-    moved["image"] = finish_crops(image, resize_from, flip)
+    moved["image"] = finish_crops(image, moved.pop("resize_from"), moved.pop("flip"))  # decided on the host
     return moved
 
 

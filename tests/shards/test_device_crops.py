@@ -28,8 +28,8 @@ def test_crops_resize_as_opencv_enlarges_them(size):
     crops = [rng.uniform(0, 60000, shape).astype(np.float32) for shape in shapes]
     for fill in (0.0, 1e9):  # the rest of the row is never read
         images = torch.from_numpy(corner_rows(crops, size, fill))
-        sizes = torch.tensor(shapes, dtype=torch.int32)
-        out = finish_crops(images, sizes, torch.zeros(len(shapes), dtype=torch.bool)).numpy()
+        sizes = np.array(shapes, np.int32)
+        out = finish_crops(images, sizes, np.zeros(len(shapes), bool)).numpy()
         for got, crop in zip(out, crops):
             expected = cv2.resize(crop, (size, size), interpolation=cv2.INTER_LINEAR)
             np.testing.assert_allclose(got[0], expected, rtol=1e-5, atol=0.05)
@@ -39,8 +39,8 @@ def test_final_rows_stay_exact_and_flips_mirror_their_rows_only():
     rng = np.random.default_rng(0)
     images = torch.from_numpy(rng.uniform(0, 65535, (4, 3, 8, 8)).astype(np.float32))
     before = images.clone()
-    sizes = torch.tensor([[8, 8], [8, 8], [4, 8], [8, 8]], dtype=torch.int32)
-    flip = torch.tensor([False, True, True, False])
+    sizes = np.array([[8, 8], [8, 8], [4, 8], [8, 8]], np.int32)
+    flip = np.array([False, True, True, False])
     out = finish_crops(images, sizes, flip)
     torch.testing.assert_close(out[0], before[0], rtol=0, atol=0)
     torch.testing.assert_close(out[1], before[1].flip(-1), rtol=0, atol=0)
@@ -51,4 +51,4 @@ def test_final_rows_stay_exact_and_flips_mirror_their_rows_only():
 
 def test_a_description_of_another_batch_is_refused():
     with pytest.raises(ValueError, match=r"do not describe a batch of 2"):
-        finish_crops(torch.zeros(2, 1, 4, 4), torch.zeros(3, 2, dtype=torch.int32), torch.zeros(2, dtype=torch.bool))
+        finish_crops(torch.zeros(2, 1, 4, 4), np.zeros((3, 2), np.int32), np.zeros(2, bool))
