@@ -9,7 +9,9 @@ DICOMDIRs, reports, thumbnails and READMEs. A file is DICOM by content:
 
 The walk is iterative (os.scandir, a stack of folders, entries sorted by name) and yields one file
 at a time; headers are read without pixel data and only the elements a plan needs are kept, so
-planning a tree costs memory per file, never per pixel.
+planning a tree costs memory per file, never per pixel. The tree may also be a prefix in an
+object store (s3://bucket/archive, see shards.storage): its objects are listed in one listing,
+sniffed and read for their headers by ranged requests, and downloaded whole only by the workers.
 """
 
 from __future__ import annotations
@@ -26,7 +28,11 @@ from pydicom.dataset import FileMetaDataset
 from pydicom.filewriter import write_file_meta_info
 from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian, MediaStorageDirectoryStorage
 
+from ingest.mapped_files import BufferReader
+from shards import storage
+
 PREAMBLE = 128
+OBJECT_HEAD = 256 << 10  # bytes of an object-store file read for its header; nearly all fit
 # A bare data set starts with its first tag: group 0x0002 (file meta) or 0x0008 (identification),
 # little endian (02 00 / 08 00) or, rarely, big endian (00 08).
 BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
@@ -55,6 +61,19 @@ class DicomFile:
 
 
 def walk_files(root: str, *, skip: str | None, counts: Counter, problems: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
+    """(relative path, path) of every regular file under root: a folder (walk_folder) or a URI's
+    prefix in an object store (every object under it, sorted by key; an unlistable prefix goes to
+    `problems`)."""
+    if not storage.is_uri(root):
+        yield from walk_folder(root, skip=skip, counts=counts, problems=problems)
+        return
+    try:
+        yield from storage.walk_objects(root)
+    except OSError as exc:
+        problems.append((".", f"unreadable folder: {exc}"))
+
+
+def walk_folder(root: str, *, skip: str | None, counts: Counter, problems: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """(relative path, path) of every regular file under root, depth first, names sorted. Folders
     are not followed through symlinks (no cycles); `skip` (a realpath, e.g. the output folder) is
     left out. Links to folders and special files are counted in `counts`; unreadable folders go to
@@ -84,8 +103,11 @@ def walk_files(root: str, *, skip: str | None, counts: Counter, problems: list[t
 
 def sniff(path: str) -> str | None:
     """'part10', 'bare' (worth a forced read) or None (not DICOM) from the first 132 bytes."""
-    with open(path, "rb") as fh:
-        head = fh.read(PREAMBLE + 4)
+    if storage.is_uri(path):
+        head = storage.read_range(path, 0, PREAMBLE + 4)
+    else:
+        with open(path, "rb") as fh:
+            head = fh.read(PREAMBLE + 4)
     if head[PREAMBLE:] == b"DICM":
         return "part10"
     return "bare" if head[:2] in BARE_STARTS else None
@@ -96,11 +118,10 @@ def read_plan_header(rel: str, path: str, how: str) -> DicomFile | None:
     Raises DicomTreeError for a Part-10 file whose header cannot be parsed."""
     bare = how == "bare"
     try:
-        # pydicom's read warnings can quote header values (PHI): never shown.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            ds = pydicom.dcmread(path, stop_before_pixels=True, force=bare, specific_tags=PLAN_TAGS)
+        ds = _header(path, bare)
     except Exception as exc:  # noqa: BLE001 -- pydicom raises anything from a damaged header
+        if isinstance(exc, OSError) and storage.is_uri(path):
+            raise  # the store could not be read: the plan rejects the file as unreadable
         if bare:
             return None
         raise DicomTreeError(f"unreadable DICOM header: {type(exc).__name__} while parsing it") from exc
@@ -120,6 +141,32 @@ def read_plan_header(rel: str, path: str, how: str) -> DicomFile | None:
         patient_id=_text(ds, "PatientID"), study=_text(ds, "StudyInstanceUID"),
         series=_text(ds, "SeriesInstanceUID"), frames=frames,
     )
+
+
+def _read_quietly(source, bare: bool) -> pydicom.Dataset:
+    # pydicom's read warnings can quote header values (PHI): never shown.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return pydicom.dcmread(source, stop_before_pixels=True, force=bare, specific_tags=PLAN_TAGS)
+
+
+def _header(path: str, bare: bool) -> pydicom.Dataset:
+    """The plan's tags of a file, from its header alone. An object in a store is read in one
+    ranged request of its first OBJECT_HEAD bytes; only when its header runs past them (pydicom
+    reads to their end, or fails there) is the whole object fetched."""
+    if not storage.is_uri(path):
+        return _read_quietly(path, bare)
+    head = storage.read_range(path, 0, OBJECT_HEAD)
+    if len(head) == OBJECT_HEAD:
+        reader = BufferReader(head)
+        try:
+            ds = _read_quietly(reader, bare)
+            if reader.tell() < OBJECT_HEAD:  # stopped before the pixel data, inside what was read
+                return ds
+        except Exception:  # noqa: BLE001 -- cut short, or damaged: the whole object decides
+            pass
+        head = storage.read_bytes(path)
+    return _read_quietly(BufferReader(head), bare)
 
 
 def _text(ds: pydicom.Dataset, keyword: str) -> str:

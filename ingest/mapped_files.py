@@ -18,6 +18,8 @@ import mmap
 import os
 from pathlib import Path
 
+from shards import storage
+
 _POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # Linux; elsewhere pages fault in on first touch
 # Below this a plain read is as cheap as setting up and tearing down a mapping (PNG/JPEG radiographs).
 MAP_AT_LEAST = 1 << 20
@@ -25,8 +27,11 @@ MAP_AT_LEAST = 1 << 20
 
 def read_source(path: str | Path) -> bytes | memoryview:
     """The file's bytes, read-only: a memoryview of a shared mapping for files of MAP_AT_LEAST bytes
-    or more, else bytes. Raises OSError like open() for a missing or unreadable file. A mapping
-    lives as long as the view or anything made from it (numpy arrays viewing it included)."""
+    or more, else bytes; an object named by a URI (s3://...) is downloaded whole. Raises OSError
+    like open() for a missing or unreadable file. A mapping lives as long as the view or anything
+    made from it (numpy arrays viewing it included)."""
+    if storage.is_uri(path):
+        return storage.read_bytes(path)
     with open(path, "rb") as fh:
         size = os.fstat(fh.fileno()).st_size
         if size < MAP_AT_LEAST:

@@ -1,9 +1,10 @@
 """Where a shard set is read from: a local (or shared) folder, or a URI that pyarrow.fs opens --
 `s3://bucket/prefix`, `gs://bucket/prefix`, `hdfs://namenode:8020/path`, `file:///abs/path`.
 
-Object stores are for reading. `ingest` writes a local or shared folder (a shard becomes visible by
-an atomic rename, which object stores do not have); copy the finished folder up with any tool
-(`aws s3 sync DIR s3://bucket/prefix`) and check the copy with `shards verify s3://bucket/prefix`.
+Object stores are for reading (`ingest dicom` reads a DICOM archive from one, too). `ingest`
+writes a local or shared folder (a shard becomes visible by an atomic rename, which object stores
+do not have); copy the finished folder up with any tool (`aws s3 sync DIR s3://bucket/prefix`)
+and check the copy with `shards verify s3://bucket/prefix`.
 
 Options of the filesystem ride in the URI's query, as pyarrow.fs.FileSystem.from_uri reads them:
 `s3://bucket/shards?endpoint_override=minio.lan:9000&scheme=http` for an S3-compatible store on
@@ -29,10 +30,10 @@ import re
 import stat
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
-from urllib.parse import unquote, urlsplit, urlunsplit
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 _URI_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]+://")  # a scheme of two letters or more: not C:\
 _STREAM_BUFFER = 4 << 20  # an object store's GET is read in pieces this big
@@ -138,6 +139,41 @@ def size_of(location: str | Path) -> int:
     if info.type != pyarrow.fs.FileType.File:
         raise FileNotFoundError(f"{location}: no such object")
     return info.size
+
+
+def read_range(location: str, offset: int, size: int) -> bytes:
+    """Up to `size` bytes of an object from `offset` on: one ranged request (fewer bytes at its
+    end). Raises FileNotFoundError or OSError naming the location."""
+    fs, path = filesystem(location)
+    try:
+        with fs.open_input_file(path) as fh:
+            return fh.read_at(size, offset) if offset < fh.size() else b""
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{location}: no such object") from exc
+    except OSError as exc:
+        raise OSError(f"{location}: cannot be read ({exc})") from exc
+
+
+def walk_objects(location: str) -> Iterator[tuple[str, str]]:
+    """(path relative to `location`, '/'-separated; the object's own URI) for every object at any
+    depth under a URI's prefix, sorted by relative path (one listing, made whole before the first
+    is yielded: about 200 bytes an object). FileNotFoundError when there is no such bucket or
+    nothing under the prefix, OSError when it cannot be listed; both name the location."""
+    import pyarrow.fs
+
+    fs, base = filesystem(location)
+    base = base.rstrip("/")
+    try:
+        infos = fs.get_file_info(pyarrow.fs.FileSelector(base, recursive=True))
+    except FileNotFoundError as exc:
+        raise FileNotFoundError(f"{location}: no such bucket, or no object under this prefix") from exc
+    except OSError as exc:
+        raise OSError(f"{location}: cannot be listed ({exc})") from exc
+    parts = urlsplit(location)
+    prefix = parts.path.rstrip("/")
+    found = sorted(info.path[len(base) + 1:] for info in infos if info.type == pyarrow.fs.FileType.File)
+    for rel in found:  # quoted: a key may hold '%', '?' or '#', which a URI's path cannot
+        yield rel, urlunsplit(parts._replace(path=f"{prefix}/{quote(rel)}"))
 
 
 def _folder_entries(location: str | Path) -> list[tuple[str, bool]]:

@@ -1,5 +1,6 @@
 """Any unlabeled DICOM archive (a hospital export, RSNA, SIIM): every decodable image becomes samples.
 
+The archive is a folder or a prefix in an object store (`ingest dicom s3://bucket/archive?...`).
 Files are found by content, not name (ingest.dicom_tree): Part-10 files and bare ones alike,
 DICOMDIRs, DICOM files without pixels (reports, presentation states) and non-DICOM files are
 counted in the card's notes, never ingested. The tree is walked and planned from headers alone;
@@ -43,7 +44,7 @@ from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
 from ingest.pixel_moments import pixel_moments
-from shards import codecs, schema
+from shards import codecs, schema, storage
 
 SOURCE = "dicom"
 CROP_CHOICES = ("whole", "random")
@@ -87,7 +88,7 @@ def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
     return f"file:{_path_id(found.rel)}"
 
 
-def plan_archive(root: Path, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
+def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
                  test_fraction: float, val_fraction: float, seed: int) -> ArchivePlan:
     """Walk the tree, read headers, keep the images that pass the modality filter, split by patient."""
     counts: Counter = Counter()
@@ -103,7 +104,7 @@ def plan_archive(root: Path, *, skip: Path | None, salt: str, modalities: tuple[
             how = dicom_tree.sniff(path)
             found = dicom_tree.read_plan_header(rel, path, how) if how else None
         except OSError as exc:
-            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or type(exc).__name__}"))
+            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or exc or type(exc).__name__}"))
             continue
         except dicom_tree.DicomTreeError as exc:
             rejects.append(Reject(rel, str(exc)))
@@ -180,7 +181,11 @@ class ArchiveProcess:
     def __call__(self, unit: WorkUnit) -> UnitOutput:
         image: ArchiveImage = unit.payload
         out = UnitOutput()
-        data, fingerprint = read_input(image.path, out)
+        try:
+            data, fingerprint = read_input(image.path, out)
+        except OSError as exc:  # gone since the plan, or the store failed after its retries
+            out.rejects.append(Reject(unit.source_path, f"unreadable file: {exc.strerror or exc}"))
+            return out
         source = data if image.bare_syntax is None else dicom_tree.part10_bytes(data, image.bare_syntax)
         decoded = decode_unit_dicom(source, unit.source_path, out, frame=image.frame)
         if decoded is None:
@@ -245,7 +250,7 @@ def parse_modalities(text: str | None) -> tuple[str, ...] | None:
     return found or None
 
 
-def build_job(*, root: Path, out: Path, crops: str = "whole", frames: str = "middle", color: str = "gray",
+def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str = "middle", color: str = "gray",
               modalities: tuple[str, ...] | None = None, size: int = 224, random_per_image: int = 4,
               random_side: int = 512, min_foreground: float = 0.9, test_fraction: float = 0.1,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
@@ -258,11 +263,14 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", frames: str = "mid
             raise IngestError(f"{name} must be one of {choices}, got {value!r}")
     if not 0.0 <= test_fraction < 1.0:
         raise IngestError(f"--test-fraction must be in [0, 1), got {test_fraction}")
-    if not root.is_dir():
+    in_store = storage.is_uri(root)
+    if not in_store and not Path(root).is_dir():
         raise IngestError(f"{root}: not a folder")
     salt = pseudonym.resolve_salt(id_salt)
-    plan = plan_archive(root, skip=out, salt=salt, modalities=modalities, frames=frames,
+    plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
                         test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    if in_store and not plan.units and plan.rejects and plan.rejects[0].source_path == ".":
+        raise IngestError(plan.rejects[0].reason.removeprefix("unreadable folder: "))  # the listing failed
     if not plan.units and not plan.rejects:
         wanted = f" of modality {', '.join(modalities)}" if modalities else ""
         raise IngestError(f"{root}: no DICOM images{wanted} found ({plan.notes.get('files_seen', 0)} files looked at)")
@@ -286,9 +294,15 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", frames: str = "mid
     )
 
 
+def _root(text: str) -> Path | str:
+    """A folder, or a URI kept as it is (a Path would fold s3://b into s3:/b)."""
+    return text if storage.is_uri(text) else Path(text)
+
+
 def add_arguments(parser) -> None:
     """`ingest dicom` options beyond the common ones (ingest/cli.py adds those)."""
-    parser.add_argument("root", type=Path, help="folder holding DICOM files at any depth, named anyhow")
+    parser.add_argument("root", type=_root, help="folder holding DICOM files at any depth, named anyhow; or a "
+                        "prefix in an object store, s3://bucket/archive (see shards.storage for endpoints)")
     parser.add_argument("--crops", choices=CROP_CHOICES, default="whole",
                         help="whole: image padded to a square and resized (default); random: crops inside the foreground")
     parser.add_argument("--frames", choices=FRAME_CHOICES, default="middle",

@@ -158,3 +158,18 @@ def test_a_read_that_fails_mid_object_resumes_from_its_byte_then_gives_up_naming
     dead.read(1000)
     with pytest.warns(UserWarning), pytest.raises(OSError, match=r"train/shard-000000.tar.*byte 1000 after 3 retries"):
         dead.read(1000)
+
+
+def test_walking_a_prefix_lists_every_object_at_any_depth_sorted_and_ranges_read_exactly(s3_endpoint):
+    names = ["walk/b/2", "walk/a", "walk/b/1 #x%", "walk/c/d/e"]
+    for name in names:
+        with s3_endpoint.fs.open_output_stream(f"{s3_endpoint.bucket}/{name}") as fh:
+            fh.write(name.encode() * 3)
+    found = list(storage.walk_objects(s3_endpoint.uri("walk")))
+    assert [rel for rel, _ in found] == ["a", "b/1 #x%", "b/2", "c/d/e"]
+    for rel, location in found:
+        data = (f"walk/{rel}").encode() * 3
+        assert storage.read_bytes(location) == data  # the URI names the object, odd characters and all
+        assert storage.read_range(location, 2, 5) == data[2:7] and storage.read_range(location, len(data), 4) == b""
+    with pytest.raises(FileNotFoundError, match=r"no such bucket, or no object under this prefix"):
+        list(storage.walk_objects(s3_endpoint.uri("nowhere")))

@@ -19,7 +19,7 @@ import webdataset as wds
 
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.dicom_pixels import decode_dicom
-from ingest.pipeline import run_job
+from ingest.pipeline import IngestError, run_job
 from ingest.sample_data.dicom_archive import make_dicom_archive
 from ingest.sources import dicom_archive
 from shards import card as card_io
@@ -268,3 +268,29 @@ def test_file_names_need_not_be_utf8(archive, tmp_path):
     summary, out = ingest(root, tmp_path / "out")
     assert summary.rejects == 0 and len(samples(out)) == 2
     assert len({s["meta"]["key"] for s in samples(out)}) == 2
+
+
+def test_an_archive_in_an_object_store_gives_the_shards_the_same_tree_on_disk_gives(archive, whole, s3_endpoint,
+                                                                                 tmp_path):
+    uri = s3_endpoint.upload(archive.root, "archive")
+    summary, out = ingest(uri, tmp_path / "from-bucket", workers=2)
+    _, local = whole
+    assert shard_digests(out) == shard_digests(local) and rejects(out) == rejects(local)
+    assert pq.read_table(out / schema.MANIFEST_FILE).equals(pq.read_table(local / schema.MANIFEST_FILE))
+    card, local_card = card_io.read_card(out), card_io.read_card(local)
+    assert card["notes"] == local_card["notes"] and card["parameters"]["root"] == uri
+    # a key a URI cannot spell as it is (space, '#', '%') is found and read
+    one = next(p for p in sorted(archive.root.rglob("*")) if p.name == "IM0001")
+    s3_endpoint.fs.create_dir(f"{s3_endpoint.bucket}/odd")
+    with s3_endpoint.fs.open_output_stream(f"{s3_endpoint.bucket}/odd/scan #1 100%") as fh:
+        fh.write(one.read_bytes())
+    summary, out = ingest(s3_endpoint.uri("odd"), tmp_path / "odd")
+    assert summary.rejects == 0 and sum(summary.samples.values()) == 1
+
+
+def test_a_missing_bucket_or_empty_prefix_is_named_before_anything_is_written(s3_endpoint, tmp_path):
+    with pytest.raises(IngestError, match=r"^s3://no-such-bucket/x\?\S*: cannot be listed \(.*NO_SUCH_BUCKET"):
+        ingest(f"s3://no-such-bucket/x?{s3_endpoint.query}", tmp_path / "out")
+    with pytest.raises(IngestError, match=r"^s3://medshards-test/nothing-here\?\S*: no such bucket, or no object"):
+        ingest(s3_endpoint.uri("nothing-here"), tmp_path / "out")
+    assert not (tmp_path / "out").exists()
