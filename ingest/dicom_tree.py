@@ -11,7 +11,9 @@ The walk is iterative (os.scandir, a stack of folders, entries sorted by name) a
 at a time; headers are read without pixel data and only the elements a plan needs are kept, so
 planning a tree costs memory per file, never per pixel. The tree may also be a prefix in an
 object store (s3://bucket/archive, see shards.storage): its objects are listed in one listing,
-sniffed and read for their headers by ranged requests, and downloaded whole only by the workers.
+sniffed and read for their headers from one ranged request each (object_heads: many in flight;
+parsing stays on the calling thread, where pydicom's warnings are silenced), and downloaded whole
+only by the workers.
 """
 
 from __future__ import annotations
@@ -19,8 +21,9 @@ from __future__ import annotations
 import io
 import os
 import warnings
-from collections import Counter
-from collections.abc import Iterator
+from collections import Counter, deque
+from collections.abc import Iterable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import pydicom
@@ -101,24 +104,48 @@ def walk_folder(root: str, *, skip: str | None, counts: Counter, problems: list[
         stack.extend(reversed(subfolders))
 
 
-def sniff(path: str) -> str | None:
-    """'part10', 'bare' (worth a forced read) or None (not DICOM) from the first 132 bytes."""
-    if storage.is_uri(path):
+def sniff(path: str, head: bytes | None = None) -> str | None:
+    """'part10', 'bare' (worth a forced read) or None (not DICOM) from the first 132 bytes (of
+    `head`, the file's first bytes, when the caller has read them already)."""
+    if head is None and storage.is_uri(path):
         head = storage.read_range(path, 0, PREAMBLE + 4)
-    else:
+    elif head is None:
         with open(path, "rb") as fh:
             head = fh.read(PREAMBLE + 4)
-    if head[PREAMBLE:] == b"DICM":
+    if head[PREAMBLE:PREAMBLE + 4] == b"DICM":
         return "part10"
     return "bare" if head[:2] in BARE_STARTS else None
 
 
-def read_plan_header(rel: str, path: str, how: str) -> DicomFile | None:
+def object_heads(files: Iterable[tuple[str, str]], *, requests: int = 32
+                 ) -> Iterator[tuple[str, str, bytes | OSError]]:
+    """(relative path, URI, its first OBJECT_HEAD bytes, or the OSError reading them) for objects
+    in a store, in order, fetched `requests` at a time: one ranged request serves both sniff and
+    read_plan_header, and a store's latency (tens of ms a request) is paid in parallel, not once
+    per file in turn. At most 2 x `requests` heads are held at once."""
+    def fetch(item: tuple[str, str]) -> tuple[str, str, bytes | OSError]:
+        try:
+            return (*item, storage.read_range(item[1], 0, OBJECT_HEAD))
+        except OSError as exc:
+            return (*item, exc)
+
+    pending: deque = deque()
+    with ThreadPoolExecutor(requests, thread_name_prefix="dicom-head") as pool:
+        for item in files:
+            pending.append(pool.submit(fetch, item))
+            if len(pending) >= 2 * requests:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+def read_plan_header(rel: str, path: str, how: str, head: bytes | None = None) -> DicomFile | None:
     """The plan's view of one sniffed file, or None when a bare candidate turns out not to be DICOM.
-    Raises DicomTreeError for a Part-10 file whose header cannot be parsed."""
+    Raises DicomTreeError for a Part-10 file whose header cannot be parsed. `head`: an object's
+    first OBJECT_HEAD bytes, when the caller has them (object_heads)."""
     bare = how == "bare"
     try:
-        ds = _header(path, bare)
+        ds = _header(path, bare, head)
     except Exception as exc:  # noqa: BLE001 -- pydicom raises anything from a damaged header
         if isinstance(exc, OSError) and storage.is_uri(path):
             raise  # the store could not be read: the plan rejects the file as unreadable
@@ -150,13 +177,14 @@ def _read_quietly(source, bare: bool) -> pydicom.Dataset:
         return pydicom.dcmread(source, stop_before_pixels=True, force=bare, specific_tags=PLAN_TAGS)
 
 
-def _header(path: str, bare: bool) -> pydicom.Dataset:
+def _header(path: str, bare: bool, head: bytes | None = None) -> pydicom.Dataset:
     """The plan's tags of a file, from its header alone. An object in a store is read in one
-    ranged request of its first OBJECT_HEAD bytes; only when its header runs past them (pydicom
-    reads to their end, or fails there) is the whole object fetched."""
+    ranged request of its first OBJECT_HEAD bytes (or given them); only when its header runs past
+    them (pydicom reads to their end, or fails there) is the whole object fetched."""
     if not storage.is_uri(path):
         return _read_quietly(path, bare)
-    head = storage.read_range(path, 0, OBJECT_HEAD)
+    if head is None:
+        head = storage.read_range(path, 0, OBJECT_HEAD)
     if len(head) == OBJECT_HEAD:
         reader = BufferReader(head)
         try:

@@ -98,11 +98,18 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     kept: list[tuple[dicom_tree.DicomFile, str]] = []  # (file, raw patient key): memory per file, no pixels
     sop_seen: set[bytes] = set()
     skip_real = os.path.realpath(skip) if skip is not None else None
-    for rel, path in dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems):
+    files = dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems)
+    if storage.is_uri(root):  # one ranged request a file, many in flight
+        examined = dicom_tree.object_heads(files)
+    else:
+        examined = ((rel, path, None) for rel, path in files)
+    for rel, path, head in examined:
         counts["files_seen"] += 1
         try:
-            how = dicom_tree.sniff(path)
-            found = dicom_tree.read_plan_header(rel, path, how) if how else None
+            if isinstance(head, OSError):
+                raise head
+            how = dicom_tree.sniff(path, head)
+            found = dicom_tree.read_plan_header(rel, path, how, head) if how else None
         except OSError as exc:
             rejects.append(Reject(rel, f"unreadable file: {exc.strerror or exc or type(exc).__name__}"))
             continue

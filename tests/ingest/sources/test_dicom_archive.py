@@ -294,3 +294,19 @@ def test_a_missing_bucket_or_empty_prefix_is_named_before_anything_is_written(s3
     with pytest.raises(IngestError, match=r"^s3://medshards-test/nothing-here\?\S*: no such bucket, or no object"):
         ingest(s3_endpoint.uri("nothing-here"), tmp_path / "out")
     assert not (tmp_path / "out").exists()
+
+
+def test_object_heads_come_in_order_with_a_missing_object_as_its_error(archive, s3_endpoint):
+    from ingest import dicom_tree
+
+    uri = s3_endpoint.upload(archive.root, "heads")
+    listed = list(dicom_tree.walk_files(uri, skip=None, counts=Counter(), problems=[]))
+    gone = ("gone.dcm", s3_endpoint.uri("heads/gone.dcm"))
+    files = listed[:3] + [gone] + listed[3:]
+    heads = list(dicom_tree.object_heads(files, requests=2))
+    assert [(rel, path) for rel, path, _ in heads] == files
+    for (rel, _), (_, _, head) in zip(files, heads):
+        if rel == "gone.dcm":
+            assert isinstance(head, FileNotFoundError) and "no such object" in str(head)
+        else:
+            assert head == (archive.root / rel).read_bytes()[:dicom_tree.OBJECT_HEAD]
