@@ -97,12 +97,13 @@ def decode_pixels(member: str, data: bytes, region: Region | None = None,
         img = _opencv_png(data)
     else:
         img = _npy_array(data, header.npy)
+    fresh = member == schema.PIXELS_PNG and header.whole is None  # OpenCV's own array, just made
     if region is not None:
         png_region.check_region(region, *img.shape[:2])
         top, left, height, width = region
-        img = img[top:top + height, left:left + width]
-    if out is None:
-        return np.array(img)  # its own C-contiguous copy (an .npy's pixels are a view of `data`)
+        img, fresh = img[top:top + height, left:left + width], False
+    if out is None:  # an .npy's pixels are a view of `data`, header.whole is shared: copied
+        return img if fresh else np.array(img)
     if out.shape != img.shape:
         raise ValueError(f"out is {out.shape}, the pixels {img.shape}")
     np.copyto(out, img, casting="safe")

@@ -132,8 +132,8 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
         region = region.view(">u2")  # rows may be strided: only the last axis must be contiguous
     if header.channels == 3:
         region = region.reshape(height, width, 3)
-    if out is None:
-        return region.astype(np.uint16) if header.bit_depth == 16 else np.array(region)
+    if out is None:  # its own array: the byte swap copies, the unfilter made one, a view is copied
+        return region.astype(np.uint16) if header.bit_depth == 16 else np.ascontiguousarray(region)
     if out.shape != region.shape:
         raise ValueError(f"out is {out.shape}, the region {region.shape}")
     np.copyto(out, region, casting="safe")
