@@ -65,15 +65,12 @@ class DicomFile:
 
 def walk_files(root: str, *, skip: str | None, counts: Counter, problems: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
     """(relative path, path) of every regular file under root: a folder (walk_folder) or a URI's
-    prefix in an object store (every object under it, sorted by key; an unlistable prefix goes to
-    `problems`)."""
-    if not storage.is_uri(root):
-        yield from walk_folder(root, skip=skip, counts=counts, problems=problems)
-        return
-    try:
+    prefix in an object store (every object under it, sorted by key; OSError naming the root when
+    it cannot be listed at all: there is then no archive to plan)."""
+    if storage.is_uri(root):
         yield from storage.walk_objects(root)
-    except OSError as exc:
-        problems.append((".", f"unreadable folder: {exc}"))
+    else:
+        yield from walk_folder(root, skip=skip, counts=counts, problems=problems)
 
 
 def walk_folder(root: str, *, skip: str | None, counts: Counter, problems: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
@@ -105,11 +102,9 @@ def walk_folder(root: str, *, skip: str | None, counts: Counter, problems: list[
 
 
 def sniff(path: str, head: bytes | None = None) -> str | None:
-    """'part10', 'bare' (worth a forced read) or None (not DICOM) from the first 132 bytes (of
-    `head`, the file's first bytes, when the caller has read them already)."""
-    if head is None and storage.is_uri(path):
-        head = storage.read_range(path, 0, PREAMBLE + 4)
-    elif head is None:
+    """'part10', 'bare' (worth a forced read) or None (not DICOM) from the first 132 bytes: of the
+    file, or of `head`, an object's first bytes (object_heads)."""
+    if head is None:
         with open(path, "rb") as fh:
             head = fh.read(PREAMBLE + 4)
     if head[PREAMBLE:PREAMBLE + 4] == b"DICM":
@@ -147,8 +142,8 @@ def read_plan_header(rel: str, path: str, how: str, head: bytes | None = None) -
     try:
         ds = _header(path, bare, head)
     except Exception as exc:  # noqa: BLE001 -- pydicom raises anything from a damaged header
-        if isinstance(exc, OSError) and storage.is_uri(path):
-            raise  # the store could not be read: the plan rejects the file as unreadable
+        if isinstance(exc, OSError) and head is not None:
+            raise  # the store could not be read (the whole object): the plan rejects it as unreadable
         if bare:
             return None
         raise DicomTreeError(f"unreadable DICOM header: {type(exc).__name__} while parsing it") from exc
@@ -178,13 +173,11 @@ def _read_quietly(source, bare: bool) -> pydicom.Dataset:
 
 
 def _header(path: str, bare: bool, head: bytes | None = None) -> pydicom.Dataset:
-    """The plan's tags of a file, from its header alone. An object in a store is read in one
-    ranged request of its first OBJECT_HEAD bytes (or given them); only when its header runs past
-    them (pydicom reads to their end, or fails there) is the whole object fetched."""
-    if not storage.is_uri(path):
-        return _read_quietly(path, bare)
+    """The plan's tags of a file, from its header alone. An object in a store comes as `head`, its
+    first OBJECT_HEAD bytes; only when its header runs past them (pydicom reads to their end, or
+    fails there) is the whole object fetched."""
     if head is None:
-        head = storage.read_range(path, 0, OBJECT_HEAD)
+        return _read_quietly(path, bare)
     if len(head) == OBJECT_HEAD:
         reader = BufferReader(head)
         try:

@@ -111,7 +111,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
             how = dicom_tree.sniff(path, head)
             found = dicom_tree.read_plan_header(rel, path, how, head) if how else None
         except OSError as exc:
-            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or exc or type(exc).__name__}"))
+            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"))
             continue
         except dicom_tree.DicomTreeError as exc:
             rejects.append(Reject(rel, str(exc)))
@@ -191,7 +191,7 @@ class ArchiveProcess:
         try:
             data, fingerprint = read_input(image.path, out)
         except OSError as exc:  # gone since the plan, or the store failed after its retries
-            out.rejects.append(Reject(unit.source_path, f"unreadable file: {exc.strerror or exc}"))
+            out.rejects.append(Reject(unit.source_path, f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"))
             return out
         source = data if image.bare_syntax is None else dicom_tree.part10_bytes(data, image.bare_syntax)
         decoded = decode_unit_dicom(source, unit.source_path, out, frame=image.frame)
@@ -274,10 +274,11 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     if not in_store and not Path(root).is_dir():
         raise IngestError(f"{root}: not a folder")
     salt = pseudonym.resolve_salt(id_salt)
-    plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
-                        test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
-    if in_store and not plan.units and plan.rejects and plan.rejects[0].source_path == ".":
-        raise IngestError(plan.rejects[0].reason.removeprefix("unreadable folder: "))  # the listing failed
+    try:
+        plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
+                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    except OSError as exc:  # the store's listing failed (a file that cannot be read is a reject)
+        raise IngestError(str(exc)) from exc
     if not plan.units and not plan.rejects:
         wanted = f" of modality {', '.join(modalities)}" if modalities else ""
         raise IngestError(f"{root}: no DICOM images{wanted} found ({plan.notes.get('files_seen', 0)} files looked at)")
