@@ -151,10 +151,6 @@ class Augment:
         shrunk in either direction is resized here (`apply`), with area averaging."""
         return crop.height <= self.image_size and crop.width <= self.image_size
 
-    def apply_into(self, pixels: np.ndarray, crop: Crop, out: np.ndarray) -> None:
-        """`apply`, written into out (C, image_size, image_size), whose dtype may be wider."""
-        np.copyto(out, self.apply(pixels, crop), casting="safe")
-
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
         """pixels (H, W) or (H, W, C) -> (C, image_size, image_size), same dtype, C-contiguous."""
         crop = self.draw(*pixels.shape[:2])

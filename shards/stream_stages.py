@@ -99,7 +99,8 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
                 codecs.decode_pixels(member, data, crop.region, header, out=out)
                 repeat_edges(row, h, w)
             else:  # finished here: the row is the augmented image
-                transform.apply_into(codecs.decode_pixels(member, data, crop.region, header), crop, row)
+                pixels = codecs.decode_pixels(member, data, crop.region, header)
+                np.copyto(row, transform.apply(pixels, crop), casting="safe")  # the batch may be wider
                 (h, w), flip = (size, size), False
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
