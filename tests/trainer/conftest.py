@@ -3,12 +3,15 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tarfile
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -115,3 +118,28 @@ def lesion_shards(tmp_path_factory) -> Path:
     run_job(cbis.build_job(root=root, out=base / "shards", crops="both", random_side=96, shard_size=9,
                            val_fraction=0.1, progress=False))
     return base / "shards"
+
+
+@pytest.fixture(scope="session")
+def with_a_broken_png():
+    """copy(shards, folder) -> (shard, key): a copy of the shard set whose first train shard's
+    first image PNG is cut short (a real damaged member, for the bad-sample paths)."""
+    return _with_a_broken_png
+
+
+def _with_a_broken_png(shards: Path, copy: Path) -> tuple[str, str]:
+    """A copy of the shard set whose first train shard's first PNG is cut short; (shard, key)."""
+    shutil.copytree(shards, copy)
+    shard = sorted((copy / "train").glob("shard-*.tar"))[0]
+    with tarfile.open(shard) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar]
+    info, data = next((i, d) for i, d in members if i.name.endswith(".png") and ".mask." not in i.name)
+    broken = data[:100]
+    members = [(i, broken if i is info else d) for i, d in members]
+    info.size = len(broken)
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
+        for member, payload in members:
+            out.addfile(member, io.BytesIO(payload))
+    shard.write_bytes(buf.getvalue())
+    return f"train/{shard.name}", info.name.split(".", 1)[0]

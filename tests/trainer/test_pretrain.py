@@ -4,12 +4,9 @@ two-node local Ray cluster; checkpoints, resume at the right step, falling loss,
 from __future__ import annotations
 
 import csv
-import io
 import os
-import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -55,28 +52,11 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
-def _with_a_broken_png(shards: Path, copy: Path) -> tuple[str, str]:
-    """A copy of the shard set whose first train shard's first PNG is cut short; (shard, key)."""
-    shutil.copytree(shards, copy)
-    shard = sorted((copy / "train").glob("shard-*.tar"))[0]
-    with tarfile.open(shard) as tar:
-        members = [(info, tar.extractfile(info).read()) for info in tar]
-    info, data = next((i, d) for i, d in members if i.name.endswith(".png") and ".mask." not in i.name)
-    broken = data[:100]
-    members = [(i, broken if i is info else d) for i, d in members]
-    info.size = len(broken)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
-        for member, payload in members:
-            out.addfile(member, io.BytesIO(payload))
-    shard.write_bytes(buf.getvalue())
-    return f"train/{shard.name}", info.name.split(".", 1)[0]
-
-
-def test_a_bad_sample_stops_the_run_by_name_or_is_skipped_and_counted(lesion_shards, tmp_path, capsys):
+def test_a_bad_sample_stops_the_run_by_name_or_is_skipped_and_counted(lesion_shards, with_a_broken_png, tmp_path,
+                                                                       capsys):
     from trainer.pretrain import main
 
-    shard, key = _with_a_broken_png(lesion_shards, tmp_path / "shards")
+    shard, key = with_a_broken_png(lesion_shards, tmp_path / "shards")
     args = ["--config", str(TINY), *overrides(tmp_path / "shards", tmp_path / "stop", 2, **{"run.use_ray": "false"})]
     assert main(args) == 1
     assert f"{shard}: sample {key}: PNG member does not decode" in capsys.readouterr().err
