@@ -20,9 +20,14 @@ rm -rf "$demo/runs/tiny-cpu"
     "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs"
 # The pretrained encoder, for fine-tuning with timm.
 "$bin/python" trainer/export_encoder.py "$demo/runs/tiny-cpu" --out "$demo/encoder/miram-tiny.safetensors"
+# How well its frozen features predict MIRAM's 4-class target (a linear probe; a few minutes of
+# pretraining on 12 made-up patients says little, a real run's probe says how pretraining went).
+"$bin/python" trainer/linear_probe.py "$demo/encoder/miram-tiny.safetensors" --data "$shards" --label class4 \
+    --out "$demo/probe-class4.json" --no-progress
 echo
 echo "shards:      $shards/{train,val,test}/shard-*.tar  (manifest.parquet, dataset.json beside them)"
 echo "preview:     $demo/cbis-lesion-preview.png"
 echo "inspect:     $bin/shards ls $shards"
 echo "pretraining: $demo/runs/tiny-cpu/  (checkpoint_*/, epochs.csv, steps.csv, tensorboard/, images/*.png)"
 echo "encoder:     $demo/encoder/miram-tiny.safetensors  (timm weights; miram-tiny.json says how to load them)"
+echo "probe:       $demo/probe-class4.json  (linear probe of the frozen encoder on class4)"

@@ -143,3 +143,20 @@ def _with_a_broken_png(shards: Path, copy: Path) -> tuple[str, str]:
             out.addfile(member, io.BytesIO(payload))
     shard.write_bytes(buf.getvalue())
     return f"train/{shard.name}", info.name.split(".", 1)[0]
+
+
+@pytest.fixture(scope="session")
+def exported_encoder(lesion_shards, tmp_path_factory) -> Path:
+    """A tiny MIRAM pretrained briefly (one process) on lesion_shards and exported for timm:
+    the .safetensors, its .json recipe beside it, and the run folder as `parent / "tiny-cpu"`."""
+    from trainer.export_encoder import main as export_main
+    from trainer.pretrain import main as pretrain_main
+
+    base = tmp_path_factory.mktemp("probe-encoder")
+    args = ["--config", str(PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"), f"data.sources=[{{root: {lesion_shards}}}]",
+            f"run.storage_path={base}", "run.use_ray=false", "optim.epochs=1", "data.batch_size=4",
+            "run.max_steps_per_epoch=2"]
+    assert pretrain_main(args) == 0
+    out = base / "tiny-cpu.safetensors"
+    assert export_main([str(base / "tiny-cpu"), "--out", str(out)]) == 0
+    return out

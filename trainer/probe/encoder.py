@@ -1,0 +1,79 @@
+"""The frozen encoder a probe reads features from.
+
+Either what trainer/export_encoder.py wrote (ENCODER.safetensors with ENCODER.json beside it),
+or a run folder, checkpoint folder or checkpoint.pt, exported here in memory the same way. The
+encoder is the headless timm model of the recipe (num_classes=0: forward gives pooled features).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import timm
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load as load_safetensors
+from torch import nn
+
+from trainer.export_encoder import ExportError, export_encoder, find_checkpoint, load_checkpoint, recipe_path
+
+
+class ProbeError(ValueError):
+    """The probe cannot run on these inputs; says which file or label and why."""
+
+
+@dataclass
+class Encoder:
+    model: nn.Module  # timm, headless, in eval mode
+    recipe: dict[str, Any]
+    in_chans: int
+    img_size: int  # the side its inputs are resized to (a ViT's fixed input size)
+    source: str  # what it was loaded from
+
+    @property
+    def feature_dim(self) -> int:
+        return int(self.model.num_features)
+
+
+def _read_exported(path: Path) -> tuple[bytes, dict[str, Any]]:
+    recipe_file = recipe_path(path)
+    try:
+        weights = path.read_bytes()
+        recipe = json.loads(recipe_file.read_text())
+    except FileNotFoundError as exc:
+        raise ProbeError(f"{exc.filename}: does not exist (an exported encoder is a .safetensors with its "
+                         f".json recipe beside it, as trainer/export_encoder.py writes them)") from exc
+    except (OSError, ValueError) as exc:
+        raise ProbeError(f"{recipe_file}: cannot be read as an encoder recipe ({exc})") from exc
+    if not isinstance(recipe, dict) or recipe.get("format") != "medshards-encoder":
+        raise ProbeError(f"{recipe_file}: not a medshards encoder recipe (no \"format\": \"medshards-encoder\")")
+    return weights, recipe
+
+
+def load_encoder(location: str | Path, device: torch.device) -> Encoder:
+    """The encoder at `location` (see the module docstring), on `device`, in eval mode."""
+    location = str(location)
+    if location.endswith(".safetensors"):
+        weights, recipe = _read_exported(Path(location))
+    else:
+        try:
+            checkpoint = find_checkpoint(location)
+            weights, recipe = export_encoder(load_checkpoint(checkpoint), str(checkpoint))
+        except ExportError as exc:
+            raise ProbeError(str(exc)) from exc
+        location = str(checkpoint)
+    kwargs = dict(recipe["timm_kwargs"])
+    try:
+        model = timm.create_model(recipe["timm_model"], pretrained=False, **kwargs)
+        model.load_state_dict(load_safetensors(weights), strict=True)
+    except (RuntimeError, SafetensorError) as exc:
+        raise ProbeError(f"{location}: its weights do not load into {recipe['timm_model']} as its recipe "
+                         f"builds it ({exc})") from exc
+    img_size = kwargs.get("img_size", recipe["pretrained_on"]["img_size"])
+    in_chans = kwargs.get("in_chans", recipe["pretrained_on"]["in_chans"])
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)  # frozen: MLVICX §IV-B's "frozen" protocol
+    return Encoder(model.to(device).eval(), recipe, int(in_chans), int(img_size), location)
