@@ -37,7 +37,7 @@ from shards import schema, storage
 from shards.card import read_card
 from shards.writer import atomic_write_bytes
 from trainer.probe.classifier import LinearProbe, ProbeSchedule, fit_probe, predict
-from trainer.probe.encoder import ProbeError, load_encoder
+from trainer.probe.encoder import Encoder, ProbeError, load_encoder, random_init
 from trainer.probe.features import SplitFeatures, split_features
 from trainer.probe.metrics import multiclass_metrics, multilabel_metrics
 from trainer.probe.targets import ALL_BINARY, Task, choose_task, encode_targets, patient_subset
@@ -83,14 +83,30 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     if args.train_split in eval_splits:
         raise ProbeError(f"--eval-splits {args.eval_splits} includes the training split {args.train_split}")
     task = choose_task(manifest_labels(args.data, args.train_split, kinds), args.label.split(","))  # before any decoding
+    schedule = ProbeSchedule(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs),
+                             batch_size=args.batch_size, blr=args.blr, weight_decay=args.weight_decay)
+    report: dict[str, Any] = {
+        "encoder": encoder.source, "method": encoder.recipe.get("method"), "epoch": encoder.recipe.get("epoch"),
+        "data": str(args.data), "crop_kinds": list(kinds) if kinds else None,
+        "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
+        "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule),
+        **probe_encoder(encoder, task, args, kinds, eval_splits, schedule),
+    }
+    if args.random_init_baseline:
+        report["random_init"] = probe_encoder(random_init(encoder, args.seed), task, args, kinds, eval_splits, schedule)
+    return report
+
+
+def probe_encoder(encoder: Encoder, task: Task, args: argparse.Namespace, kinds: tuple[str, ...] | None,
+                  eval_splits: list[str], schedule: ProbeSchedule) -> dict[str, Any]:
+    """One encoder's probe: its features of every split, the head trained on the training
+    subset, and the scores of each evaluation split."""
     read = {split: split_features(encoder, args.data, split, crop_kinds=kinds, batch_size=args.feature_batch,
                                   handler=HANDLERS[args.bad_samples], progress=args.progress)
             for split in (args.train_split, *eval_splits)}
     train = read[args.train_split]
     targets, usable, left_out = encode_targets(task, train.labels)
     chosen = patient_subset(train.patients, usable, args.label_fraction, args.seed)
-    schedule = ProbeSchedule(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs),
-                             batch_size=args.batch_size, blr=args.blr, weight_decay=args.weight_decay)
     multilabel = task.kind == "multilabel"
     if chosen.sum() < 2:
         raise ProbeError(f"{args.data}: {int(chosen.sum())} usable training sample(s) for {args.label}")
@@ -99,11 +115,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
                          "raise it or change --seed")
     probe, losses = fit_probe(train.features[chosen], torch.from_numpy(targets[chosen]), len(task.classes),
                               multilabel=multilabel, schedule=schedule, seed=args.seed)
-    report: dict[str, Any] = {
-        "encoder": encoder.source, "method": encoder.recipe.get("method"), "epoch": encoder.recipe.get("epoch"),
-        "data": str(args.data), "crop_kinds": list(kinds) if kinds else None,
-        "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
-        "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule),
+    out: dict[str, Any] = {
         "train": {"split": args.train_split, "samples_read": len(train.keys), "skipped_samples": train.skipped,
                   "left_out": left_out, "samples": int(chosen.sum()),
                   "patients": len({p for p, ok in zip(train.patients, chosen) if ok}),
@@ -111,8 +123,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
                   "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1]},
     }
     for split in eval_splits:
-        report[split] = _evaluate(probe, task, read[split], train, multilabel)
-    return report
+        out[split] = _evaluate(probe, task, read[split], train, multilabel)
+    return out
 
 
 def _evaluate(probe: LinearProbe, task: Task, split: SplitFeatures, train: SplitFeatures,
@@ -145,6 +157,9 @@ def _summary(report: dict[str, Any], splits: list[str]) -> str:
         left += f"{', ' if left else ''}{m['skipped_samples']} unreadable" if m["skipped_samples"] else ""
         lines.append(f"  {split}: {m['samples']} samples{f' ({left} left out)' if left else ''}  "
                      f"AUC {number(m.get('auc'))}  AP {number(m.get('average_precision'))}{extra}")
+        if "random_init" in report:
+            b = report["random_init"][split]
+            lines.append(f"  {split}, random-init encoder: AUC {number(b.get('auc'))}  AP {number(b.get('average_precision'))}")
     return "\n".join(lines)
 
 
@@ -168,6 +183,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--feature-batch", type=int, default=64, help="images per encoder forward")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
     parser.add_argument("--bad-samples", choices=sorted(HANDLERS), default="stop")
+    parser.add_argument("--random-init-baseline", action="store_true",
+                        help="probe the same architecture randomly initialised too, to show what pretraining added")
     parser.add_argument("--out", type=Path, default=Path("probe.json"))
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)

@@ -49,6 +49,17 @@ def test_a_categorical_label_is_probed_on_every_sample_of_every_split(exported_e
     assert every["train"]["left_out"]["unlabelled"] == randoms > 0 and every["train"]["samples"] == len(train)
 
 
+def test_the_random_init_baseline_is_probed_on_the_same_samples(exported_encoder, lesion_shards, tmp_path, capsys):
+    report = probe(exported_encoder, lesion_shards, tmp_path, "baseline", "--label", "malignant", "--crop-kinds", "lesion",
+                   "--random-init-baseline")
+    baseline = report["random_init"]
+    for split in ("train", "val", "test"):
+        assert baseline[split]["samples_read"] == report[split]["samples_read"]
+    assert baseline["train"]["samples"] == report["train"]["samples"]
+    assert baseline["train"]["loss_first_epoch"] != report["train"]["loss_first_epoch"]  # other features
+    assert "test, random-init encoder: AUC" in capsys.readouterr().out
+
+
 def test_a_label_fraction_takes_that_share_of_the_training_patients(exported_encoder, lesion_shards, tmp_path):
     full = probe(exported_encoder, lesion_shards, tmp_path, "full", "--label", "pathology", "--eval-splits", "test")
     half = probe(exported_encoder, lesion_shards, tmp_path, "half", "--label", "pathology", "--eval-splits", "test",

@@ -74,6 +74,19 @@ def load_encoder(location: str | Path, device: torch.device) -> Encoder:
                          f"builds it ({exc})") from exc
     img_size = kwargs.get("img_size", recipe["pretrained_on"]["img_size"])
     in_chans = kwargs.get("in_chans", recipe["pretrained_on"]["in_chans"])
+    return Encoder(_frozen(model, device), recipe, int(in_chans), int(img_size), location)
+
+
+def _frozen(model: nn.Module, device: torch.device) -> nn.Module:
     for parameter in model.parameters():
         parameter.requires_grad_(False)  # frozen: MLVICX §IV-B's "frozen" protocol
-    return Encoder(model.to(device).eval(), recipe, int(in_chans), int(img_size), location)
+    return model.to(device).eval()
+
+
+def random_init(encoder: Encoder, seed: int) -> Encoder:
+    """The same timm model with timm's own random initialisation (seeded) and no pretrained
+    weights: the baseline that tells what pretraining added."""
+    torch.manual_seed(seed)
+    model = timm.create_model(encoder.recipe["timm_model"], pretrained=False, **encoder.recipe["timm_kwargs"])
+    device = next(encoder.model.parameters()).device
+    return Encoder(_frozen(model, device), encoder.recipe, encoder.in_chans, encoder.img_size, "random initialisation")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.probe.encoder import ProbeError, load_encoder
+from trainer.probe.encoder import ProbeError, load_encoder, random_init
 
 
 def test_an_export_and_its_run_load_the_same_frozen_encoder(exported_encoder):
@@ -30,3 +30,15 @@ def test_unusable_encoders_are_named(exported_encoder, tmp_path):
         load_encoder(tmp_path / "foreign.safetensors", torch.device("cpu"))
     with pytest.raises(ProbeError, match="does not exist"):
         load_encoder(tmp_path / "no-run", torch.device("cpu"))
+
+
+def test_the_random_init_baseline_is_the_same_architecture_without_the_pretrained_weights(exported_encoder):
+    pretrained = load_encoder(exported_encoder, torch.device("cpu"))
+    a, b, c = random_init(pretrained, seed=0), random_init(pretrained, seed=0), random_init(pretrained, seed=1)
+    assert type(a.model) is type(pretrained.model) and a.feature_dim == pretrained.feature_dim
+    assert not any(p.requires_grad for p in a.model.parameters()) and not a.model.training
+    images = torch.randn(2, 1, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(a.model(images), b.model(images))  # seeded
+        assert not torch.allclose(a.model(images), c.model(images))
+        assert not torch.allclose(a.model(images), pretrained.model(images))
