@@ -122,3 +122,11 @@ def test_a_bad_sample_stops_the_probe_by_name_or_is_skipped_and_counted(exported
         assert main([*args, "--bad-samples", "skip", "--out", str(tmp_path / "skip.json")]) == 0
     report = json.loads((tmp_path / "skip.json").read_text())
     assert report["train"]["skipped_samples"] == 1 and not (tmp_path / "stop.json").exists()
+
+
+def test_a_shard_set_in_a_bucket_probes_as_it_does_on_disk(exported_encoder, lesion_shards, s3_endpoint, tmp_path):
+    uri = s3_endpoint.upload(lesion_shards, "shards/cbis-probe")
+    remote = probe(exported_encoder, uri, tmp_path, "s3", "--label", "pathology", "--crop-kinds", "lesion")
+    local = probe(exported_encoder, lesion_shards, tmp_path, "local", "--label", "pathology", "--crop-kinds", "lesion")
+    assert remote.pop("data") == uri and local.pop("data") == str(lesion_shards)
+    assert remote == local
