@@ -52,6 +52,11 @@ def warn_and_skip(error: SampleError) -> None:
     warnings.warn(f"skipping a bad sample: {error}", stacklevel=2)
 
 
+# A run's choice for a sample that cannot be read (the trainer's data.bad_samples, the probe's
+# --bad-samples): stop naming it, or warn and skip it.
+BAD_SAMPLE_HANDLERS: dict[str, Handler] = {"stop": raise_sample_error, "skip": warn_and_skip}
+
+
 class CountingHandler:
     """Wraps a handler and counts the samples it let the stream skip (it returned, not raised)."""
 

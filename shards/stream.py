@@ -39,7 +39,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from shards import sample_stages as reading, schema, storage, stream_stages as stages
-from shards.sample_stages import SampleError, raise_sample_error, warn_and_skip
+from shards.sample_stages import BAD_SAMPLE_HANDLERS, SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
 from shards.batch_ring import BatchRing, RingLoader
@@ -47,7 +47,7 @@ from shards.card import read_card
 from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
 
-__all__ = ["OpenSource", "SampleError", "ShardStream", "StreamError", "StreamLoader", "StreamPlanError", "StreamSource",
+__all__ = ["BAD_SAMPLE_HANDLERS", "OpenSource", "SampleError", "ShardStream", "StreamError", "StreamLoader", "StreamPlanError", "StreamSource",
            "make_loader", "open_source", "pixel_stats", "raise_sample_error", "to_device",
            "warn_and_skip"]
 

@@ -21,7 +21,7 @@ class ConfigError(ValueError):
     pass
 
 
-BAD_SAMPLES = ("stop", "skip")  # data.bad_samples
+BAD_SAMPLES = ("stop", "skip")  # data.bad_samples: the keys of shards.stream.BAD_SAMPLE_HANDLERS (not imported: cv2)
 
 
 @dataclass

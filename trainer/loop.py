@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from shards import schema, storage
-from shards.stream import StreamSource, make_loader, open_source, raise_sample_error, to_device, warn_and_skip
+from shards.stream import BAD_SAMPLE_HANDLERS, StreamSource, make_loader, open_source, to_device
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -113,7 +113,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
         # batches land in pinned memory, so to_device's copy to the GPU is an asynchronous DMA; and
         # the GPU resizes the crops MAE's augmentation enlarges (shards.device_crops)
         pin_memory=session.device.type == "cuda", resize_on_device=session.device.type == "cuda",
-        handler={"stop": raise_sample_error, "skip": warn_and_skip}[config.data.bad_samples],
+        handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples],
     )
     if run.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)
