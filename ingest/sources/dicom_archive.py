@@ -88,6 +88,11 @@ def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
     return f"file:{_path_id(found.rel)}"
 
 
+def unreadable(exc: OSError) -> str:
+    """A reject's reason for a file or object that could not be read, in planning or in a worker."""
+    return f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"
+
+
 def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
                  test_fraction: float, val_fraction: float, seed: int) -> ArchivePlan:
     """Walk the tree, read headers, keep the images that pass the modality filter, split by patient."""
@@ -111,7 +116,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
             how = dicom_tree.sniff(path, head)
             found = dicom_tree.read_plan_header(rel, path, how, head) if how else None
         except OSError as exc:
-            rejects.append(Reject(rel, f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"))
+            rejects.append(Reject(rel, unreadable(exc)))
             continue
         except dicom_tree.DicomTreeError as exc:
             rejects.append(Reject(rel, str(exc)))
@@ -191,7 +196,7 @@ class ArchiveProcess:
         try:
             data, fingerprint = read_input(image.path, out)
         except OSError as exc:  # gone since the plan, or the store failed after its retries
-            out.rejects.append(Reject(unit.source_path, f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"))
+            out.rejects.append(Reject(unit.source_path, unreadable(exc)))
             return out
         source = data if image.bare_syntax is None else dicom_tree.part10_bytes(data, image.bare_syntax)
         decoded = decode_unit_dicom(source, unit.source_path, out, frame=image.frame)
