@@ -37,6 +37,7 @@ from shards.writer import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
 from trainer.pretrain import LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, local_checkpoints
+from trainer.layers.timm_export import TimmEncoder
 from trainer.registry import build_method
 
 RECIPE_VERSION = 1
@@ -81,8 +82,8 @@ def load_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
     return state
 
 
-def export_encoder(state: dict[str, Any], source: str) -> tuple[bytes, dict[str, Any]]:
-    """(safetensors bytes, recipe) of the checkpoint's encoder."""
+def encoder_and_recipe(state: dict[str, Any], source: str) -> tuple[TimmEncoder, dict[str, Any]]:
+    """The checkpoint's encoder as timm builds it, and its recipe."""
     config = config_from_dict(state["config"])
     data = state["data"]
     model = build_method(config.model.name, in_chans=data["in_chans"], img_size=data["img_size"],
@@ -95,7 +96,6 @@ def export_encoder(state: dict[str, Any], source: str) -> tuple[bytes, dict[str,
         encoder = model.timm_encoder()
     except NotImplementedError as exc:
         raise ExportError(f"{source}: {config.model.name} cannot be exported to timm: {exc}") from exc
-    weights = {name: tensor.contiguous() for name, tensor in encoder.state_dict.items()}
     recipe = {
         "format": "medshards-encoder",
         "version": RECIPE_VERSION,
@@ -111,6 +111,13 @@ def export_encoder(state: dict[str, Any], source: str) -> tuple[bytes, dict[str,
         # fine-tuning inputs need the same (x - mean) / std, x in stored units (uint8 / uint16)
         "normalisation": data["sources"],
     }
+    return encoder, recipe
+
+
+def export_encoder(state: dict[str, Any], source: str) -> tuple[bytes, dict[str, Any]]:
+    """(safetensors bytes, recipe) of the checkpoint's encoder."""
+    encoder, recipe = encoder_and_recipe(state, source)
+    weights = {name: tensor.contiguous() for name, tensor in encoder.state_dict.items()}
     return safetensors_bytes(weights, metadata={"timm_model": encoder.model}), recipe
 
 

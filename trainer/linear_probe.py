@@ -33,17 +33,17 @@ import numpy as np
 import torch
 
 from shards import sample_stages as reading
+from shards.sample_stages import BAD_SAMPLE_HANDLERS
 from shards import schema, storage
 from shards.card import read_card
 from shards.writer import atomic_write_bytes
 from trainer.probe.classifier import LinearProbe, ProbeSchedule, fit_probe, predict
-from trainer.probe.encoder import Encoder, ProbeError, load_encoder, random_init
+from trainer.probe.encoder import ProbeError, load_encoder, random_init
 from trainer.probe.features import SplitFeatures, split_features
 from trainer.probe.metrics import multiclass_metrics, multilabel_metrics
 from trainer.probe.targets import ALL_BINARY, Task, choose_task, encode_targets, patient_subset
 
 LEFT_OUT = {"unlabelled": "unlabelled", "unseen_value": "with a value training never had"}
-HANDLERS = {"stop": reading.raise_sample_error, "skip": reading.warn_and_skip}
 
 
 def evaluation_splits(args: argparse.Namespace) -> list[str]:
@@ -85,25 +85,10 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     task = choose_task(manifest_labels(args.data, args.train_split, kinds), args.label.split(","))  # before any decoding
     schedule = ProbeSchedule(epochs=args.epochs, warmup_epochs=min(args.warmup_epochs, args.epochs),
                              batch_size=args.batch_size, blr=args.blr, weight_decay=args.weight_decay)
-    report: dict[str, Any] = {
-        "encoder": encoder.source, "method": encoder.recipe.get("method"), "epoch": encoder.recipe.get("epoch"),
-        "data": str(args.data), "crop_kinds": list(kinds) if kinds else None,
-        "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
-        "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule),
-        **probe_encoder(encoder, task, args, kinds, eval_splits, schedule),
-    }
-    if args.random_init_baseline:
-        report["random_init"] = probe_encoder(random_init(encoder, args.seed), task, args, kinds, eval_splits, schedule)
-    return report
-
-
-def probe_encoder(encoder: Encoder, task: Task, args: argparse.Namespace, kinds: tuple[str, ...] | None,
-                  eval_splits: list[str], schedule: ProbeSchedule) -> dict[str, Any]:
-    """One encoder's probe: its features of every split, the head trained on the training
-    subset, and the scores of each evaluation split."""
-    read = {split: split_features(encoder, args.data, split, crop_kinds=kinds, batch_size=args.feature_batch,
-                                  handler=HANDLERS[args.bad_samples], progress=args.progress)
-            for split in (args.train_split, *eval_splits)}
+    encoders = [encoder, *([random_init(encoder, args.seed)] if args.random_init_baseline else [])]
+    read = {split: split_features(encoders, args.data, split, crop_kinds=kinds, batch_size=args.feature_batch,
+                                  handler=BAD_SAMPLE_HANDLERS[args.bad_samples], progress=args.progress)
+            for split in (args.train_split, *eval_splits)}  # each image decoded once, for every encoder
     train = read[args.train_split]
     targets, usable, left_out = encode_targets(task, train.labels)
     chosen = patient_subset(train.patients, usable, args.label_fraction, args.seed)
@@ -113,30 +98,42 @@ def probe_encoder(encoder: Encoder, task: Task, args: argparse.Namespace, kinds:
     if not multilabel and len(set(targets[chosen].tolist())) < 2:
         raise ProbeError(f"--label-fraction {args.label_fraction} leaves one class of {args.label} in training; "
                          "raise it or change --seed")
-    probe, losses = fit_probe(train.features[chosen], torch.from_numpy(targets[chosen]), len(task.classes),
-                              multilabel=multilabel, schedule=schedule, seed=args.seed)
-    out: dict[str, Any] = {
-        "train": {"split": args.train_split, "samples_read": len(train.keys), "skipped_samples": train.skipped,
-                  "left_out": left_out, "samples": int(chosen.sum()),
-                  "patients": len({p for p, ok in zip(train.patients, chosen) if ok}),
-                  "patients_labelled": len({p for p, ok in zip(train.patients, usable) if ok}),
-                  "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1]},
+    training = {"split": args.train_split, "samples_read": len(train.keys), "skipped_samples": train.skipped,
+                "left_out": left_out, "samples": int(chosen.sum()),
+                "patients": len({p for p, ok in zip(train.patients, chosen) if ok}),
+                "patients_labelled": len({p for p, ok in zip(train.patients, usable) if ok})}
+    evaluated = {split: (read[split], *encode_targets(task, read[split].labels)) for split in eval_splits}
+
+    def probed(index: int) -> dict[str, Any]:
+        """Encoder `index`'s probe: the head trained on its training features, each split scored."""
+        probe, losses = fit_probe(train.features[index][chosen], torch.from_numpy(targets[chosen]),
+                                  len(task.classes), multilabel=multilabel, schedule=schedule, seed=args.seed)
+        out: dict[str, Any] = {"train": {**training, "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1]}}
+        for split, (features, split_targets, split_usable, split_left_out) in evaluated.items():
+            out[split] = _evaluate(probe, task, features, index, split_targets, split_usable, split_left_out, train)
+        return out
+
+    report: dict[str, Any] = {
+        "encoder": encoder.source, "method": encoder.recipe.get("method"), "epoch": encoder.recipe.get("epoch"),
+        "data": str(args.data), "crop_kinds": list(kinds) if kinds else None,
+        "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
+        "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule), **probed(0),
     }
-    for split in eval_splits:
-        out[split] = _evaluate(probe, task, read[split], train, multilabel)
-    return out
+    if args.random_init_baseline:
+        report["random_init"] = probed(1)
+    return report
 
 
-def _evaluate(probe: LinearProbe, task: Task, split: SplitFeatures, train: SplitFeatures,
-              multilabel: bool) -> dict[str, Any]:
-    targets, usable, left_out = encode_targets(task, split.labels)
+def _evaluate(probe: LinearProbe, task: Task, split: SplitFeatures, index: int, targets: np.ndarray,
+              usable: np.ndarray, left_out: dict[str, int], train: SplitFeatures) -> dict[str, Any]:
     shared = sorted(set(split.patients) & set(train.patients))
     out: dict[str, Any] = {"samples_read": len(split.keys), "skipped_samples": split.skipped, "left_out": left_out}
     if shared:  # never, for splits that ingest made (by patient); named where they were made otherwise
         out["patients_also_in_training"] = len(shared)
     if not usable.any():
         return {**out, "samples": 0}
-    probabilities = predict(probe, split.features[usable], multilabel=multilabel).numpy().astype(np.float64)
+    multilabel = task.kind == "multilabel"
+    probabilities = predict(probe, split.features[index][usable], multilabel=multilabel).numpy().astype(np.float64)
     if multilabel:
         return {**out, **multilabel_metrics(probabilities, targets[usable], list(task.names))}
     return {**out, **multiclass_metrics(probabilities, targets[usable], list(task.classes))}
@@ -182,7 +179,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--feature-batch", type=int, default=64, help="images per encoder forward")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bad-samples", choices=sorted(HANDLERS), default="stop")
+    parser.add_argument("--bad-samples", choices=sorted(BAD_SAMPLE_HANDLERS), default="stop")
     parser.add_argument("--random-init-baseline", action="store_true",
                         help="probe the same architecture randomly initialised too, to show what pretraining added")
     parser.add_argument("--out", type=Path, default=Path("probe.json"))

@@ -18,7 +18,8 @@ from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
-from trainer.export_encoder import ExportError, export_encoder, find_checkpoint, load_checkpoint, recipe_path
+from trainer.export_encoder import ExportError, encoder_and_recipe, find_checkpoint, load_checkpoint, recipe_path
+from trainer.layers.timm_export import TimmEncoder
 
 
 class ProbeError(ValueError):
@@ -38,7 +39,7 @@ class Encoder:
         return int(self.model.num_features)
 
 
-def _read_exported(path: Path) -> tuple[bytes, dict[str, Any]]:
+def _read_exported(path: Path) -> tuple[TimmEncoder, dict[str, Any]]:
     recipe_file = recipe_path(path)
     try:
         weights = path.read_bytes()
@@ -50,28 +51,31 @@ def _read_exported(path: Path) -> tuple[bytes, dict[str, Any]]:
         raise ProbeError(f"{recipe_file}: cannot be read as an encoder recipe ({exc})") from exc
     if not isinstance(recipe, dict) or recipe.get("format") != "medshards-encoder":
         raise ProbeError(f"{recipe_file}: not a medshards encoder recipe (no \"format\": \"medshards-encoder\")")
-    return weights, recipe
+    try:
+        state_dict = load_safetensors(weights)
+    except SafetensorError as exc:
+        raise ProbeError(f"{path}: cannot be read as safetensors ({exc})") from exc
+    return TimmEncoder(recipe["timm_model"], dict(recipe["timm_kwargs"]), state_dict), recipe
 
 
 def load_encoder(location: str | Path, device: torch.device) -> Encoder:
     """The encoder at `location` (see the module docstring), on `device`, in eval mode."""
     location = str(location)
     if location.endswith(".safetensors"):
-        weights, recipe = _read_exported(Path(location))
+        timm_encoder, recipe = _read_exported(Path(location))
     else:
         try:
             checkpoint = find_checkpoint(location)
-            weights, recipe = export_encoder(load_checkpoint(checkpoint), str(checkpoint))
+            timm_encoder, recipe = encoder_and_recipe(load_checkpoint(checkpoint), str(checkpoint))
         except ExportError as exc:
             raise ProbeError(str(exc)) from exc
         location = str(checkpoint)
-    kwargs = dict(recipe["timm_kwargs"])
     try:
-        model = timm.create_model(recipe["timm_model"], pretrained=False, **kwargs)
-        model.load_state_dict(load_safetensors(weights), strict=True)
-    except (RuntimeError, SafetensorError) as exc:
+        model = timm_encoder.build()
+    except RuntimeError as exc:
         raise ProbeError(f"{location}: its weights do not load into {recipe['timm_model']} as its recipe "
                          f"builds it ({exc})") from exc
+    kwargs = timm_encoder.kwargs
     img_size = kwargs.get("img_size", recipe["pretrained_on"]["img_size"])
     in_chans = kwargs.get("in_chans", recipe["pretrained_on"]["in_chans"])
     return Encoder(_frozen(model, device), recipe, int(in_chans), int(img_size), location)

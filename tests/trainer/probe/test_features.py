@@ -21,11 +21,11 @@ from trainer.probe.features import split_features
 
 def test_features_equal_a_forward_pass_built_by_hand(exported_encoder, lesion_shards):
     encoder = load_encoder(exported_encoder, torch.device("cpu"))
-    got = split_features(encoder, str(lesion_shards), "test", batch_size=3, progress=False)
+    got = split_features([encoder], str(lesion_shards), "test", batch_size=3, progress=False)
     manifest = pq.read_table(lesion_shards / "manifest.parquet").to_pylist()
     test_rows = [r for r in manifest if r["split"] == "test"]
     assert sorted(got.keys) == sorted(r["key"] for r in test_rows) and len(set(got.keys)) == len(got.keys)
-    assert got.features.shape == (len(test_rows), encoder.feature_dim) and got.skipped == 0
+    assert got.features[0].shape == (len(test_rows), encoder.feature_dim) and got.skipped == 0
 
     recipe = json.loads(exported_encoder.with_suffix(".json").read_text())
     model = timm.create_model(recipe["timm_model"], pretrained=False, **recipe["timm_kwargs"]).eval()
@@ -41,7 +41,7 @@ def test_features_equal_a_forward_pass_built_by_hand(exported_encoder, lesion_sh
     x = torch.from_numpy((small - stats["mean"][0]) / stats["std"][0])[None, None]
     with torch.no_grad():
         expected = model(x)[0]
-    torch.testing.assert_close(got.features[-1], expected, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(got.features[0][-1], expected, rtol=1e-4, atol=1e-4)
     assert got.patients[-1] == row["patient"] and got.labels[-1]
     assert all(row["labels"][name] == value for name, value in got.labels[-1].items())
 
@@ -50,4 +50,4 @@ def test_a_set_with_other_channels_than_the_encoder_is_named(lesion_shards):
     resnet = timm.create_model("resnet18", pretrained=False, in_chans=3, num_classes=0).eval()
     encoder = Encoder(resnet, {}, in_chans=3, img_size=32, source="resnet18")
     with pytest.raises(ProbeError, match="1-channel images, but the encoder was pretrained on 3 channels"):
-        split_features(encoder, str(lesion_shards), "train", progress=False)
+        split_features([encoder], str(lesion_shards), "train", progress=False)
