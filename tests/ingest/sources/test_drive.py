@@ -210,3 +210,20 @@ def test_gif_masks_read_as_0_255_whatever_their_levels(tmp_path, palette):
         drive.read_gif_mask(_gif(tmp_path / "z.gif", np.zeros((6, 5), np.uint8), palette), "z.gif", (6, 5))
     with pytest.raises(drive.MaskError, match="mask size mismatch"):
         drive.read_gif_mask(tmp_path / "m.gif", "m.gif", (5, 6))
+
+
+def test_a_mask_of_three_grey_levels_is_refused_with_the_count(tmp_path):
+    levels = np.zeros((6, 5), np.uint8)
+    levels[0, :] = 128
+    levels[1, :] = 255
+    with pytest.raises(drive.MaskError, match="not a binary mask: t.gif holds 3 grey levels"):
+        drive.read_gif_mask(_gif(tmp_path / "t.gif", levels, False), "t.gif", (6, 5))
+
+
+def test_vessel_fraction_counts_vessel_pixels_inside_the_field_of_view():
+    rng = np.random.default_rng(3)
+    vessels = rng.choice(np.array([0, 1, 2, 255], np.uint8), size=(40, 30))  # any non-zero value marks
+    fov = rng.choice(np.array([0, 2, 4], np.uint8), size=(40, 30))  # 2 & 1 == 0: not a bitwise and
+    inside = fov > 0
+    assert drive.vessel_fraction(vessels, fov) == round(float((vessels[inside] > 0).mean()), 4)
+    assert drive.vessel_fraction(vessels, np.zeros_like(fov)) is None
