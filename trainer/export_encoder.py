@@ -13,6 +13,12 @@ each shard set). Both are written atomically. Fine-tuning then starts from
     encoder = timm.create_model(recipe["timm_model"], pretrained=False, **recipe["timm_kwargs"])
     encoder.load_state_dict(safetensors.torch.load_file(OUT))
 
+except for MLVICX, whose ResNet has context-bottleneck blocks in line (recipe["context_blocks"]):
+
+    encoder = create_encoder(recipe["timm_model"], recipe["timm_kwargs"], recipe["context_blocks"])
+
+(trainer.layers.timm_export), the same timm ResNet object with the blocks inserted.
+
 Exit status: 0 written; 2 no usable checkpoint, or OUT cannot be written (named, with the reason).
 """
 
@@ -40,7 +46,7 @@ from trainer.pretrain import LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, local_che
 from trainer.layers.timm_export import TimmEncoder
 from trainer.registry import build_method
 
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2  # 2: "context_blocks" (MLVICX); a version-1 recipe has none
 
 
 class ExportError(ValueError):
@@ -101,6 +107,9 @@ def encoder_and_recipe(state: dict[str, Any], source: str) -> tuple[TimmEncoder,
         "version": RECIPE_VERSION,
         "timm_model": encoder.model,
         "timm_kwargs": encoder.kwargs,
+        # null, or the context-bottleneck blocks MLVICX's ResNet has in line: build with
+        # trainer.layers.timm_export.create_encoder (plain timm refuses the extra weights)
+        "context_blocks": encoder.context_blocks,
         "method": config.model.name,
         "method_options": config.model.options,
         "run": config.run.name,

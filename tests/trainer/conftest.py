@@ -160,3 +160,17 @@ def exported_encoder(lesion_shards, tmp_path_factory) -> Path:
     out = base / "tiny-cpu.safetensors"
     assert export_main([str(base / "tiny-cpu"), "--out", str(out)]) == 0
     return out
+
+
+@pytest.fixture(scope="session")
+def mlvicx_run(lesion_shards, tmp_path_factory) -> Path:
+    """A tiny MLVICX (ResNet with context blocks in line) pretrained briefly in one process on
+    lesion_shards: its run folder."""
+    from trainer.pretrain import main as pretrain_main
+
+    base = tmp_path_factory.mktemp("mlvicx-run")
+    args = ["--config", str(PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"), f"data.sources=[{{root: {lesion_shards}}}]",
+            f"run.storage_path={base}", "run.use_ray=false", "run.name=mlvicx-tiny", "model.name=mlvicx_resnet18_tiny",
+            "model.options={}", "data.augment=none", "optim.epochs=1", "data.batch_size=4", "run.max_steps_per_epoch=2"]
+    assert pretrain_main(args) == 0
+    return base / "mlvicx-tiny"

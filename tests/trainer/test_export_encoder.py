@@ -13,6 +13,7 @@ from safetensors.torch import load_file
 
 from shards.card import read_card
 from trainer.export_encoder import main as export_main
+from trainer.layers.timm_export import create_encoder
 from trainer.registry import build_method
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -83,3 +84,24 @@ def test_an_unwritable_output_is_named(pretrained_run, tmp_path, capsys):
     blocker.write_text("not a folder")
     assert export_main([str(pretrained_run), "--out", str(blocker / "enc.safetensors")]) == 2
     assert f"cannot write {blocker / 'enc.safetensors'}" in capsys.readouterr().err
+
+
+def test_mlvicx_exports_with_its_context_blocks_and_plain_timm_refuses_them(mlvicx_run, tmp_path):
+    out = tmp_path / "mlvicx.safetensors"
+    assert export_main([str(mlvicx_run), "--out", str(out)]) == 0
+    recipe = json.loads(out.with_suffix(".json").read_text())
+    assert recipe["timm_model"] == "resnet18" and recipe["context_blocks"]["after"] == ["act1", "layer1", "layer2",
+                                                                                         "layer3", "layer4"]
+    weights = load_file(out)
+    encoder = create_encoder(recipe["timm_model"], recipe["timm_kwargs"], recipe["context_blocks"]).eval()
+    encoder.load_state_dict(weights, strict=True)
+    newest = sorted((mlvicx_run / "checkpoints").glob("epoch_*"))[-1] / "checkpoint.pt"
+    state = torch.load(newest, map_location="cpu", weights_only=True)
+    method = build_method(recipe["method"], in_chans=1, img_size=64, **recipe["method_options"]).eval()
+    method.load_state_dict(state["model"])
+    images = torch.randn(3, 1, 64, 64)
+    with torch.no_grad():
+        ours = method.encoder.forward_head(method.refined_maps(images)[-1])
+        torch.testing.assert_close(encoder(images), ours, rtol=1e-4, atol=1e-5)
+    with pytest.raises(RuntimeError, match="Unexpected key"):
+        timm.create_model("resnet18", pretrained=False, **recipe["timm_kwargs"]).load_state_dict(weights, strict=True)

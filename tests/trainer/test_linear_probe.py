@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
+import torch
 
+from trainer.layers.context_bottleneck import ContextBottleneck
 from trainer.linear_probe import main
+from trainer.probe.encoder import load_encoder
 
 FAST = ["--epochs", "5", "--warmup-epochs", "1", "--no-progress"]
 
@@ -130,3 +133,15 @@ def test_a_shard_set_in_a_bucket_probes_as_it_does_on_disk(exported_encoder, les
     local = probe(exported_encoder, lesion_shards, tmp_path, "local", "--label", "pathology", "--crop-kinds", "lesion")
     assert remote.pop("data") == uri and local.pop("data") == str(lesion_shards)
     assert remote == local
+
+
+def test_an_mlvicx_run_is_probed_with_its_context_blocks(mlvicx_run, lesion_shards, tmp_path):
+    """MLVICX's own evaluation (§IV-B) on its own encoder: the ResNet with the blocks in line,
+    and a random-init baseline of that same architecture."""
+    report = probe(mlvicx_run, lesion_shards, tmp_path, "mlvicx", "--label", "malignant", "--crop-kinds", "lesion",
+                   "--random-init-baseline")
+    assert report["method"] == "mlvicx_resnet18_tiny" and report["test"]["samples_read"] > 0
+    frozen = load_encoder(mlvicx_run, torch.device("cpu"))
+    assert isinstance(frozen.model.layer4[-1], ContextBottleneck) and frozen.feature_dim == 128  # quarter width
+    assert report["train"]["loss_last_epoch"] < report["train"]["loss_first_epoch"]
+    assert report["random_init"]["train"]["loss_first_epoch"] != report["train"]["loss_first_epoch"]

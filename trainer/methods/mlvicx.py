@@ -39,9 +39,11 @@ from torch import nn
 
 from trainer.layers.context_bottleneck import ContextBottleneck
 from trainer.layers.projection_head import ProjectionHead
-from trainer.layers.timm_export import TimmEncoder, timm_backbone
+from trainer.layers.timm_export import TimmEncoder, create_encoder, insert_context_blocks, timm_backbone, weights_of
 from trainer.losses.vicreg import VICRegLoss
 from trainer.methods.vicreg import asymmetric_views
+
+CONTEXT_KERNEL = 7  # eq. 2's spatial convolution, 7 x 7
 
 
 class MLVICX(nn.Module):
@@ -73,7 +75,9 @@ class MLVICX(nn.Module):
         if modules != ["act1", "layer1", "layer2", "layer3", "layer4"]:
             raise ValueError(f"{encoder}: expected a ResNet (stem act1, layer1..layer4), got levels {modules}")
         channels = [info["num_chs"] for info in self.encoder.feature_info]
-        self.context_blocks = nn.ModuleList(ContextBottleneck(c, reduction=context_reduction) for c in channels)
+        self.context_reduction = context_reduction
+        self.context_blocks = nn.ModuleList(ContextBottleneck(c, reduction=context_reduction, spatial_kernel=CONTEXT_KERNEL)
+                                            for c in channels)
         self.level_projections = nn.ModuleList(nn.Conv2d(c, level_channels, kernel_size=1) for c in channels)
         self.level_size = level_size or img_size // self.encoder.feature_info[1]["reduction"]
         self.level_grid = level_grid
@@ -114,13 +118,18 @@ class MLVICX(nn.Module):
         return self.global_expander(y), self.multilevel_expander(self.compound(maps))
 
     def timm_encoder(self) -> TimmEncoder:
-        """Refused: the pretrained encoder is the ResNet with a context-bottleneck block after each
-        level, in line (§III-A-1), which no timm model has. Exporting the ResNet alone would hand
-        over a network that computes other features than the one pretrained."""
-        raise NotImplementedError(
-            "MLVICX's encoder refines each ResNet level in line with a context-bottleneck block (§III-A-1); "
-            "timm has no such model, and the ResNet without them is not the pretrained network. Fine-tune "
-            "from the checkpoint's whole model (trainer.methods.mlvicx.MLVICX.refined_maps)")
+        """The pretrained encoder: the timm ResNet with its five context-bottleneck blocks in line
+        (trainer.layers.timm_export.insert_context_blocks), so timm's forward is y of embed(): the
+        global average pool of the last refined map. The level projections and expanders stay in
+        the checkpoint: they serve only the pretraining losses."""
+        name, kwargs = self.encoder.timm_recipe
+        spec = {"after": [info["module"] for info in self.encoder.feature_info],
+                "reduction": self.context_reduction, "spatial_kernel": CONTEXT_KERNEL}
+        model = create_encoder(name, kwargs)
+        model.load_state_dict(self.encoder.state_dict(), strict=True)
+        for block, trained in zip(insert_context_blocks(model, spec), self.context_blocks, strict=True):
+            block.load_state_dict(trained.state_dict(), strict=True)
+        return TimmEncoder(name, dict(kwargs), weights_of(model), spec)
 
     def forward(self, batch: dict[str, torch.Tensor], generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
         images = batch["image"]

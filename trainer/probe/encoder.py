@@ -12,14 +12,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import timm
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load as load_safetensors
 from torch import nn
 
 from trainer.export_encoder import ExportError, encoder_and_recipe, find_checkpoint, load_checkpoint, recipe_path
-from trainer.layers.timm_export import TimmEncoder
+from trainer.layers.timm_export import TimmEncoder, create_encoder
 
 
 class ProbeError(ValueError):
@@ -55,7 +54,7 @@ def _read_exported(path: Path) -> tuple[TimmEncoder, dict[str, Any]]:
         state_dict = load_safetensors(weights)
     except SafetensorError as exc:
         raise ProbeError(f"{path}: cannot be read as safetensors ({exc})") from exc
-    return TimmEncoder(recipe["timm_model"], dict(recipe["timm_kwargs"]), state_dict), recipe
+    return TimmEncoder(recipe["timm_model"], dict(recipe["timm_kwargs"]), state_dict, recipe.get("context_blocks")), recipe
 
 
 def load_encoder(location: str | Path, device: torch.device) -> Encoder:
@@ -72,7 +71,7 @@ def load_encoder(location: str | Path, device: torch.device) -> Encoder:
         location = str(checkpoint)
     try:
         model = timm_encoder.build()
-    except RuntimeError as exc:
+    except (RuntimeError, ValueError, KeyError, TypeError) as exc:  # weights or a recipe that do not fit
         raise ProbeError(f"{location}: its weights do not load into {recipe['timm_model']} as its recipe "
                          f"builds it ({exc})") from exc
     kwargs = timm_encoder.kwargs
@@ -91,6 +90,6 @@ def random_init(encoder: Encoder, seed: int) -> Encoder:
     """The same timm model with timm's own random initialisation (seeded) and no pretrained
     weights: the baseline that tells what pretraining added."""
     torch.manual_seed(seed)
-    model = timm.create_model(encoder.recipe["timm_model"], pretrained=False, **encoder.recipe["timm_kwargs"])
+    model = create_encoder(encoder.recipe["timm_model"], encoder.recipe["timm_kwargs"], encoder.recipe.get("context_blocks"))
     device = next(encoder.model.parameters()).device
     return Encoder(_frozen(model, device), encoder.recipe, encoder.in_chans, encoder.img_size, "random initialisation")
