@@ -2,7 +2,8 @@
 
 Exit status: 0 all inputs used; 3 finished but some inputs were rejected (listed in
 OUT/rejects.jsonl with reasons); 2 the job could not run (bad arguments, unusable root or output
-folder); 130 interrupted (re-run the same command to resume).
+folder); 130 interrupted (re-run the same command to resume). With --dry-run the same codes say
+what the plan foresees: 3 planning rejected inputs, 2 the output folder would be refused.
 
 Each source is one module in ingest/sources/ with `add_arguments(parser)` (its own options and
 positional ROOT) and `job_from_args(args, common) -> IngestJob`, where `common` holds the options
@@ -62,6 +63,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt)")
     p.add_argument("--overwrite", action="store_true", help="rebuild an output folder that holds a finished set")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument("--dry-run", action="store_true",
+                   help="plan only: report images and patients per split, planning rejects and what the output "
+                        "folder would do; write nothing")
 
 
 def _common(args: argparse.Namespace) -> dict:
@@ -126,7 +130,10 @@ def main(argv: list[str] | None = None) -> int:
 
     source = importlib.import_module(SOURCES[args.source][0])
     try:
-        summary = run_job(source.job_from_args(args, _common(args)))
+        job = source.job_from_args(args, _common(args))
+        if args.dry_run:
+            return _dry_run(job)
+        summary = run_job(job)
     except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -135,6 +142,16 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_INTERRUPTED
     print(summary.describe())
     return EXIT_REJECTS if summary.rejects else EXIT_OK
+
+
+def _dry_run(job) -> int:
+    from ingest.plan_report import describe_plan
+
+    report, refused = describe_plan(job)
+    print(report)
+    if refused:
+        return EXIT_USAGE
+    return EXIT_REJECTS if job.planning_rejects else EXIT_OK
 
 
 if __name__ == "__main__":

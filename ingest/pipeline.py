@@ -185,12 +185,34 @@ class IngestJob:
         return hashlib.sha256(blob.encode()).hexdigest()
 
 
+def out_state(job: IngestJob) -> str:
+    """What the output folder holds for this job, read only: "new" (absent or empty), "resume" (an
+    interrupted run of this job), "finished" (a finished shard set), "other-run" (an interrupted run
+    with other inputs or parameters) or "foreign" (files that are no medshards run)."""
+    out, job_file = job.out, job.out / STAGING_DIR / JOB_FILE
+    if (out / schema.CARD_FILE).exists():
+        return "finished"
+    if job_file.exists():
+        return "resume" if json.loads(job_file.read_text())["fingerprint"] == job.fingerprint() else "other-run"
+    if out.exists() and any(p.name != STAGING_DIR for p in out.iterdir()):
+        return "foreign"
+    return "new"
+
+
+def refusal(job: IngestJob, state: str) -> str | None:
+    """Why the job cannot run into an output folder in this out_state (None: it can)."""
+    return {
+        "finished": f"{job.out} already holds a finished shard set ({schema.CARD_FILE}); pass --overwrite to rebuild it",
+        "other-run": f"{job.out} holds an interrupted run with other inputs or parameters; re-run that command to "
+                     "resume it, or pass --overwrite to start over",
+        "foreign": f"{job.out} is not empty and holds no medshards run; choose an empty folder or pass --overwrite",
+    }.get(state) if not job.overwrite else None
+
+
 def _prepare_out(job: IngestJob) -> Path:
     """Create or validate the output folder; returns the staging folder. Resumes a matching
     interrupted run, refuses to clobber a finished or different one unless overwrite."""
     out, staging = job.out, job.out / STAGING_DIR
-    complete = (out / schema.CARD_FILE).exists()
-    job_file = staging / JOB_FILE
     if job.overwrite:
         for name in (schema.CARD_FILE, schema.MANIFEST_FILE, schema.REJECTS_FILE):
             (out / name).unlink(missing_ok=True)
@@ -198,17 +220,10 @@ def _prepare_out(job: IngestJob) -> Path:
         for split in schema.SPLITS:
             for shard in (out / split).glob(schema.SHARD_GLOB):
                 shard.unlink()
-    elif complete:
-        raise IngestError(f"{out} already holds a finished shard set ({schema.CARD_FILE}); pass --overwrite to rebuild it")
-    elif job_file.exists() and json.loads(job_file.read_text())["fingerprint"] != job.fingerprint():
-        raise IngestError(
-            f"{out} holds an interrupted run with other inputs or parameters; "
-            "re-run that command to resume it, or pass --overwrite to start over"
-        )
-    elif out.exists() and any(p.name != STAGING_DIR for p in out.iterdir()) and not job_file.exists():
-        raise IngestError(f"{out} is not empty and holds no medshards run; choose an empty folder or pass --overwrite")
+    elif reason := refusal(job, out_state(job)):
+        raise IngestError(reason)
     staging.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(job_file, json.dumps({"fingerprint": job.fingerprint(), "source": job.source}).encode())
+    atomic_write_bytes(staging / JOB_FILE, json.dumps({"fingerprint": job.fingerprint(), "source": job.source}).encode())
     return staging
 
 
