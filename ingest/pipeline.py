@@ -33,7 +33,6 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ingest.mapped_files import read_source
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
 from ingest.unit_pool import map_units
 from shards import card as card_io
@@ -92,34 +91,6 @@ class WorkUnit:
     unit_id: str  # pseudonymous, stable across runs: names the staging files and seeds randomness
     source_path: str  # the main input file, relative to the root, for rejects
     payload: Any  # source-specific, picklable
-
-
-def fingerprint_in_background(data: bytes) -> Future:
-    """schema.fingerprint(data), computed on a thread while the caller decodes (xxhash releases the
-    GIL for large inputs), so a worker's fingerprint of a 30 MB mammogram hides behind its decode.
-    Inputs under INLINE_FINGERPRINT_BYTES are hashed at once: handing a 40 KB CheXpert JPEG to the
-    thread and waiting for it cost more than hashing it (~5 us)."""
-    global _HASHER
-    if len(data) < INLINE_FINGERPRINT_BYTES:
-        done: Future = Future()
-        done.set_result(schema.fingerprint(data))
-        return done
-    if _HASHER is None or _HASHER[0] != os.getpid():  # one per process: a forked pool must not inherit it
-        _HASHER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fingerprint"))
-    return _HASHER[1].submit(schema.fingerprint, data)
-
-
-_HASHER: tuple[int, ThreadPoolExecutor] | None = None
-INLINE_FINGERPRINT_BYTES = 1 << 20
-
-
-def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes | memoryview, Future]:
-    """A unit's source file: its bytes (counted in out.notes["input_bytes"]; a read-only mapping
-    for large files, see ingest.mapped_files) and the future of their fingerprint, hashed on a
-    thread while the caller decodes. Wait for the future last."""
-    data = read_source(path)
-    out.notes["input_bytes"] += len(data)
-    return data, fingerprint_in_background(data)
 
 
 @dataclass

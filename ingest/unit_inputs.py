@@ -1,14 +1,46 @@
 """A work unit's source file read and decoded, or turned into a reject: the opening of every
-source's per-image work, written once. The file's fingerprint runs on a thread meanwhile (see
-pipeline.read_input); callers wait for the returned future last."""
+source's per-image work, written once. The file's fingerprint runs on a thread meanwhile
+(read_input); callers wait for the returned future last."""
 
 from __future__ import annotations
 
-from concurrent.futures import Future
+import os
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
 
 from ingest.dicom_pixels import DicomDecodeError, DicomImage, decode_dicom
 from ingest.image_files import GrayImage, ImageFileError, decode_gray
-from ingest.pipeline import Reject, UnitOutput, read_input
+from ingest.mapped_files import read_source
+from ingest.pipeline import Reject, UnitOutput
+from shards import schema
+
+
+def fingerprint_in_background(data: bytes) -> Future:
+    """schema.fingerprint(data), computed on a thread while the caller decodes (xxhash releases the
+    GIL for large inputs), so a worker's fingerprint of a 30 MB mammogram hides behind its decode.
+    Inputs under INLINE_FINGERPRINT_BYTES are hashed at once: handing a 40 KB CheXpert JPEG to the
+    thread and waiting for it cost more than hashing it (~5 us)."""
+    global _HASHER
+    if len(data) < INLINE_FINGERPRINT_BYTES:
+        done: Future = Future()
+        done.set_result(schema.fingerprint(data))
+        return done
+    if _HASHER is None or _HASHER[0] != os.getpid():  # one per process: a forked pool must not inherit it
+        _HASHER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fingerprint"))
+    return _HASHER[1].submit(schema.fingerprint, data)
+
+
+_HASHER: tuple[int, ThreadPoolExecutor] | None = None
+INLINE_FINGERPRINT_BYTES = 1 << 20
+
+
+def read_input(path: str | Path, out: UnitOutput) -> tuple[bytes | memoryview, Future]:
+    """A unit's source file: its bytes (counted in out.notes["input_bytes"]; a read-only mapping
+    for large files, see ingest.mapped_files) and the future of their fingerprint, hashed on a
+    thread while the caller decodes. Wait for the future last."""
+    data = read_source(path)
+    out.notes["input_bytes"] += len(data)
+    return data, fingerprint_in_background(data)
 
 
 def read_unit_image(image_file: str, source_path: str, out: UnitOutput) -> tuple[GrayImage, Future] | None:

@@ -22,8 +22,8 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest import mammogram, pseudonym, splits, tcia
-from ingest.unit_inputs import decode_unit_dicom
-from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.unit_inputs import decode_unit_dicom, read_input
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 

@@ -27,8 +27,8 @@ from typing import Any
 import openpyxl
 
 from ingest import crops, mammogram, pseudonym, splits, tcia
-from ingest.unit_inputs import decode_unit_dicom
-from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.unit_inputs import decode_unit_dicom, read_input
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 

@@ -41,8 +41,8 @@ import numpy as np
 
 from ingest import crops, dicom_tree, pseudonym, splits, tissue
 from ingest.dicom_pixels import UINT16_MAX
-from ingest.unit_inputs import decode_unit_dicom
-from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.unit_inputs import decode_unit_dicom, read_input
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema, storage
 

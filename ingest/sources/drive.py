@@ -33,7 +33,8 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ingest import crops, pseudonym, splits, tissue
-from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit, read_input
+from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.unit_inputs import read_input
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
