@@ -33,7 +33,6 @@ import numpy as np
 import torch
 
 from shards import sample_stages as reading
-from shards.sample_stages import BAD_SAMPLE_HANDLERS
 from shards import schema, storage
 from shards.card import read_card
 from shards.writer import atomic_write_bytes
@@ -87,7 +86,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
                              batch_size=args.batch_size, blr=args.blr, weight_decay=args.weight_decay)
     encoders = [encoder, *([random_init(encoder, args.seed)] if args.random_init_baseline else [])]
     read = {split: split_features(encoders, args.data, split, crop_kinds=kinds, batch_size=args.feature_batch,
-                                  handler=BAD_SAMPLE_HANDLERS[args.bad_samples], progress=args.progress)
+                                  handler=reading.BAD_SAMPLE_HANDLERS[args.bad_samples], progress=args.progress)
             for split in (args.train_split, *eval_splits)}  # each image decoded once, for every encoder
     train = read[args.train_split]
     targets, usable, left_out = encode_targets(task, train.labels)
@@ -179,7 +178,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--weight-decay", type=float, default=0.0)
     parser.add_argument("--feature-batch", type=int, default=64, help="images per encoder forward")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1, ...")
-    parser.add_argument("--bad-samples", choices=sorted(BAD_SAMPLE_HANDLERS), default="stop")
+    parser.add_argument("--bad-samples", choices=sorted(reading.BAD_SAMPLE_HANDLERS), default="stop")
     parser.add_argument("--random-init-baseline", action="store_true",
                         help="probe the same architecture randomly initialised too, to show what pretraining added")
     parser.add_argument("--out", type=Path, default=Path("probe.json"))
@@ -187,6 +186,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.epochs < 1 or args.batch_size < 2 or args.feature_batch < 1:
         parser.error("--epochs must be >= 1, --batch-size >= 2 and --feature-batch >= 1")
+    if not 0 < args.label_fraction <= 1:  # here, not after every split has been decoded
+        parser.error(f"--label-fraction must be in (0, 1], got {args.label_fraction}")
     if args.device != "auto":
         try:
             torch.device(args.device)
