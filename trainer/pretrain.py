@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import sys
 from collections.abc import Iterator
@@ -121,9 +122,29 @@ class RaySession:
             yield Path(folder)
 
 
+# RAY: Ray Train modules whose logger writes a line per worker per report ("Reporting training
+# result ...", "Checkpoint successfully created ..."): 2 x workers lines an epoch on the console,
+# where rank 0's epoch line says it once. Their warnings still show. (Internal modules, one of
+# whose loggers is named by its file path: looked up, and left alone if they move.)
+_PER_REPORT_LOGGING = ("ray.train.v2._internal.execution.context", "ray.train.v2._internal.execution.storage")
+
+
+def quiet_per_report_logging() -> None:
+    import importlib
+
+    for name in _PER_REPORT_LOGGING:
+        try:
+            logger = importlib.import_module(name).logger
+        except (ImportError, AttributeError):
+            continue
+        if isinstance(logger, logging.Logger):
+            logger.setLevel(logging.WARNING)
+
+
 def train_loop_per_worker(loop_config: dict) -> None:
     """RAY: what each Ray Train worker runs."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+    quiet_per_report_logging()
     train(config_from_dict(loop_config["config"]), RaySession(), Path(loop_config["run_dir"]))
 
 
@@ -155,6 +176,9 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     from ray.train import CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
+    # Ray Train turns a worker's print into a log record and, where Ray has wrapped stdout, prints
+    # it as well: every epoch line reached the console twice. Ray passes this on to the workers.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user: join that cluster
         ray.init()
     else:
