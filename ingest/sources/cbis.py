@@ -24,7 +24,6 @@ from typing import Any
 from ingest import mammogram, pseudonym, splits, tcia
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "cbis-ddsm"
@@ -309,8 +308,7 @@ def _encode(meta: schema.SampleMeta, pixels, mask) -> EncodedSample:
     members = {member: data}
     if mask is not None:
         members[schema.MASK_PNG] = codecs.encode_mask(mask)
-    sums, sq, n = pixel_moments(pixels)
-    return EncodedSample(meta, members, sums, sq, n)
+    return EncodedSample.of(meta, members, pixels)
 
 
 def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[Path] | None = None,

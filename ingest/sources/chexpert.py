@@ -31,7 +31,6 @@ from typing import Any
 from ingest import pseudonym, splits
 from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from ingest.radiograph_crops import CROP_KINDS, RadiographCropParams, radiograph_crops
 from shards import codecs, schema
 
@@ -224,7 +223,7 @@ class ChexpertProcess:
             suffix = "whole" if crop.kind == "whole" else f"random{i}"
             meta = schema.SampleMeta(key=f"chexpert_{unit.unit_id}_{suffix}", crop_kind=crop.kind, crop_box=crop.box, **common)
             member, encoded = codecs.encode_pixels(crop.pixels)
-            out.samples.append(EncodedSample(meta, {member: encoded}, *pixel_moments(crop.pixels)))
+            out.samples.append(EncodedSample.of(meta, {member: encoded}, crop.pixels))
         return out
 
 

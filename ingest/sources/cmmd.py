@@ -29,7 +29,6 @@ import openpyxl
 from ingest import crops, mammogram, pseudonym, splits, tcia
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "cmmd"
@@ -192,7 +191,7 @@ class CmmdProcess:
         for kind, index, crop, box in made:
             meta = schema.SampleMeta(key=f"cmmd_{unit.unit_id}_{kind}{index}", crop_kind=kind, crop_box=box, **common)
             member, encoded = codecs.encode_pixels(crop)
-            out.samples.append(EncodedSample(meta, {member: encoded}, *pixel_moments(crop)))
+            out.samples.append(EncodedSample.of(meta, {member: encoded}, crop))
         return out
 
 

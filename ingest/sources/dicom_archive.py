@@ -43,7 +43,6 @@ from ingest import crops, dicom_tree, pseudonym, splits, tissue
 from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema, storage
 
 SOURCE = "dicom"
@@ -250,8 +249,7 @@ class ArchiveProcess:
 
 def _encode(meta: schema.SampleMeta, pixels: np.ndarray) -> EncodedSample:
     member, data = codecs.encode_pixels(pixels)
-    sums, sq, n = pixel_moments(pixels)
-    return EncodedSample(meta, {member: data}, sums, sq, n)
+    return EncodedSample.of(meta, {member: data}, pixels)
 
 
 def parse_modalities(text: str | None) -> tuple[str, ...] | None:

@@ -35,7 +35,6 @@ from PIL import Image, UnidentifiedImageError
 from ingest import crops, pseudonym, splits, tissue
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.unit_inputs import read_input
-from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "drive"
@@ -223,8 +222,7 @@ class DriveProcess:
 def _encode(meta: schema.SampleMeta, pixels: np.ndarray, vessels: np.ndarray, fov: np.ndarray) -> EncodedSample:
     member, data = codecs.encode_pixels(pixels)
     members = {member: data, schema.MASK_PNG: codecs.encode_mask(vessels), schema.FOV_PNG: codecs.encode_mask(fov)}
-    sums, sq, n = pixel_moments(pixels)
-    return EncodedSample(meta, members, sums, sq, n)
+    return EncodedSample.of(meta, members, pixels)
 
 
 def build_job(*, root: Path, out: Path, crops: str = "whole", manual: str = "1st", size: int | None = None,

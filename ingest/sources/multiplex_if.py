@@ -44,7 +44,6 @@ from ingest.multiplex_tiff import (
     read_channel_folder, read_channel_index,
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
 
 SOURCE = "if"
@@ -317,8 +316,7 @@ def resize_channels(crop: np.ndarray, size: int) -> np.ndarray:
 
 def _encode(meta: schema.SampleMeta, pixels: np.ndarray) -> EncodedSample:
     member, data = codecs.encode_pixels(pixels)
-    sums, sq, n = pixel_moments(pixels)
-    return EncodedSample(meta, {member: data}, sums, sq, n)
+    return EncodedSample.of(meta, {member: data}, pixels)
 
 
 def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNELS, crops: str = "cell",

@@ -33,7 +33,6 @@ from ingest import pseudonym, splits
 from ingest.crops import crop_padded, resize_to, square_context_box
 from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.pixel_moments import pixel_moments
 from ingest.radiograph_crops import RadiographCropParams, radiograph_crops
 from shards import codecs, schema
 
@@ -320,7 +319,7 @@ class NihProcess:
             meta = schema.SampleMeta(key=f"nih_{unit.unit_id}_{suffix}", crop_kind=kind, crop_box=box,
                                      labels=labels, extra=extra, **common)
             member, encoded = codecs.encode_pixels(crop)
-            out.samples.append(EncodedSample(meta, {member: encoded}, *pixel_moments(crop)))
+            out.samples.append(EncodedSample.of(meta, {member: encoded}, crop))
         return out
 
 

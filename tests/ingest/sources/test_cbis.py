@@ -116,6 +116,19 @@ def test_manifest_and_card_agree_with_shards(both_crops):
     assert not (out / ".staging").exists()
 
 
+def test_card_pixel_stats_are_the_train_splits_own(both_crops):
+    """Ingest sums only train samples' pixels (EncodedSample.of); the card's statistics equal
+    `shards stats`' recomputation from the train shards, and differ from the whole set's."""
+    from shards.card import read_card
+    from shards.stats import compute
+
+    _, out = both_crops
+    card = read_card(out)
+    assert card["pixel_stats"] == compute(out, card)
+    everything = {**card, "splits": {"train": {"shards": [s for split in card["splits"].values() for s in split["shards"]]}}}
+    assert compute(out, everything)["mean"] != card["pixel_stats"]["mean"]
+
+
 def test_no_patient_in_two_splits(tcia_tree, both_crops):
     _, out = both_crops
     rows = pq.read_table(out / schema.MANIFEST_FILE).to_pylist()
