@@ -177,7 +177,8 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     from ray.train.torch import TorchTrainer
 
     # Ray Train turns a worker's print into a log record and, where Ray has wrapped stdout, prints
-    # it as well: every epoch line reached the console twice. Ray passes this on to the workers.
+    # it as well (redirected_print in ray/train/v2/_internal/logging/patch_print.py, Ray 2.60):
+    # every epoch line reached the console twice. Ray Train passes this variable on to the workers.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
     if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user: join that cluster
         ray.init()
