@@ -3,12 +3,16 @@
 A DataLoader worker hands a batch tensor to the main process through shared memory. Made fresh
 for every batch, that memory costs more than the batch's contents: allocating a 6 MB segment,
 faulting its pages in and passing its file descriptor took ~150 us per 224 px sample of CPU time
-here, a quarter of a 16-bit PNG decode. So each worker keeps `slots` segments and cycles through
-them, and the main process (RingLoader) copies every batch out of its segment as it arrives --
-one memcpy, into pinned memory when asked, which the DataLoader's own pinning would have done
-anyway -- and marks the segment free in a small table both sides share.
+here, a quarter of a 16-bit PNG decode. So the main process makes `slots` segments per worker
+before the workers start (they inherit them when forked, or receive them once when spawned), a
+worker fills its slots in turn and sends only the slot's number with the batch, and the main
+process (RingLoader) copies every batch out of its slot as it arrives -- one memcpy, into pinned
+memory when asked, which the DataLoader's own pinning would have done anyway -- and marks the slot
+free in a small table both sides share. (Until the slots were made up front, each worker made its
+own and sent the slot's tensor with every batch: the main process then received a descriptor
+over a socket and looked the segment up again for each batch, a tenth of the stream's rate here.)
 
-Why a copy and not the segment itself: a consumer may keep a batch (a list of batches, a picture
+Why a copy and not the slot itself: a consumer may keep a batch (a list of batches, a picture
 drawn later); a batch that still pointed into a ring slot would change under it when the slot came
 round again. The copy is the batch's own memory.
 
@@ -42,24 +46,22 @@ def shared_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
 
 
 class BatchRing:
-    """`slots` reusable shared-memory batches per worker, and the table of which are busy. Made in
-    the main process before the workers start; each worker makes its own buffers on first use."""
+    """`slots` reusable shared-memory batches of one shape per worker, and the table of which are
+    busy; made in the main process before the workers start, which then share the memory."""
 
-    def __init__(self, workers: int, slots: int, *, wait_s: float = 300.0):
+    def __init__(self, workers: int, slots: int, shape: tuple[int, ...], dtype: torch.dtype, *,
+                 wait_s: float = 300.0):
         if workers < 1 or slots < 2:
             raise ValueError(f"a ring needs workers >= 1 and slots >= 2, got {workers}, {slots}")
-        self.slots, self.wait_s = slots, wait_s
+        self.slots, self.shape, self.dtype, self.wait_s = slots, tuple(shape), dtype, wait_s
         self.busy = torch.zeros((workers, slots), dtype=torch.int32).share_memory_()
-        self._buffers: list[torch.Tensor] = []  # in a worker: its own segments
-        self._next = 0
-
-    def __getstate__(self) -> dict[str, Any]:  # a spawned worker starts with no buffers of its own
-        return {**self.__dict__, "_buffers": [], "_next": 0}
+        self.buffers = [[shared_batch(self.shape, dtype) for _ in range(slots)] for _ in range(workers)]
+        self._next = 0  # in a worker: its next slot
 
     def take(self, worker: int, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int]]:
-        """In a worker: its next free buffer of this shape, marked busy, and the slot to send with it."""
-        if not self._buffers or self._buffers[0].shape != shape or self._buffers[0].dtype != dtype:
-            self._buffers = [shared_batch(shape, dtype) for _ in range(self.slots)]
+        """In a worker: its next free buffer, marked busy, and the slot to send in its place."""
+        if tuple(shape) != self.shape or dtype != self.dtype:
+            raise ValueError(f"a batch of {tuple(shape)} {dtype} in a ring of {self.shape} {self.dtype}")
         slot, self._next = self._next, (self._next + 1) % self.slots
         deadline = time.monotonic() + self.wait_s
         while self.busy[worker, slot]:
@@ -68,7 +70,7 @@ class BatchRing:
                                   "iterate the loader make_loader returns (it copies batches out and frees buffers)")
             time.sleep(0.0005)
         self.busy[worker, slot] = 1
-        return self._buffers[slot], (worker, slot)
+        return self.buffers[worker][slot], (worker, slot)
 
     def start_epoch(self, worker: int) -> None:
         """In a worker, as it starts an epoch: none of its earlier batches is in use any more. Each
@@ -87,10 +89,6 @@ class RingLoader:
 
     def __init__(self, loader: torch.utils.data.DataLoader, ring: BatchRing | None, *, pin_memory: bool = False):
         self.loader, self.ring, self.pin_memory = loader, ring, pin_memory
-        # The last tensor seen in each slot, kept so its mapping stays: torch then finds the segment
-        # in its cache when the slot comes round again, instead of mapping it anew and faulting in
-        # every page (which made the copy out 8x slower than a memcpy).
-        self._mapped: dict[tuple[int, int], torch.Tensor] = {}
 
     @property
     def dataset(self):
@@ -103,13 +101,12 @@ class RingLoader:
         for batch in self.loader:
             slot = batch.pop(_SLOT, None)
             if slot is not None:
-                image = batch["image"]
+                image = self.ring.buffers[slot[0]][slot[1]]
                 own = torch.empty(image.shape, dtype=image.dtype, pin_memory=self.pin_memory)
                 # numpy's memcpy, not Tensor.copy_: torch splits a large copy over its intra-op
                 # threads, whose OpenMP spin-wait afterwards burnt as much CPU as the copy, taken
                 # from the workers; and its copy of the "barebones" uint16 dtype is a scalar loop.
                 np.copyto(own.numpy(), image.numpy())
-                self._mapped[slot] = image
                 self.ring.release(*slot)
                 batch["image"] = own
             elif self.pin_memory:
@@ -118,7 +115,9 @@ class RingLoader:
 
 
 def tag_slot(batch: dict[str, Any], slot: tuple[int, int] | None) -> dict[str, Any]:
-    """Mark a worker's batch with the ring slot its image occupies (RingLoader reads it)."""
+    """A worker's batch as it is sent: with a ring slot, the slot's number goes in place of the
+    image, which stays in the slot (RingLoader reads it there)."""
     if slot is not None:
         batch[_SLOT] = slot
+        del batch["image"]
     return batch

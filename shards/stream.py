@@ -259,7 +259,8 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
                           samples_per_epoch=samples_per_epoch, handler=handler, resize_on_device=resize_on_device)
     prefetch = (prefetch_factor or 2) if num_workers else None
     if num_workers:
-        dataset.ring = BatchRing(num_workers, prefetch + 2)
+        dataset.ring = BatchRing(num_workers, prefetch + 2, (batch_size, dataset.channels, image_size, image_size),
+                                 dataset.dtype)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
                         persistent_workers=num_workers > 0, prefetch_factor=prefetch)
     return StreamLoader(RingLoader(loader, dataset.ring, pin_memory=pin_memory), dataset.steps_per_epoch)

@@ -1,22 +1,23 @@
-"""Reusable batch buffers: a worker cycles through its slots, waits for one still busy, and says
-so when nothing ever frees it; a new epoch frees what a cut-short one left behind."""
+"""Reusable batch buffers: made by the main process before the workers start, which share their
+memory; a worker cycles through its slots, waits for one still busy, and says so when nothing ever
+frees it; a new epoch frees what a cut-short one left behind; RingLoader copies each batch out."""
 
 from __future__ import annotations
 
-import pickle
+import multiprocessing
 import threading
 import time
 
 import pytest
 import torch
 
-from shards.batch_ring import BatchRing, RingTimeout
+from shards.batch_ring import BatchRing, RingLoader, RingTimeout, tag_slot
 
 SHAPE = (2, 1, 4, 4)
 
 
 def test_slots_are_reused_in_turn_and_marked_busy_until_released():
-    ring = BatchRing(1, 3)
+    ring = BatchRing(1, 3, SHAPE, torch.uint16)
     taken = [ring.take(0, SHAPE, torch.uint16) for _ in range(3)]
     assert [slot for _, slot in taken] == [(0, 0), (0, 1), (0, 2)]
     assert ring.busy.tolist() == [[1, 1, 1]]
@@ -24,10 +25,12 @@ def test_slots_are_reused_in_turn_and_marked_busy_until_released():
     ring.release(0, 0)
     again, slot = ring.take(0, SHAPE, torch.uint16)
     assert slot == (0, 0) and again.data_ptr() == taken[0][0].data_ptr()  # the same memory, not a new segment
+    with pytest.raises(ValueError, match=r"a batch of \(2, 3, 4, 4\) torch.uint16 in a ring of \(2, 1, 4, 4\)"):
+        ring.take(0, (2, 3, 4, 4), torch.uint16)
 
 
 def test_a_worker_waits_for_its_busy_slot():
-    ring = BatchRing(1, 2)
+    ring = BatchRing(1, 2, SHAPE, torch.uint8)
     ring.take(0, SHAPE, torch.uint8), ring.take(0, SHAPE, torch.uint8)
     threading.Timer(0.05, ring.release, (0, 0)).start()
     started = time.monotonic()
@@ -36,16 +39,44 @@ def test_a_worker_waits_for_its_busy_slot():
 
 
 def test_a_slot_never_given_back_is_an_error_not_a_hang():
-    ring = BatchRing(1, 2, wait_s=0.05)
+    ring = BatchRing(1, 2, SHAPE, torch.uint8, wait_s=0.05)
     ring.take(0, SHAPE, torch.uint8), ring.take(0, SHAPE, torch.uint8)
     with pytest.raises(RingTimeout, match="batch buffer 0 was not given back"):
         ring.take(0, SHAPE, torch.uint8)
 
 
-def test_a_new_epoch_frees_the_workers_slots_and_a_spawned_worker_starts_without_buffers():
-    ring = BatchRing(2, 2)
+def test_a_new_epoch_frees_the_workers_slots():
+    ring = BatchRing(2, 2, SHAPE, torch.uint8)
     ring.take(1, SHAPE, torch.uint8), ring.take(1, SHAPE, torch.uint8)
     ring.start_epoch(1)
     assert ring.busy.tolist() == [[0, 0], [0, 0]]
-    copy = pickle.loads(pickle.dumps(ring))
-    assert copy._buffers == [] and copy.busy.data_ptr() != 0
+
+
+def _fill_second_slot(ring: BatchRing) -> None:
+    ring.take(0, SHAPE, torch.uint16)
+    buffer, _ = ring.take(0, SHAPE, torch.uint16)
+    buffer.fill_(4321)
+
+
+def test_a_spawned_worker_fills_memory_the_main_process_reads():
+    """Forked workers inherit the slots; a spawned one (Python 3.14's default start method is
+    forkserver) receives them when it starts, and still writes where the main process reads."""
+    ring = BatchRing(1, 2, SHAPE, torch.uint16)
+    worker = multiprocessing.get_context("spawn").Process(target=_fill_second_slot, args=(ring,))
+    worker.start()
+    worker.join(60)
+    assert worker.exitcode == 0
+    assert ring.busy.tolist() == [[1, 1]] and ring.buffers[0][1].eq(4321).all() and ring.buffers[0][0].eq(0).all()
+
+
+def test_only_the_slot_travels_and_the_loader_hands_out_a_copy_and_frees_the_slot():
+    ring = BatchRing(1, 2, SHAPE, torch.uint16)
+    buffer, slot = ring.take(0, SHAPE, torch.uint16)
+    buffer.fill_(7)
+    sent = tag_slot({"image": buffer, "key": ["a", "b"]}, slot)
+    assert "image" not in sent
+    (batch,) = RingLoader([sent], ring)
+    assert batch["key"] == ["a", "b"] and batch["image"].eq(7).all() and not batch["image"].is_shared()
+    assert ring.busy.tolist() == [[0, 0]]
+    buffer.fill_(9)  # the slot, reused, leaves the handed-out batch alone
+    assert batch["image"].eq(7).all()
