@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import re
+import tomllib
 from pathlib import Path
 
 import yaml
@@ -50,9 +51,8 @@ def test_bootstrap_and_image_install_the_locked_torch_pair_under_the_constraints
 
 
 def test_the_image_holds_every_package_the_project_ships():
-    # [tool.setuptools.packages.find] include = [...], read without tomllib (Python 3.11+; 3.10 is supported)
-    (include,) = re.findall(r"^include = \[(.*)\]$", (PROJECT / "pyproject.toml").read_text(), re.MULTILINE)
-    packages = {pattern.strip(' "').rstrip("*") for pattern in include.split(",")}
+    project = tomllib.loads((PROJECT / "pyproject.toml").read_text())
+    packages = {pattern.rstrip("*") for pattern in project["tool"]["setuptools"]["packages"]["find"]["include"]}
     copied = set(re.findall(r"^COPY (\w+) \./\1$", (PROJECT / "infra" / "Dockerfile").read_text(), re.MULTILINE))
     assert packages and packages == copied, (packages, copied)
 
