@@ -19,6 +19,7 @@ import sys
 from importlib import metadata
 from pathlib import Path
 
+from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from shards import storage
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
@@ -53,12 +54,12 @@ def output_folder(text: str) -> Path:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", type=output_folder, required=True, help="output folder for the shard set")
-    p.add_argument("--size", type=int, default=224, help="crop side in pixels after resizing (default %(default)s)")
-    p.add_argument("--val-fraction", type=float, default=0.1,
+    p.add_argument("--size", type=positive_int, default=224, help="crop side in pixels after resizing (default %(default)s)")
+    p.add_argument("--val-fraction", type=held_out_fraction, default=0.1,
                    help="fraction of training patients carved out as validation (default 0.1)")
-    p.add_argument("--seed", type=int, default=0, help="seed for the validation split and random crops")
-    p.add_argument("--workers", type=int, default=None, help="worker processes (default: all cores)")
-    p.add_argument("--shard-size", type=int, default=1000, help="samples per shard (default 1000)")
+    p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the validation split and random crops")
+    p.add_argument("--workers", type=positive_int, default=None, help="worker processes (default: all cores)")
+    p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--id-salt", default=None,
                    help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt)")
     p.add_argument("--overwrite", action="store_true", help="rebuild an output folder that holds a finished set")
@@ -116,8 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     sample = sub.add_parser("sample-data", help="write a small sample dataset in a source's real on-disk layout (made-up pixels)")
     sample.add_argument("kind", choices=sorted(SAMPLE_DATA), help="which dataset layout to generate")
     sample.add_argument("out", type=Path)
-    sample.add_argument("--seed", type=int, default=0)
-    sample.add_argument("--patients", type=int, default=8, help="cbis only: patients to generate")
+    sample.add_argument("--seed", type=non_negative_int, default=0)
+    sample.add_argument("--patients", type=positive_int, default=8, help="cbis only: patients to generate")
     sample.add_argument("--layout", choices=("tcia", "uid"), default="tcia", help="cbis only: download layout")
     return parser
 

@@ -22,6 +22,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest import mammogram, pseudonym, splits, tcia
+from ingest.arguments import least_share, non_negative_float, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from shards import codecs, schema
@@ -348,10 +349,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--crops", choices=CROP_CHOICES, default="lesion")
     parser.add_argument("--csv", type=Path, nargs="+", default=None,
                         help="case-description CSVs (default: the four official names, found under ROOT)")
-    parser.add_argument("--margin", type=float, default=0.2, help="lesion context per side, fraction of the ROI (default 0.2)")
-    parser.add_argument("--random-per-image", type=int, default=4, help="random tissue crops per mammogram (default 4)")
-    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
-    parser.add_argument("--min-tissue", type=float, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
+    parser.add_argument("--margin", type=non_negative_float, default=0.2, help="lesion context per side, fraction of the ROI (default 0.2)")
+    parser.add_argument("--random-per-image", type=positive_int, default=4, help="random tissue crops per mammogram (default 4)")
+    parser.add_argument("--random-side", type=positive_int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--min-tissue", type=least_share, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
     parser.add_argument("--overlap", choices=OVERLAP_POLICIES, default="test",
                         help="patients in both official splits: move wholly to test (default) or keep as published")
 

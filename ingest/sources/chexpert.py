@@ -29,6 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from ingest import pseudonym, splits
+from ingest.arguments import positive_int
 from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.radiograph_crops import CROP_KINDS, RadiographCropParams, radiograph_crops
@@ -270,8 +271,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--uncertain", choices=UNCERTAIN_POLICIES, default="zeros",
                         help="uncertain (-1.0) labels become negative, positive, or null (default zeros)")
     parser.add_argument("--views", choices=VIEW_CHOICES, default="frontal", help="which views to keep (default frontal)")
-    parser.add_argument("--random-per-image", type=int, default=4, help="random crops per image (default 4)")
-    parser.add_argument("--random-side", type=int, default=512,
+    parser.add_argument("--random-per-image", type=positive_int, default=4, help="random crops per image (default 4)")
+    parser.add_argument("--random-side", type=positive_int, default=512,
                         help="random crop side in source pixels, clamped to the image (default 512)")
 
 

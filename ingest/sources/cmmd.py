@@ -27,6 +27,7 @@ from typing import Any
 import openpyxl
 
 from ingest import crops, mammogram, pseudonym, splits, tcia
+from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from shards import codecs, schema
@@ -242,12 +243,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--crops", choices=CROP_CHOICES, default="random",
                         help="random tissue crops (default) or the whole mammogram padded to a square")
     parser.add_argument("--sheet", type=Path, default=None, help=f"clinical sheet (default: {SHEET_NAME} under ROOT)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of subjects in test (default 0.1)")
+    parser.add_argument("--test-fraction", type=held_out_fraction, default=0.1, help="fraction of subjects in test (default 0.1)")
     parser.add_argument("--unlabeled", choices=UNLABELED_POLICIES, default="reject",
                         help="images whose breast has no sheet row: reject them (default) or keep them with null labels")
-    parser.add_argument("--random-per-image", type=int, default=4, help="random tissue crops per mammogram (default 4)")
-    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
-    parser.add_argument("--min-tissue", type=float, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
+    parser.add_argument("--random-per-image", type=positive_int, default=4, help="random tissue crops per mammogram (default 4)")
+    parser.add_argument("--random-side", type=positive_int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--min-tissue", type=least_share, default=0.9, help="least tissue fraction of a random crop (default 0.9)")
 
 
 def job_from_args(args, common: dict[str, Any]) -> IngestJob:

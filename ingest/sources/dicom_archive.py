@@ -40,6 +40,7 @@ import cv2
 import numpy as np
 
 from ingest import crops, dicom_tree, pseudonym, splits, tissue
+from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
@@ -321,10 +322,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--color", choices=COLOR_CHOICES, default="gray",
                         help="colour images: make them grayscale (default), reject them, or make an RGB set (rgb)")
     parser.add_argument("--modality", default=None, help="comma list of modalities to keep, e.g. MG,CR,DX (default: all)")
-    parser.add_argument("--test-fraction", type=float, default=0.1, help="fraction of patients in test (default 0.1)")
-    parser.add_argument("--random-per-image", type=int, default=4, help="random crops per image (default 4)")
-    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
-    parser.add_argument("--min-foreground", type=float, default=0.9,
+    parser.add_argument("--test-fraction", type=held_out_fraction, default=0.1, help="fraction of patients in test (default 0.1)")
+    parser.add_argument("--random-per-image", type=positive_int, default=4, help="random crops per image (default 4)")
+    parser.add_argument("--random-side", type=positive_int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--min-foreground", type=least_share, default=0.9,
                         help="least foreground (body) fraction of a random crop (default 0.9)")
 
 

@@ -33,6 +33,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from ingest import crops, pseudonym, splits, tissue
+from ingest.arguments import least_share, positive_int
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.unit_inputs import read_input
 from shards import codecs, schema
@@ -268,10 +269,10 @@ def add_arguments(parser) -> None:
                              "random: patches inside the FOV (--size default 64)")
     parser.add_argument("--manual", choices=MANUALS, default="1st",
                         help="which observer's vessel labels become mask.png (2nd exists for the test set only)")
-    parser.add_argument("--random-per-image", type=int, default=16, help="random patches per image (default 16)")
-    parser.add_argument("--random-side", type=int, default=None,
+    parser.add_argument("--random-per-image", type=positive_int, default=16, help="random patches per image (default 16)")
+    parser.add_argument("--random-side", type=positive_int, default=None,
                         help="random patch side in source pixels (default: --size, no resampling)")
-    parser.add_argument("--min-fov", type=float, default=0.9,
+    parser.add_argument("--min-fov", type=least_share, default=0.9,
                         help="least fraction of a random patch inside the field of view (default 0.9)")
     parser.set_defaults(size=None)  # 512 for whole images (TOWER), 64 for random patches
 

@@ -38,6 +38,7 @@ from typing import Any
 import numpy as np
 
 from ingest import crops, nuclei, pseudonym, splits
+from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from ingest.cell_tables import Cell, CellTableError, match_images, read_cell_table
 from ingest.multiplex_tiff import (
     TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, files_fingerprint, image_files, image_stem,
@@ -368,12 +369,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--cells", type=Path, default=None,
                         help="cell table for all images (default: <image>.csv beside each image, else nuclei)")
     parser.add_argument("--nuclear-channel", default="DAPI", help="channel nuclei are found on (default DAPI)")
-    parser.add_argument("--min-nucleus-area", type=int, default=20, help="smallest nucleus in pixels (default 20)")
-    parser.add_argument("--side", type=int, default=None, help="crop side in source pixels (default: --size)")
-    parser.add_argument("--random-per-image", type=int, default=16, help="random crops per image (default 16)")
-    parser.add_argument("--block", type=int, default=BLOCK, help=f"work unit side in pixels (default {BLOCK})")
+    parser.add_argument("--min-nucleus-area", type=non_negative_int, default=20, help="smallest nucleus in pixels (default 20)")
+    parser.add_argument("--side", type=positive_int, default=None, help="crop side in source pixels (default: --size)")
+    parser.add_argument("--random-per-image", type=positive_int, default=16, help="random crops per image (default 16)")
+    parser.add_argument("--block", type=positive_int, default=BLOCK, help=f"work unit side in pixels (default {BLOCK})")
     parser.add_argument("--patients", type=Path, default=None, help="CSV image,patient (default: a patient per image)")
-    parser.add_argument("--test-fraction", type=float, default=0.2, help="patients drawn for test (default 0.2)")
+    parser.add_argument("--test-fraction", type=held_out_fraction, default=0.2, help="patients drawn for test (default 0.2)")
     parser.set_defaults(size=128)  # DAMA pretrains on 128 x 128 x 7 crops (paper 004, Tables 2-7)
 
 

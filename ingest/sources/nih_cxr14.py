@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from ingest import pseudonym, splits
+from ingest.arguments import held_out_fraction, non_negative_float, positive_int
 from ingest.crops import crop_padded, resize_to, square_context_box
 from ingest.unit_inputs import read_unit_image
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
@@ -379,10 +380,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--csv", type=Path, default=None,
                         help="labels CSV (default: Data_Entry_2017_v2020.csv, else Data_Entry_2017.csv, maybe .gz, under ROOT)")
     parser.add_argument("--bbox-csv", type=Path, default=None, help="box list for --crops lesion (default: BBox_List_2017.csv under ROOT)")
-    parser.add_argument("--margin", type=float, default=0.2, help="lesion context per side, fraction of the box (default 0.2)")
-    parser.add_argument("--random-per-image", type=int, default=4, help="random crops per image (default 4)")
-    parser.add_argument("--random-side", type=int, default=512, help="random crop side in source pixels (default 512)")
-    parser.add_argument("--test-fraction", type=float, default=0.2,
+    parser.add_argument("--margin", type=non_negative_float, default=0.2, help="lesion context per side, fraction of the box (default 0.2)")
+    parser.add_argument("--random-per-image", type=positive_int, default=4, help="random crops per image (default 4)")
+    parser.add_argument("--random-side", type=positive_int, default=512, help="random crop side in source pixels (default 512)")
+    parser.add_argument("--test-fraction", type=held_out_fraction, default=0.2,
                         help="test patients when the official train_val_list.txt/test_list.txt are absent (default 0.2)")
 
 

@@ -34,3 +34,27 @@ def test_an_object_store_out_is_refused_before_anything_is_written(tmp_path, mon
     assert exit_.value.code == 2
     assert "ingest writes a folder" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())  # no folder named "s3:" made here
+
+
+@pytest.mark.parametrize(("source", "option", "value", "said"), [
+    ("cbis", "--size", "0", "must be 1 or more, got 0"),
+    ("cbis", "--size", "1.5", "'1.5' is not a whole number"),
+    ("cbis", "--workers", "-2", "must be 1 or more, got -2"),
+    ("cbis", "--shard-size", "0", "must be 1 or more, got 0"),
+    ("cbis", "--val-fraction", "1.5", "must be at least 0 and below 1, got 1.5"),
+    ("cbis", "--seed", "-1", "must be 0 or more, got -1"),
+    ("cbis", "--margin", "-0.1", "must be 0 or more, got -0.1"),
+    ("cbis", "--min-tissue", "nan", "must be between 0 and 1, got nan"),
+    ("nih-cxr14", "--test-fraction", "1", "must be at least 0 and below 1, got 1.0"),
+    ("drive", "--min-fov", "1.2", "must be between 0 and 1, got 1.2"),
+    ("if", "--side", "0", "must be 1 or more, got 0"),
+    ("dicom", "--random-per-image", "0", "must be 1 or more, got 0"),
+    ("cmmd", "--random-side", "-5", "must be 1 or more, got -5"),
+])
+def test_an_option_out_of_range_is_a_usage_error_naming_it_before_anything_is_written(source, option, value, said,
+                                                                                        tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main([source, str(tmp_path), "--out", str(tmp_path / "out"), option, value])
+    assert exit_.value.code == 2
+    assert f"argument {option}: {said}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
