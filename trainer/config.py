@@ -9,6 +9,8 @@ every checkpoint.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import math
 import typing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -157,6 +159,53 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
     node[keys[-1]] = yaml.safe_load(text)
 
 
+def _positive(value: Any) -> bool:
+    return value >= 1
+
+
+def _non_negative(value: Any) -> bool:
+    return value >= 0
+
+
+# (dotted key, test, what the value must be): checked when the config is loaded, so that a value
+# out of range is a config error naming its key, not a ZeroDivisionError or KeyError in every
+# Ray worker after the cluster has started (log_every_steps=0, precision=fp8, ...).
+_RANGES: tuple[tuple[str, Any, str], ...] = (
+    ("data.batch_size", _positive, "1 or more"),
+    ("data.num_workers", _non_negative, "0 or more"),
+    ("data.image_size", lambda v: v is None or v >= 1, "null (the shards' size) or 1 or more"),
+    ("optim.blr", lambda v: v > 0 and math.isfinite(v), "a number above 0"),
+    ("optim.weight_decay", lambda v: v >= 0, "0 or more"),
+    ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
+    ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("optim.epochs", _positive, "1 or more"),
+    ("optim.warmup_epochs", _non_negative, "0 or more"),  # may pass epochs: a short run of a long recipe
+    ("optim.min_lr", lambda v: v >= 0, "0 or more"),
+    ("optim.clip_grad", lambda v: v is None or v > 0, "null (no clipping) or above 0"),
+    ("run.seed", _non_negative, "0 or more"),
+    ("run.workers", _positive, "1 or more"),
+    ("run.use_gpu", lambda v: v.lower() in ("auto", "true", "false"), "auto, true or false"),
+    ("run.precision", lambda v: v in ("auto", "bf16", "fp16", "fp32"), "auto, bf16, fp16 or fp32"),
+    ("run.checkpoint_every_epochs", _positive, "1 or more"),
+    ("run.keep_checkpoints", _positive, "1 or more"),
+    ("run.log_every_steps", _positive, "1 or more"),
+    ("run.images_every_steps", _positive, "1 or more"),
+    ("run.max_steps_per_epoch", lambda v: v is None or v >= 1, "null (whole epochs) or 1 or more"),
+    ("run.max_failures", lambda v: v >= -1, "-1 (retry forever), 0 or more"),
+)
+
+
+def check_ranges(config: ExperimentConfig) -> None:
+    """ConfigError naming the first key whose value is out of range."""
+    for dotted, test, wanted in _RANGES:
+        value = functools.reduce(getattr, dotted.split("."), config)
+        if not test(value):
+            raise ConfigError(f"{dotted}: must be {wanted}, got {value!r}")
+    for i, source in enumerate(config.data.sources):
+        if not (source.weight > 0 and math.isfinite(source.weight)):
+            raise ConfigError(f"data.sources[{i}].weight: must be a number above 0, got {source.weight!r}")
+
+
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:
     raw: dict[str, Any] = {}
     if path is not None:
@@ -171,6 +220,7 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
         raise ConfigError("data.sources: name at least one shard set (root: path/to/shards)")
     if config.data.bad_samples not in BAD_SAMPLES:
         raise ConfigError(f"data.bad_samples: {config.data.bad_samples!r} is not one of {list(BAD_SAMPLES)}")
+    check_ranges(config)
     return config
 
 

@@ -31,6 +31,18 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("run.workers=true", "expected int"),
     ("nonsense", "section.key=value"),
     ("data.bad_samples=ignore", r"data.bad_samples: 'ignore' is not one of \['stop', 'skip'\]"),
+    # out of range: refused here, not as a ZeroDivisionError or KeyError in every Ray worker
+    ("data.batch_size=0", r"data.batch_size: must be 1 or more, got 0"),
+    ("run.log_every_steps=0", r"run.log_every_steps: must be 1 or more, got 0"),
+    ("run.images_every_steps=0", r"run.images_every_steps: must be 1 or more"),
+    ("run.checkpoint_every_epochs=0", r"run.checkpoint_every_epochs: must be 1 or more"),
+    ("run.precision=fp8", r"run.precision: must be auto, bf16, fp16 or fp32, got 'fp8'"),
+    ("run.use_gpu=maybe", r"run.use_gpu: must be auto, true or false, got 'maybe'"),
+    ("run.workers=0", r"run.workers: must be 1 or more, got 0"),
+    ("optim.blr=-0.001", r"optim.blr: must be a number above 0, got -0.001"),
+    ("optim.betas=[0.9, 1.5]", r"optim.betas: must be two numbers in \[0, 1\)"),
+    ("optim.warmup_epochs=-1", r"optim.warmup_epochs: must be 0 or more, got -1"),
+    ("data.sources=[{root: /s, weight: 0}]", r"data.sources\[0\].weight: must be a number above 0, got 0.0"),
 ])
 def test_bad_overrides_say_what_is_wrong(tmp_path, override, message):
     path = tmp_path / "x.yaml"
