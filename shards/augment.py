@@ -95,7 +95,7 @@ class Augment:
 
     def __init__(self, name: str, image_size: int, *, seed: int | None = None):
         if name not in AUGMENTATIONS:
-            raise KeyError(f"unknown augmentation {name!r}; known: {sorted(AUGMENTATIONS)}")
+            raise ValueError(f"unknown augmentation {name!r}; known: {sorted(AUGMENTATIONS)}")
         if image_size < 1:
             raise ValueError(f"image_size must be at least 1, got {image_size}")
         self.name, self.image_size, self.policy = name, image_size, AUGMENTATIONS[name]

@@ -156,7 +156,12 @@ def apply_override(raw: dict[str, Any], override: str) -> None:
         node = node.setdefault(key, {})
         if not isinstance(node, dict):
             raise ConfigError(f"override {override!r}: {key} is not a section")
-    node[keys[-1]] = yaml.safe_load(text)
+    try:
+        node[keys[-1]] = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        problem = getattr(exc, "problem", None) or exc
+        raise ConfigError(f"override {override!r}: its value is not YAML ({problem}); quote it for the shell, "
+                          f"e.g. \"data.sources=[{{root: /shards/x}}]\"") from None
 
 
 def _positive(value: Any) -> bool:

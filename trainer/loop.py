@@ -19,7 +19,7 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from shards import schema, storage
-from shards.stream import BAD_SAMPLE_HANDLERS, StreamSource, make_loader, open_source, to_device
+from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamSource, make_loader, open_source, to_device
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -100,12 +100,29 @@ def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int
     return shapes.pop()
 
 
+def stream_sources(config: ExperimentConfig) -> list[StreamSource]:
+    return [StreamSource(root=s.root, split=s.split, weight=s.weight,
+                         crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
+
+
+def check_data(config: ExperimentConfig, world_size: int) -> tuple[int, int]:
+    """What every worker will open, checked once before any starts (the driver, under Ray): every
+    source's card, split, crop kinds and pixel statistics, one (channels, size) for all, the
+    augmentation, and an epoch plan for `world_size` ranks of data.num_workers DataLoader workers
+    each (enough shards for every reader). Raises ValueError or OSError naming what is wrong;
+    returns (channels, image side). Reads cards and manifests only."""
+    sources = stream_sources(config)
+    channels, image_size = data_shape(sources, config.data.image_size)
+    ShardStream(sources, batch_size=config.data.batch_size, image_size=image_size, world_size=world_size,
+                num_workers=config.data.num_workers, seed=config.run.seed, augment=config.data.augment)
+    return channels, image_size
+
+
 def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str, float]:
     """Pretrain `config.model` on `config.data`; returns the last epoch's metrics."""
     run, optim = config.run, config.optim
     torch.manual_seed(run.seed + session.rank)
-    sources = [StreamSource(root=s.root, split=s.split, weight=s.weight,
-                            crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
+    sources = stream_sources(config)
     channels, image_size = data_shape(sources, config.data.image_size)
     loader, steps_per_epoch = make_loader(
         sources, batch_size=config.data.batch_size, rank=session.rank, world_size=session.world_size,

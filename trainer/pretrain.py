@@ -27,7 +27,7 @@ import torch
 from shards import storage
 from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
-from trainer.loop import train
+from trainer.loop import check_data, train
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -229,6 +229,11 @@ def main(argv: list[str] | None = None) -> int:
     if has_checkpoints(config, run_dir) and not args.resume:
         print(f"pretrain: run {config.run.name!r} already has checkpoints in {run_dir}; pass --resume to continue "
               "it, or choose another run.name", file=sys.stderr)
+        return 2
+    try:  # here, once: not in every worker after the cluster has started, as a traceback each
+        check_data(config, config.run.workers if config.run.use_ray else 1)
+    except (OSError, ValueError) as exc:
+        print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))

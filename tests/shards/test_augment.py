@@ -39,7 +39,7 @@ def test_seeded_and_none_leaves_a_right_sized_image_alone():
 
 
 def test_unknown_names_are_refused_with_the_known_ones():
-    with pytest.raises(KeyError, match=r"unknown augmentation 'simclr'; known: \['mae', 'none'\]"):
+    with pytest.raises(ValueError, match=r"unknown augmentation 'simclr'; known: \['mae', 'none'\]"):
         Augment("simclr", 16)
 
 

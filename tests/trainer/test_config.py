@@ -30,6 +30,7 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("optim.epochs=seven", "expected int"),
     ("run.workers=true", "expected int"),
     ("nonsense", "section.key=value"),
+    ("data.sources=[{root:", r"its value is not YAML \(expected the node content, but found '<stream end>'\); quote it"),
     ("data.bad_samples=ignore", r"data.bad_samples: 'ignore' is not one of \['stop', 'skip'\]"),
     # out of range: refused here, not as a ZeroDivisionError or KeyError in every Ray worker
     ("data.batch_size=0", r"data.batch_size: must be 1 or more, got 0"),

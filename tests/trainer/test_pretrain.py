@@ -70,6 +70,23 @@ def test_a_bad_sample_stops_the_run_by_name_or_is_skipped_and_counted(lesion_sha
     assert main(clean) == 0 and int(float(epoch_rows(tmp_path / "clean" / "tiny-cpu")[0]["skipped_samples"])) == 0
 
 
+def test_data_that_no_worker_could_read_is_refused_before_ray_starts(lesion_shards, tmp_path, capsys):
+    """Checked once on the driver (cards, splits, crop kinds, an epoch plan for every rank), where
+    each Ray worker used to raise it as a traceback, after the cluster had started."""
+    from trainer.pretrain import main
+
+    cases = [
+        (["data.sources=[{root: /nowhere}]"], "data error: /nowhere/dataset.json: no dataset card"),
+        ([f"data.sources=[{{root: {lesion_shards}, split: nope}}]"], "no 'nope' split"),
+        ([f"data.sources=[{{root: {lesion_shards}}}]", "run.workers=64"], "cannot fill one batch per rank: world_size 64"),
+        ([f"data.sources=[{{root: {lesion_shards}}}]", "data.augment=simclr"], "unknown augmentation 'simclr'"),
+    ]
+    for extra, said in cases:
+        assert main(["--config", str(TINY), f"run.storage_path={tmp_path}", *extra]) == 2
+        assert said in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())  # no run folder made
+
+
 def test_a_ray_run_that_checkpointed_to_s3_is_not_continued_by_accident(s3_endpoint, tmp_path, monkeypatch, capsys):
     from trainer.config import load_config
     from trainer.pretrain import has_checkpoints, main, run_folder
