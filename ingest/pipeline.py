@@ -18,7 +18,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import json
-import os
 import pickle
 import shutil
 import sys
@@ -387,7 +386,3 @@ def _finish_stats(stats: dict[str, Any]) -> dict[str, Any] | None:
         "std": [round(float(s), 4) for s in std],
         "pixels": int(stats["n"]),
     }
-
-
-def default_workers() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)

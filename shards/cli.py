@@ -28,7 +28,8 @@ def _parser() -> argparse.ArgumentParser:
 
     check = commands.add_parser("verify", help="check every shard against the card and the manifest")
     check.add_argument("root", help=_ROOT_HELP)
-    check.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    check.add_argument("--workers", type=int, default=None,
+                       help="processes (default: the CPUs this process may use, a container's CPU quota included)")
 
     sheet = commands.add_parser("preview", help="write a contact-sheet PNG of a few samples")
     sheet.add_argument("root", help=_ROOT_HELP)

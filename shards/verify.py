@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import multiprocessing
-import os
 import re
 import sys
 import tarfile
@@ -29,6 +28,7 @@ from typing import Any, BinaryIO
 from tqdm import tqdm
 
 from shards import codecs, schema, storage
+from shards.cpu_budget import usable_cpus
 from shards.writer import file_sha256, is_temporary
 
 _SHARD_PATH_RE = re.compile(r"^(?P<split>[a-z]+)/shard-\d{6}\.tar$")
@@ -285,11 +285,6 @@ def check_manifest(root: str | Path, card: dict[str, Any], checks: list[ShardChe
     return problems
 
 
-def _usable_cores() -> int:
-    """Cores this process may run on (a container's CPU set, not the host's count)."""
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _check_all(root: str | Path, records: list[dict[str, Any]], workers: int) -> list[ShardCheck]:
     """Check shards, in parallel when workers > 1, returned in card order. forkserver, not fork:
     a caller (and tqdm's monitor) may have threads running, which a forked child would inherit
@@ -316,7 +311,7 @@ def verify(root: str | Path, card: dict[str, Any], *, workers: int | None = None
     """-> ([(file, problems) for every bad file: card, manifest, shards in card order, unlisted
     files], shards checked, samples read)."""
     card_problems, records = check_card(card)
-    checks = _check_all(root, records, workers or _usable_cores())
+    checks = _check_all(root, records, workers or usable_cpus())
     manifest_problems = check_manifest(root, card, checks)
     first_shard: dict[str, str] = {}
     for check in checks:
