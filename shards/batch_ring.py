@@ -10,7 +10,7 @@ process (RingLoader) copies every batch out of its slot as it arrives -- one mem
 memory when asked, which the DataLoader's own pinning would have done anyway -- and marks the slot
 free in a small table both sides share. (Until the slots were made up front, each worker made its
 own and sent the slot's tensor with every batch: the main process then received a descriptor
-over a socket and looked the segment up again for each batch: 8% of the stream's rate here.)
+over a socket and looked the segment up again for each batch: 4% of the stream's rate here.)
 
 Why a copy and not the slot itself: a consumer may keep a batch (a list of batches, a picture
 drawn later); a batch that still pointed into a ring slot would change under it when the slot came
