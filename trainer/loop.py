@@ -11,7 +11,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 import torch.distributed as dist
@@ -19,7 +19,8 @@ from timm.optim import create_optimizer_v2
 from timm.scheduler import CosineLRScheduler
 
 from shards import schema, storage
-from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamSource, make_loader, open_source, to_device
+from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamSource, make_loader, open_source,
+                           to_device)
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -105,17 +106,29 @@ def stream_sources(config: ExperimentConfig) -> list[StreamSource]:
                          crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
 
 
-def check_data(config: ExperimentConfig, world_size: int) -> tuple[int, int]:
+class DataPlan(NamedTuple):
+    """What check_data found: the data's shape, each rank's steps an epoch, the opened sources."""
+
+    channels: int
+    image_size: int
+    steps_per_epoch: int
+    sources: list[OpenSource]
+
+
+def check_data(config: ExperimentConfig, world_size: int) -> DataPlan:
     """What every worker will open, checked once before any starts (the driver, under Ray): every
     source's card, split, crop kinds and pixel statistics, one (channels, size) for all, the
     augmentation, and an epoch plan for `world_size` ranks of data.num_workers DataLoader workers
-    each (enough shards for every reader). Raises ValueError or OSError naming what is wrong;
-    returns (channels, image side). Reads cards and manifests only."""
+    each (enough shards for every reader). Raises ValueError or OSError naming what is wrong.
+    Reads cards and manifests only."""
     sources = stream_sources(config)
     channels, image_size = data_shape(sources, config.data.image_size)
-    ShardStream(sources, batch_size=config.data.batch_size, image_size=image_size, world_size=world_size,
-                num_workers=config.data.num_workers, seed=config.run.seed, augment=config.data.augment)
-    return channels, image_size
+    stream = ShardStream(sources, batch_size=config.data.batch_size, image_size=image_size, world_size=world_size,
+                         num_workers=config.data.num_workers, seed=config.run.seed, augment=config.data.augment)
+    steps = stream.steps_per_epoch
+    if config.run.max_steps_per_epoch:
+        steps = min(steps, config.run.max_steps_per_epoch)
+    return DataPlan(channels, image_size, steps, stream.sources)
 
 
 def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str, float]:

@@ -27,7 +27,8 @@ import torch
 from shards import storage
 from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
-from trainer.loop import check_data, train
+from trainer.loop import DataPlan, check_data, train
+from trainer.registry import build_method, method_names
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -214,10 +215,40 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
     return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run))
 
 
+def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
+    """`--dry-run`: the model built for the data, and the run the config describes; nothing started
+    or written. The model is built here on the CPU (a ViT-B takes a second), so that an option it
+    does not take is found before a cluster is."""
+    try:
+        model = build_method(config.model.name, in_chans=plan.channels, img_size=plan.image_size,
+                             **config.model.options)
+    except (TypeError, ValueError) as exc:
+        print(f"pretrain: model error: {config.model.name} with options {config.model.options}: {exc}", file=sys.stderr)
+        return 2
+    optim, global_batch = config.optim, config.data.batch_size * world_size
+    where = "Ray Train workers" if config.run.use_ray else "process (run.use_ray=false)"
+    lines = [
+        "pretrain --dry-run: the config, its data and its model are usable; nothing was started or written",
+        *(f"  data:  {s.name} (weight {s.weight:g}): {len(s.shards)} shards, pixel mean {list(s.mean)} "
+          f"std {list(s.std)}" for s in plan.sources),
+        f"  input: {plan.channels} channel(s) x {plan.image_size} px; {plan.steps_per_epoch} step(s) an epoch on each of "
+        f"{world_size} {where}, batch {config.data.batch_size} each (global {global_batch})",
+        f"  model: {config.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
+        f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
+        f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * plan.steps_per_epoch} steps",
+        f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
+        f"{config.run.checkpoint_every_epochs} epoch(s), newest {config.run.keep_checkpoints} kept)",
+    ]
+    print("\n".join(lines))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML (trainer/configs/)")
     parser.add_argument("--resume", action="store_true", help="continue the run from its latest checkpoint")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="check the config, its data and its model and print the run's plan; start nothing")
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. optim.epochs=10 run.workers=4")
     args = parser.parse_intermixed_args(argv)
     try:
@@ -225,16 +256,23 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pretrain: config error: {exc}", file=sys.stderr)
         return 2
+    if config.model.name not in method_names():
+        print(f"pretrain: config error: model.name: {config.model.name!r} is not one of {method_names()}",
+              file=sys.stderr)
+        return 2
     run_dir = run_folder(config)
     if has_checkpoints(config, run_dir) and not args.resume:
         print(f"pretrain: run {config.run.name!r} already has checkpoints in {run_dir}; pass --resume to continue "
               "it, or choose another run.name", file=sys.stderr)
         return 2
+    world_size = config.run.workers if config.run.use_ray else 1
     try:  # here, once: not in every worker after the cluster has started, as a traceback each
-        check_data(config, config.run.workers if config.run.use_ray else 1)
+        plan = check_data(config, world_size)
     except (OSError, ValueError) as exc:
         print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
+    if args.dry_run:
+        return dry_run(config, plan, world_size)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     print(f"run folder: {run_dir}", flush=True)

@@ -87,6 +87,23 @@ def test_data_that_no_worker_could_read_is_refused_before_ray_starts(lesion_shar
     assert not any(tmp_path.iterdir())  # no run folder made
 
 
+def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, tmp_path, capsys):
+    from trainer.pretrain import main
+
+    base = ["--config", str(TINY), f"run.storage_path={tmp_path}", f"data.sources=[{{root: {lesion_shards}}}]",
+            "--dry-run"]
+    assert main(base + ["run.workers=2", "data.batch_size=4"]) == 0
+    said = capsys.readouterr().out
+    assert "nothing was started or written" in said and "model: miram_vit_tiny_patch16, 0." in said
+    assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
+    assert main(base + ["model.options.bogus=1"]) == 2
+    err = capsys.readouterr().err
+    assert "model error: miram_vit_tiny_patch16" in err and "unexpected keyword argument 'bogus'" in err
+    assert main(base + ["model.name=miram_vit_huge"]) == 2
+    assert "model.name: 'miram_vit_huge' is not one of" in capsys.readouterr().err
+    assert not any(tmp_path.iterdir())
+
+
 def test_a_ray_run_that_checkpointed_to_s3_is_not_continued_by_accident(s3_endpoint, tmp_path, monkeypatch, capsys):
     from trainer.config import load_config
     from trainer.pretrain import has_checkpoints, main, run_folder
