@@ -167,6 +167,10 @@ def start_embedded_ray() -> None:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    # One machine of our own is never preempted; Ray Train's watcher for preempted nodes only made
+    # Ray log an error line ("PreemptionWatcher ... max_restarts > 0") at every start. On a cluster
+    # (RAY_ADDRESS set) it stays on.
+    os.environ.setdefault("RAY_TRAIN_ENABLE_PREEMPTION_WATCHER", "0")
     ray.init(address="local", _node_ip_address="127.0.0.1", include_dashboard=True, dashboard_host="127.0.0.1",
              dashboard_port=port)
 

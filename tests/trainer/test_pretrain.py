@@ -130,7 +130,8 @@ def test_embedded_ray_run_ends_cleanly(lesion_shards, ray_env, tmp_path):
     assert done.returncode == 0, output[-3000:]
     assert "finished:" in done.stdout and list((tmp_path / "tiny-cpu").glob("checkpoint_*"))
     for complaint in ("State API may be temporarily unavailable", "PlacementGroupCleaner", "Traceback",
-                      "Reporting training result", "Checkpoint successfully created"):  # per worker per epoch
+                      "Reporting training result", "Checkpoint successfully created",  # per worker per epoch
+                      "PreemptionWatcher"):  # an error line at every start, from a watcher one machine never needs
         assert complaint not in output, output[-3000:]
     for epoch in (1, 2):  # rank 0's epoch line, once (Ray Train's print patch printed it twice)
         assert output.count(f"epoch {epoch}/2 step") == 1, output[-3000:]
