@@ -33,6 +33,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.pixel_moments import pixel_moments
+from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
 from ingest.unit_pool import map_units
 from shards import card as card_io
@@ -174,7 +175,7 @@ def out_state(job: IngestJob) -> str:
         return "finished"
     if job_file.exists():
         return "resume" if json.loads(job_file.read_text())["fingerprint"] == job.fingerprint() else "other-run"
-    if out.exists() and any(p.name != STAGING_DIR for p in out.iterdir()):
+    if out.exists() and any(p.name not in (STAGING_DIR, LOCK_FILE) for p in out.iterdir()):
         return "foreign"
     return "new"
 
@@ -265,6 +266,15 @@ def run_job(job: IngestJob) -> JobSummary:
         raise IngestError(f"{job.source}: duplicate work unit ids; this is a bug in the source")
     start = time.perf_counter()
     job.out.mkdir(parents=True, exist_ok=True)
+    try:
+        with hold_out_lock(job.out):
+            return _run_locked(job, start)
+    except FolderBusy as exc:
+        raise IngestError(str(exc)) from None
+
+
+def _run_locked(job: IngestJob, start: float) -> JobSummary:
+    """run_job's work, with the output folder's lock held."""
     staging = _prepare_out(job)
     writers, done, good = _open_writers(job, staging)
 
