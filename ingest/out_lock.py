@@ -27,9 +27,7 @@ def hold_out_lock(out: Path) -> Iterator[None]:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
-            raise FolderBusy(f"{out}: another ingest (pid {holder}) is writing this folder; wait for it to end, "
-                             "or stop it and run again to resume") from None
+            raise FolderBusy(busy_message(out, _holder(fd))) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         try:
@@ -38,3 +36,29 @@ def hold_out_lock(out: Path) -> Iterator[None]:
             path.unlink(missing_ok=True)  # while still held: a run that starts now makes a new one
     finally:
         os.close(fd)
+
+
+def writer_of(out: Path) -> str | None:
+    """The pid of the ingest writing `out` now, or None; read only (ingest --dry-run)."""
+    try:
+        fd = os.open(out / LOCK_FILE, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return _holder(fd)
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        return None
+    finally:
+        os.close(fd)
+
+
+def busy_message(out: Path, holder: str) -> str:
+    return (f"{out}: another ingest (pid {holder}) is writing this folder; wait for it to end, "
+            "or stop it and run again to resume")
+
+
+def _holder(fd: int) -> str:
+    return os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"

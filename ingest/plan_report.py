@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from ingest.out_lock import busy_message, writer_of
 from ingest.pipeline import STAGING_DIR, IngestJob, out_state, refusal
 from ingest.progress import read_progress
 from shards import schema
@@ -51,7 +52,10 @@ def describe_plan(job: IngestJob) -> tuple[str, str | None]:
         lines.append(f"note: {key}: {value}")
     state = out_state(job)
     reason = refusal(job, state)
-    if job.overwrite and state != "new":
+    if holder := writer_of(job.out):  # whatever the folder holds, the run would not get in now
+        reason = busy_message(job.out, holder)
+        lines.append(f"output: the run would refuse: {reason}")
+    elif job.overwrite and state != "new":
         lines.append(f"output: {job.out} would be cleared and rebuilt (--overwrite)")
     elif reason:
         lines.append(f"output: the run would refuse: {reason}")

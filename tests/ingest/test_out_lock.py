@@ -49,9 +49,12 @@ def test_a_second_ingest_into_a_folder_being_written_is_refused_and_changes_noth
         said = capsys.readouterr().err
         assert f"another ingest (pid {holder.pid}) is writing this folder" in said
         assert contents(out) == before  # --overwrite deleted nothing
+        assert main(["cbis", str(cbis_root), "--out", str(out), *RUN, "--dry-run"]) == EXIT_USAGE  # and says so
+        assert f"the run would refuse: {out}: another ingest (pid {holder.pid})" in capsys.readouterr().out
     finally:
         release.set()
         holder.join(60)
+    assert main(["cbis", str(cbis_root), "--out", str(out), *RUN, "--overwrite", "--dry-run"]) == EXIT_OK
     assert main(["cbis", str(cbis_root), "--out", str(out), *RUN, "--overwrite"]) == EXIT_OK
     assert contents(out) == before and not (out / LOCK_FILE).exists()
 
