@@ -82,6 +82,7 @@ class RunConfig:
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 3
     log_every_steps: int = 20
+    progress_every_s: float = 60.0  # within an epoch, a step line at most this often (at logging steps)
     images_every_steps: int = 500
     max_steps_per_epoch: int | None = None  # cut epochs short (smoke runs)
     max_failures: int = 0  # worker failures Ray Train recovers from (restarts from the last checkpoint)
@@ -194,6 +195,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("run.checkpoint_every_epochs", _positive, "1 or more"),
     ("run.keep_checkpoints", _positive, "1 or more"),
     ("run.log_every_steps", _positive, "1 or more"),
+    ("run.progress_every_s", lambda v: v >= 0, "0 (every logging step) or more"),
     ("run.images_every_steps", _positive, "1 or more"),
     ("run.max_steps_per_epoch", lambda v: v is None or v >= 1, "null (whole epochs) or 1 or more"),
     ("run.max_failures", lambda v: v >= -1, "-1 (retry forever), 0 or more"),

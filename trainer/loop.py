@@ -24,7 +24,7 @@ from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamS
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
-from trainer.run_log import RunLog, epoch_line
+from trainer.run_log import RunLog, epoch_line, step_line
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -180,7 +180,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             model.train()
             sums: dict[str, float] = {}
             skipped = 0
-            started = time.perf_counter()
+            started = last_line = time.perf_counter()
             for i, batch in _batches(loader, steps_per_epoch, session.device):
                 skipped += batch["skipped"]
                 with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
@@ -205,7 +205,15 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 if step % run.log_every_steps == 0:
                     values = mean_over_ranks(values, session.device)  # on every rank, before rank 0 logs
                     if log:
-                        log.step(step, values | {"lr": optimizer.param_groups[0]["lr"], "epoch": epoch})
+                        lr = optimizer.param_groups[0]["lr"]
+                        log.step(step, values | {"lr": lr, "epoch": epoch})
+                        now = time.perf_counter()
+                        if now - last_line >= run.progress_every_s:  # a long epoch shows its progress
+                            rate = (i + 1) * config.data.batch_size * session.world_size / (now - started)
+                            print(step_line(epoch=epoch, epochs=optim.epochs, done=i + 1, steps_per_epoch=steps_per_epoch,
+                                            step=step, values=values, lr=lr, samples_per_s=rate,
+                                            elapsed_s=now - started), flush=True)
+                            last_line = now
                 if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
             seen = max(1, min(steps_per_epoch, i + 1))

@@ -69,3 +69,13 @@ def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> st
     eta = _duration(epoch_seconds * (epochs - epoch - 1))
     return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {losses} lr {metrics['lr']:.3g} "
             f"{metrics['samples_per_s']:.0f} samples/s{skipped} {_duration(epoch_seconds)}/epoch, eta {eta}")
+
+
+def step_line(*, epoch: int, epochs: int, done: int, steps_per_epoch: int, step: int, values: dict[str, float],
+              lr: float, samples_per_s: float, elapsed_s: float) -> str:
+    """Progress within a long epoch: 'step 1200 of epoch 3/400 (300/500): loss 0.5123 ... lr 0.00012
+    2450 samples/s, epoch ends in 1m10s' (the epoch's rest at its pace so far)."""
+    losses = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k.startswith("loss"))
+    left = elapsed_s / max(done, 1) * (steps_per_epoch - done)
+    return (f"step {step} of epoch {epoch + 1}/{epochs} ({done}/{steps_per_epoch}): {losses} lr {lr:.3g} "
+            f"{samples_per_s:.0f} samples/s, epoch ends in {_duration(left)}")

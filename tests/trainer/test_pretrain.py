@@ -52,6 +52,21 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
+def test_a_long_epoch_shows_step_lines_as_often_as_asked(lesion_shards, tmp_path, capsys):
+    from trainer.pretrain import main
+
+    extra = {"run.use_ray": "false", "run.log_every_steps": "1", "data.batch_size": "2"}
+    assert main(["--config", str(TINY), *overrides(lesion_shards, tmp_path / "a", 1, **extra),
+                 "run.progress_every_s=0"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+    steps = int(float(epoch_rows(tmp_path / "a" / "tiny-cpu")[0]["step"]))
+    assert len(lines) == steps >= 2
+    assert lines[0].startswith(f"step 1 of epoch 1/1 (1/{steps}): loss ") and "samples/s, epoch ends in" in lines[0]
+    assert lines[-1].endswith("epoch ends in 0m00s")
+    assert main(["--config", str(TINY), *overrides(lesion_shards, tmp_path / "b", 1, **extra)]) == 0  # every 60 s
+    assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
+
+
 def test_a_bad_sample_stops_the_run_by_name_or_is_skipped_and_counted(lesion_shards, with_a_broken_png, tmp_path,
                                                                        capsys):
     from trainer.pretrain import main
