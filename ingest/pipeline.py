@@ -42,7 +42,7 @@ from shards.heap import keep_buffers_in_heap
 from shards.manifest import write_manifest
 from shards.writer import ShardWriter, atomic_write_bytes
 
-STAGING_DIR = ".staging"
+STAGING_DIR = schema.STAGING_DIR
 # A unit whose members add up to this is committed on a thread and, from a worker process, its
 # members travel out of band (ingest.unit_pool). Measured (paired runs, one process): on a thread,
 # 40 MB IF units ingest 1.09x faster; 100 KB CBIS and 50 KB CheXpert units 1.02x and 1.06x slower

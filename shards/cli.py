@@ -22,8 +22,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="shards", description="Inspect and check medshards shard sets.")
     commands = parser.add_subparsers(dest="command", required=True)
 
-    ls = commands.add_parser("ls", help="summarise a shard set from its dataset.json and manifest")
-    ls.add_argument("root", help=_ROOT_HELP)
+    ls = commands.add_parser("ls", help="summarise a shard set from its dataset.json and manifest, or list "
+                                        "the sets in a folder of them")
+    ls.add_argument("root", help=_ROOT_HELP + "; or a folder of shard sets")
     ls.add_argument("--json", action="store_true", help="print the summary as JSON")
 
     check = commands.add_parser("verify", help="check every shard against the card and the manifest")
@@ -62,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         card = read_card(args.root)
     except (OSError, ValueError) as exc:  # missing, unreadable, not JSON, not a medshards card
+        if args.command == "ls" and (found := _sets_in(args.root)):
+            return listing.run_sets(args.root, *found, as_json=args.json)
         print(f"shards {args.command}: error: {args.root} is not a readable shard set: {exc}", file=sys.stderr)
         return 2
     if args.command == "ls":
@@ -80,6 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, ValueError, KeyError) as exc:
         print(f"shards preview: error: {exc}", file=sys.stderr)
         return 2
+
+
+def _sets_in(root: str) -> tuple[list, list[str]] | None:
+    """The shard sets in a folder of them, or None when it holds none (nor unfinished ones)."""
+    try:
+        sets, unfinished = listing.list_sets(root)
+    except (OSError, ValueError):
+        return None
+    return (sets, unfinished) if sets or unfinished else None
 
 
 if __name__ == "__main__":

@@ -1,4 +1,6 @@
-"""`shards ls`: what a shard set holds, read from its card (and the manifest's row count).
+"""`shards ls`: what a shard set holds, read from its card (and the manifest's row count); or, for
+a folder of shard sets (shards are made once and kept side by side, /shards/cbis-lesion,
+/shards/nih-whole, ...), one line per set and the sets whose ingest has not finished.
 
 Nothing here opens a shard: the card already states counts, bytes and label tallies, so listing a
 set of terabytes takes as long as reading one JSON file and one Parquet footer.
@@ -12,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from shards import schema, storage
+from shards.card import read_card
 
 TOP_LABEL_VALUES = 5
 
@@ -109,4 +112,47 @@ def render(root: Path, summary: dict[str, Any]) -> str:
 def run(root: Path, card: dict[str, Any], *, as_json: bool = False, out=None) -> int:
     summary = summarize(root, card)
     print(json.dumps(summary, indent=2, sort_keys=True) if as_json else render(root, summary), file=out)
+    return 0
+
+
+def list_sets(root: str | Path) -> tuple[list[tuple[str, dict[str, Any]]], list[str]]:
+    """The shard sets directly in `root`: ([(name, summary)], [names of folders whose ingest has not
+    finished]); folders that are neither are left out."""
+    sets, unfinished = [], []
+    for name in storage.list_subfolders(root):
+        child = storage.join(root, name)
+        try:
+            sets.append((name, summarize(child, read_card(child))))
+        except (OSError, ValueError):
+            if schema.STAGING_DIR in storage.list_names(child):
+                unfinished.append(name)
+    return sets, unfinished
+
+
+def render_sets(root: str | Path, sets: list[tuple[str, dict[str, Any]]], unfinished: list[str]) -> str:
+    width = max([len(name) for name, _ in sets] + [3])
+    lines = [f"{root}: {len(sets)} shard set{'s' * (len(sets) != 1)}", "",
+             f"{'set':<{width}} {'source':<12} {'train':>8} {'val':>7} {'test':>7} {'bytes':>11}  crop kinds"]
+    for name, summary in sets:
+        splits = summary["splits"]
+        kinds = Counter()
+        for entry in splits.values():
+            kinds.update(entry["crop_kinds"])
+        counts = [splits.get(split, {}).get("samples", 0) for split in schema.SPLITS]
+        size = sum(entry["bytes"] for entry in splits.values())
+        lines.append(f"{name:<{width}} {summary['source'] or '?':<12} {counts[0]:>8} {counts[1]:>7} {counts[2]:>7} "
+                     f"{_human_bytes(size):>11}  {_counts(kinds, len(kinds)) or 'none'}")
+    if unfinished:
+        lines += ["", f"not finished (an ingest is writing it, or was interrupted: its command resumes it): "
+                      f"{', '.join(unfinished)}"]
+    return "\n".join(lines)
+
+
+def run_sets(root: str | Path, sets: list[tuple[str, dict[str, Any]]], unfinished: list[str], *,
+             as_json: bool = False, out=None) -> int:
+    if as_json:
+        text = json.dumps({"sets": dict(sets), "unfinished": unfinished}, indent=2, sort_keys=True)
+    else:
+        text = render_sets(root, sets, unfinished)
+    print(text, file=out)
     return 0

@@ -61,6 +61,7 @@ SHARD_GLOB = "shard-*.tar"
 MANIFEST_FILE = "manifest.parquet"
 CARD_FILE = "dataset.json"
 REJECTS_FILE = "rejects.jsonl"
+STAGING_DIR = ".staging"  # a set whose ingest has not finished yet (running, or interrupted: resumable)
 
 KEY_RE = re.compile(r"^[A-Za-z0-9_-]+$")
 

@@ -194,6 +194,11 @@ def list_folder(location: str | Path) -> list[str]:
     return [name for name, is_a_file in _folder_entries(location) if is_a_file]
 
 
+def list_subfolders(location: str | Path) -> list[str]:
+    """Names of the folders (an object store's common prefixes) directly in a folder, sorted."""
+    return [name for name, is_a_file in _folder_entries(location) if not is_a_file]
+
+
 def list_names(location: str | Path) -> list[str]:
     """Names of everything directly in a folder (files and folders), sorted; [] when there is none."""
     return [name for name, _ in _folder_entries(location)]

@@ -34,3 +34,21 @@ def test_ls_of_a_folder_that_is_not_a_shard_set(tmp_path, capsys):
     (tmp_path / "dataset.json").write_text("{not json")
     assert main(["ls", str(tmp_path)]) == 2
 
+
+
+def test_ls_of_a_folder_of_shard_sets_lists_each_and_the_unfinished(tmp_path, samples, build_shard_set, capsys):
+    build_shard_set(tmp_path / "cbis-lesion", samples)
+    build_shard_set(tmp_path / "small", samples[:4])
+    (tmp_path / "being-written" / ".staging").mkdir(parents=True)  # an ingest running or interrupted there
+    (tmp_path / "notes").mkdir()  # neither: left out
+    assert main(["ls", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith(f"{tmp_path}: 2 shard sets")
+    rows = {line.split()[0]: line.split()[1:5] for line in out.splitlines() if line.split()[:1] in (["cbis-lesion"], ["small"])}
+    assert rows["cbis-lesion"] == ["toy", "6", "2", "2"]
+    assert rows["small"][0] == "toy" and sum(map(int, rows["small"][1:])) == 4
+    assert "its command resumes it): being-written" in out and "notes" not in out
+    assert main(["ls", str(tmp_path), "--json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert sorted(listed["sets"]) == ["cbis-lesion", "small"] and listed["unfinished"] == ["being-written"]
+    assert listed["sets"]["cbis-lesion"]["manifest_rows"] == 10

@@ -87,9 +87,13 @@ def test_the_trainer_sizes_its_model_from_an_s3_set(s3):
     assert data_shape([StreamSource(s3)], None) == (1, 8)
 
 
-def test_shards_ls_verify_and_preview_read_an_s3_set(s3, tmp_path, capsys):
+def test_shards_ls_verify_and_preview_read_an_s3_set(s3, s3_endpoint, uneven_set, tmp_path, capsys):
     assert cli.main(["ls", s3]) == 0
     assert "29" in capsys.readouterr().out
+    shelf = s3_endpoint.upload(uneven_set, "shelf/uneven").replace("/uneven?", "?")  # a prefix of sets
+    assert cli.main(["ls", shelf]) == 0
+    assert [line.split()[:2] for line in capsys.readouterr().out.splitlines() if line.startswith("uneven")] == \
+        [["uneven", "toy"]]
     assert cli.main(["verify", s3, "--workers", "2"]) == 0
     assert "OK (7 shards, 29 samples)" in capsys.readouterr().out
     assert cli.main(["preview", s3, "-n", "5", "--out", str(tmp_path / "sheet.png")]) == 0
