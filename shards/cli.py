@@ -8,6 +8,7 @@ Exit codes: 0 good, 1 `verify` found problems, 2 usage error, ROOT is not a read
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -94,5 +95,17 @@ def _sets_in(root: str) -> tuple[list, list[str]] | None:
     return (sets, unfinished) if sets or unfinished else None
 
 
+def console() -> None:
+    """The `shards` console script. A reader that stops early (`shards ls --json | head`) ends it
+    quietly, as it does `ls` or `cat`, not with a BrokenPipeError traceback."""
+    try:
+        code = main()
+        sys.stdout.flush()
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
+        code = 1
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
