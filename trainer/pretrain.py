@@ -280,16 +280,20 @@ def main(argv: list[str] | None = None) -> int:
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     print(f"run folder: {run_dir}", flush=True)
-    if config.run.use_ray:
-        fit_on_ray(config, run_dir)
-    else:
-        try:
+    try:
+        if config.run.use_ray:
+            fit_on_ray(config, run_dir)
+        else:
             train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
-        except SampleError as exc:
-            print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
-                  "trains without the samples that cannot be read (each named in a warning, and counted)",
-                  file=sys.stderr)
-            return 1
+    except SampleError as exc:
+        print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
+              "trains without the samples that cannot be read (each named in a warning, and counted)",
+              file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"\npretrain: interrupted; the same command with --resume continues from the last checkpoint "
+              f"(written every {config.run.checkpoint_every_epochs} epoch(s))", file=sys.stderr)
+        return 130
     print(f"metrics: {run_dir / 'epochs.csv'}, {run_dir / 'steps.csv'}, {run_dir / 'tensorboard'}\n"
           f"pictures: {run_dir / 'images'}", flush=True)
     return 0

@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import csv
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -50,6 +52,28 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     latest = sorted((run_dir / "checkpoints").glob("epoch_*"))[-1]
     state = torch.load(latest / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
+
+
+def test_ctrl_c_ends_a_one_process_run_saying_how_to_resume_and_resume_goes_on(lesion_shards, tmp_path):
+    args = [sys.executable, str(PROJECT / "trainer" / "pretrain.py"), "--config", str(TINY),
+            *overrides(lesion_shards, tmp_path, 400, **{"run.use_ray": "false"})]
+    run = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                           env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+    checkpoints = tmp_path / "tiny-cpu" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("epoch_0001")) and run.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    run.send_signal(signal.SIGINT)
+    _, err = run.communicate(timeout=120)
+    assert run.returncode == 130, err[-2000:]
+    assert "interrupted; the same command with --resume continues from the last checkpoint" in err
+    assert "Traceback" not in err
+    done = int(float(epoch_rows(tmp_path / "tiny-cpu")[-1]["epoch"]))
+    resumed = subprocess.run([*args, f"optim.epochs={done + 2}", "--resume"], cwd=PROJECT, capture_output=True, text=True, timeout=300,
+                             env=dict(os.environ, NO_ALBUMENTATIONS_UPDATE="1"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    epochs = [int(float(r["epoch"])) for r in epoch_rows(tmp_path / "tiny-cpu")]
+    assert epochs[-1] == done + 1 and sorted(set(epochs)) == list(range(done + 2))
 
 
 def test_a_long_epoch_shows_step_lines_as_often_as_asked(lesion_shards, tmp_path, capsys):
