@@ -131,6 +131,23 @@ def check_data(config: ExperimentConfig, world_size: int) -> DataPlan:
     return DataPlan(channels, image_size, steps, stream.sources)
 
 
+def first_batch_terms(config: ExperimentConfig, plan: DataPlan, model: torch.nn.Module,
+                      samples: int = 2) -> dict[str, float]:
+    """The method's loss terms on `samples` real samples of the data, streamed, augmented and
+    finished as training does them (CPU, no gradients): a dry run's proof that data and model fit
+    together. Raises whatever the stream or the model raises; FloatingPointError for a loss that
+    is not finite."""
+    loader, _ = make_loader(stream_sources(config), batch_size=samples, image_size=plan.image_size,
+                            seed=config.run.seed, augment=config.data.augment, samples_per_epoch=samples,
+                            handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples])
+    batch = to_device(next(iter(loader)), "cpu")
+    with torch.no_grad():
+        terms = {name: float(value) for name, value in model(batch).items()}
+    if not math.isfinite(terms["loss"]):
+        raise FloatingPointError(f"the loss on {samples} samples is {terms['loss']}")
+    return terms
+
+
 def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str, float]:
     """Pretrain `config.model` on `config.data`; returns the last epoch's metrics."""
     run, optim = config.run, config.optim

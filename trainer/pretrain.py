@@ -27,7 +27,7 @@ import torch
 from shards import storage
 from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
-from trainer.loop import DataPlan, check_data, train
+from trainer.loop import DataPlan, check_data, first_batch_terms, train
 from trainer.registry import build_method, method_names
 
 
@@ -220,14 +220,17 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
 
 
 def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
-    """`--dry-run`: the model built for the data, and the run the config describes; nothing started
-    or written. The model is built here on the CPU (a ViT-B takes a second), so that an option it
-    does not take is found before a cluster is."""
+    """`--dry-run`: the model built for the data and run on two of its samples, and the run the
+    config describes; nothing started or written. Both happen here on the CPU (a ViT-B takes a few
+    seconds), so that an option the method does not take, or one it fails on, is found before a
+    cluster is."""
     try:
         model = build_method(config.model.name, in_chans=plan.channels, img_size=plan.image_size,
                              **config.model.options)
-    except (TypeError, ValueError) as exc:
-        print(f"pretrain: model error: {config.model.name} with options {config.model.options}: {exc}", file=sys.stderr)
+        terms = first_batch_terms(config, plan, model)
+    except Exception as exc:  # noqa: BLE001 -- whatever the method raises is the message: this is a check
+        print(f"pretrain: model error: {config.model.name} with options {config.model.options} on this data: "
+              f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
     optim, global_batch = config.optim, config.data.batch_size * world_size
     where = "Ray Train workers" if config.run.use_ray else "process (run.use_ray=false)"
@@ -237,7 +240,8 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
           f"std {list(s.std)}" for s in plan.sources),
         f"  input: {plan.channels} channel(s) x {plan.image_size} px; {plan.steps_per_epoch} step(s) an epoch on each of "
         f"{world_size} {where}, batch {config.data.batch_size} each (global {global_batch})",
-        f"  model: {config.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters",
+        f"  model: {config.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
+        f"on 2 samples: " + " ".join(f"{k} {v:.4f}" for k, v in terms.items()),
         f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
         f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * plan.steps_per_epoch} steps",
         f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "

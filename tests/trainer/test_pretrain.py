@@ -134,10 +134,13 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert main(base + ["run.workers=2", "data.batch_size=4"]) == 0
     said = capsys.readouterr().out
     assert "nothing was started or written" in said and "model: miram_vit_tiny_patch16, 0." in said
+    assert "on 2 samples: loss " in said and "loss_fine " in said  # a real batch went through the model
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
     assert main(base + ["model.options.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "model error: miram_vit_tiny_patch16" in err and "unexpected keyword argument 'bogus'" in err
+    assert main(base + ["model.options.mask_ratio=1.5"]) == 2  # built, but fails on a batch
+    assert "on this data: ValueError: mask_ratio must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert main(base + ["model.name=miram_vit_huge"]) == 2
     assert "model.name: 'miram_vit_huge' is not one of" in capsys.readouterr().err
     assert not any(tmp_path.iterdir())
