@@ -31,6 +31,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ from typing import Any
 
 import cv2
 import numpy as np
+from tqdm import tqdm
 
 from ingest import crops, dicom_tree, pseudonym, splits, tissue
 from ingest.arguments import held_out_fraction, least_share, positive_int
@@ -94,8 +96,10 @@ def unreadable(exc: OSError) -> str:
 
 
 def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
-                 test_fraction: float, val_fraction: float, seed: int) -> ArchivePlan:
-    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient."""
+                 test_fraction: float, val_fraction: float, seed: int, progress: bool = False) -> ArchivePlan:
+    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient.
+    With progress, a counter of the files looked at and the images kept (a hospital archive's
+    walk of a million files is a long wait with no total to show)."""
     counts: Counter = Counter()
     filtered: Counter = Counter()
     problems: list[tuple[str, str]] = []
@@ -108,8 +112,12 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         examined = dicom_tree.object_heads(files)
     else:
         examined = ((rel, path, None) for rel, path in files)
+    bar = tqdm(unit=" files", desc=f"plan dicom {root}", disable=not progress, file=sys.stderr, mininterval=1.0)
     for rel, path, head in examined:
         counts["files_seen"] += 1
+        bar.update(1)
+        if counts["files_seen"] % 1000 == 0:
+            bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
         try:
             if isinstance(head, OSError):
                 raise head
@@ -136,6 +144,8 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
             counts["files_sharing_a_sop_instance_uid"] += digest in sop_seen
             sop_seen.add(digest)
         kept.append((found, _patient_key(found, counts)))
+    bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
+    bar.close()
     rejects += [Reject(rel, reason) for rel, reason in problems]
     patient_split = splits.split_patients({key for _, key in kept}, test_fraction=test_fraction,
                                           val_fraction=val_fraction, seed=seed)
@@ -280,7 +290,7 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     salt = pseudonym.resolve_salt(id_salt)
     try:
         plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
-                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress)
     except OSError as exc:  # the store's listing failed (a file that cannot be read is a reject)
         raise IngestError(str(exc)) from exc
     if not plan.units and not plan.rejects:

@@ -216,6 +216,15 @@ def test_no_phi_in_shards_manifest_card_or_stdout(archive, tmp_path, capsys):
         assert value and value.encode() not in everything, f"identifier {value!r} leaked"
 
 
+def test_planning_a_tree_counts_its_files_on_stderr_unless_told_not_to(tmp_path, capsys):
+    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
+    assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--workers", "1", "--dry-run"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert f"plan dicom {clean.root}:" in err and "3 images kept" in err
+    assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--no-progress", "--dry-run"]) == EXIT_OK
+    assert "plan dicom" not in capsys.readouterr().err
+
+
 def test_cli_exit_codes(tmp_path, capsys):
     clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
     assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--no-progress", "--workers", "1"]) == EXIT_OK
