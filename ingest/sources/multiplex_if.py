@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import csv
 import random
+import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from tqdm import tqdm
 
 from ingest import crops, nuclei, pseudonym, splits
 from ingest.arguments import held_out_fraction, non_negative_int, positive_int
@@ -221,13 +223,15 @@ def _measure(plan: ImagePlan) -> tuple[str, int | None]:
 
 def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], salt: str, side: int, block: int,
                crops_kind: str, random_per_image: int, test_fraction: float, val_fraction: float, seed: int,
-               workers: int) -> list[WorkUnit]:
-    """One unit per block of every image holding work, sorted by pseudonymous id."""
+               workers: int, progress: bool = False) -> list[WorkUnit]:
+    """One unit per block of every image holding work, sorted by pseudonymous id. Each image is read
+    whole twice here (fingerprint, nuclear threshold); with progress, a bar counts them."""
     raw_patient = {image_id: patients.get(image_id, image_id) for image_id, _ in plans}
     split_of = assign_splits(set(raw_patient.values()), test_fraction=test_fraction, val_fraction=val_fraction,
                              seed=seed)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="if-plan") as pool:  # hashing releases the GIL
-        measured = list(pool.map(_measure, [plan for _, plan in plans]))
+        measured = list(tqdm(pool.map(_measure, [plan for _, plan in plans]), total=len(plans), unit="img",
+                             desc="plan if (fingerprint, nuclear threshold)", disable=not progress, file=sys.stderr))
     units = []
     for (image_id, plan), (fingerprint, threshold) in zip(plans, measured):
         patient = pseudonym.pseudonym(salt, f"if:{raw_patient[image_id]}")
@@ -344,7 +348,7 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
                                         nuclear_channel=nuclear_channel)
     units = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block, crops_kind=crops,
                        random_per_image=random_per_image, test_fraction=test_fraction, val_fraction=val_fraction,
-                       seed=seed, workers=workers)
+                       seed=seed, workers=workers, progress=progress)
     parameters = {
         "root": str(root), "channels": list(channels), "crops": crops, "cells": cells.name if cells else None,
         "nuclear_channel": nuclear_channel, "patients": patients.name if patients else None, "size": size,

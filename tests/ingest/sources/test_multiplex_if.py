@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -208,6 +209,14 @@ def test_unusable_images_are_rejected_and_the_job_goes_on(tmp_path, capsys):
     assert rejects["unnamed.tif"].startswith("no channel names: ")
     assert rejects["corrupt.tif"].startswith("unreadable TIFF: ")
     assert pq.read_table(out / schema.MANIFEST_FILE).num_rows == 24
+
+
+def test_planning_counts_the_images_it_reads_whole_unless_told_not_to(made, tmp_path, capsys):
+    assert main(["if", str(made.root), "--out", str(tmp_path / "a"), "--dry-run"]) == EXIT_OK
+    err = capsys.readouterr().err
+    assert "plan if (fingerprint, nuclear threshold)" in err and re.search(r" (\d+)/\1 \[", err)  # ends at N/N
+    assert main(["if", str(made.root), "--out", str(tmp_path / "a"), "--dry-run", "--no-progress"]) == EXIT_OK
+    assert "plan if" not in capsys.readouterr().err
 
 
 def test_cli_default_size_and_usage_errors(made, tmp_path, capsys):
