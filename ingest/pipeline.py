@@ -32,8 +32,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from ingest.pixel_moments import pixel_moments
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
+from ingest.pixel_moments import pixel_moments
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
 from ingest.unit_pool import map_units
 from shards import card as card_io

@@ -43,12 +43,8 @@ def cgroup_cpu_quota(cgroup_root: Path = CGROUP_ROOT, proc_cgroup: Path = PROC_C
 def _folders(mount: Path, path: str) -> list[Path]:
     """The cgroup's folder and its ancestors under the mount, and the mount itself: inside a
     container /proc/self/cgroup may name the host's path while the mount is the container's own."""
-    folders = [mount]
-    relative = Path(path.strip("/")) if path.strip("/") else None
-    while relative is not None and relative != Path("."):
-        folders.append(mount / relative)
-        relative = relative.parent
-    return folders
+    relative = Path(path.strip("/"))
+    return [mount, *(mount / folder for folder in (relative, *relative.parents) if folder != Path("."))]
 
 
 def _v2_limit(cpu_max: Path) -> float | None:

@@ -74,6 +74,14 @@ def _counts(counter: dict[str, int], top: int) -> str:
     return shown + (f", +{len(ranked) - top} more" if len(ranked) > top else "")
 
 
+def _crop_kinds(splits: dict[str, dict[str, Any]]) -> Counter:
+    """summarize()'s splits -> samples per crop kind over all of them."""
+    kinds = Counter()
+    for entry in splits.values():
+        kinds.update(entry["crop_kinds"])
+    return kinds
+
+
 def render(root: Path, summary: dict[str, Any]) -> str:
     """The summary as a few readable lines: one table row per split, then labels and stats."""
     lines = [f"{root}: {summary['format']} schema {summary['schema_version']}, tool {summary['tool_version']}",
@@ -81,12 +89,11 @@ def render(root: Path, summary: dict[str, Any]) -> str:
     header = f"{'split':<6} {'samples':>9} {'patients':>9} {'shards':>7} {'bytes':>11}"
     lines += ["", header]
     total = Counter()
-    crop_kinds = Counter()
     for split, entry in summary["splits"].items():
         lines.append(f"{split:<6} {entry['samples']:>9} {entry['patients']:>9} {entry['shards']:>7} "
                      f"{_human_bytes(entry['bytes']):>11}")
         total.update({k: entry[k] for k in ("samples", "shards", "bytes")})
-        crop_kinds.update(entry["crop_kinds"])
+    crop_kinds = _crop_kinds(summary["splits"])
     lines.append(f"{'total':<6} {total['samples']:>9} {'':>9} {total['shards']:>7} {_human_bytes(total['bytes']):>11}")
     lines += ["", f"crop kinds: {_counts(crop_kinds, len(crop_kinds)) or 'none'}"]
     labels: dict[str, Counter] = {}
@@ -135,9 +142,7 @@ def render_sets(root: str | Path, sets: list[tuple[str, dict[str, Any]]], unfini
              f"{'set':<{width}} {'source':<12} {'train':>8} {'val':>7} {'test':>7} {'bytes':>11}  crop kinds"]
     for name, summary in sets:
         splits = summary["splits"]
-        kinds = Counter()
-        for entry in splits.values():
-            kinds.update(entry["crop_kinds"])
+        kinds = _crop_kinds(splits)
         counts = [splits.get(split, {}).get("samples", 0) for split in schema.SPLITS]
         size = sum(entry["bytes"] for entry in splits.values())
         lines.append(f"{name:<{width}} {summary['source'] or '?':<12} {counts[0]:>8} {counts[1]:>7} {counts[2]:>7} "

@@ -59,15 +59,19 @@ def _duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m{int(seconds % 60):02d}s"
 
 
+def _losses(values: dict[str, Any]) -> str:
+    """'loss 0.5123 loss_coarse 0.4980 ...': the loss terms of a metrics dict."""
+    return " ".join(f"{k} {v:.4f}" for k, v in values.items() if k.startswith("loss"))
+
+
 def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> str:
     """One epoch's summary for the log: 'epoch 3/400 step 1200 loss 0.5123 ... 2450 samples/s
     2m10s/epoch, eta 14h20m' (the rest of the run at this epoch's pace), with the skipped samples
     when there were any."""
     epoch = int(metrics["epoch"])
-    losses = " ".join(f"{k} {v:.4f}" for k, v in metrics.items() if k.startswith("loss"))
     skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
     eta = _duration(epoch_seconds * (epochs - epoch - 1))
-    return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {losses} lr {metrics['lr']:.3g} "
+    return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)} lr {metrics['lr']:.3g} "
             f"{metrics['samples_per_s']:.0f} samples/s{skipped} {_duration(epoch_seconds)}/epoch, eta {eta}")
 
 
@@ -75,7 +79,6 @@ def step_line(*, epoch: int, epochs: int, done: int, steps_per_epoch: int, step:
               lr: float, samples_per_s: float, elapsed_s: float) -> str:
     """Progress within a long epoch: 'step 1200 of epoch 3/400 (300/500): loss 0.5123 ... lr 0.00012
     2450 samples/s, epoch ends in 1m10s' (the epoch's rest at its pace so far)."""
-    losses = " ".join(f"{k} {v:.4f}" for k, v in values.items() if k.startswith("loss"))
     left = elapsed_s / max(done, 1) * (steps_per_epoch - done)
-    return (f"step {step} of epoch {epoch + 1}/{epochs} ({done}/{steps_per_epoch}): {losses} lr {lr:.3g} "
+    return (f"step {step} of epoch {epoch + 1}/{epochs} ({done}/{steps_per_epoch}): {_losses(values)} lr {lr:.3g} "
             f"{samples_per_s:.0f} samples/s, epoch ends in {_duration(left)}")
