@@ -22,8 +22,11 @@ def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
     slower). Measured against a 256-bin histogram (8-bit) and float64 sums (16-bit): 224 px 8-bit
     48 vs 59 us, 16-bit 58 vs 75 us; 512 px RGB 0.41 vs 0.60 ms; 1024 px 16-bit 1.0 vs 1.3 ms.
 
-    More channels (immunofluorescence): one contiguous float64 row a channel, which numpy reduces
-    at ~1 ns a value (an (N, C) array reduced over N with C small took ~6 ns a value)."""
+    More channels (immunofluorescence): the image as float64 rows of W x C values, summed (and
+    their squares by einsum) down the rows, which numpy does a whole row at a time, and the W x C
+    column sums then folded to C. A 128 px 7-channel crop took 0.19 ms, where one contiguous
+    float64 row a channel (a transposing copy first) took 0.30 ms; an (N, C) array reduced over N
+    with C small took ~6 ns a value."""
     channels = 1 if pixels.ndim == 2 else pixels.shape[2]
     count = pixels.shape[0] * pixels.shape[1]
     if channels <= _CV_SUM_CHANNELS and pixels.dtype in (np.uint8, np.uint16):
@@ -38,6 +41,8 @@ def pixel_moments(pixels: np.ndarray) -> tuple[list[float], list[float], int]:
                 values = plane.reshape(-1).astype(np.float64)
                 squares.append(float(np.einsum("i,i->", values, values)))
         return sums, squares, count
-    rows = pixels.reshape(1, -1) if channels == 1 else np.ascontiguousarray(pixels.reshape(-1, channels).T)
-    rows = rows.astype(np.float64)
-    return [float(r.sum()) for r in rows], [float(np.einsum("i,i->", r, r)) for r in rows], count
+    height, width = pixels.shape[:2]
+    rows = pixels.reshape(height, width * channels).astype(np.float64)
+    sums = rows.sum(axis=0).reshape(width, channels).sum(axis=0)
+    squares = np.einsum("ij,ij->j", rows, rows).reshape(width, channels).sum(axis=0)
+    return sums.tolist(), squares.tolist(), count

@@ -10,8 +10,11 @@ Resumable: `checkpoint()` says how far the writer got since its previous checkpo
 finished, and the length of the shard in progress, whose bytes are then in the operating
 system's hands); a writer made with `resume=` the checkpoints so far continues from there after
 the process was killed, and the shards end byte-identical to an uninterrupted run. Every 1 MB
-the kernel is also asked to start writing the new bytes to disk (Linux `sync_file_range`), so
-the fsync that finishes a shard finds little left to wait for.
+the kernel is also asked to start writing the new bytes to disk (Linux `sync_file_range`), and
+every DATASYNC_BYTES a thread fdatasyncs the shard while the job goes on, so the fsync that
+finishes a shard finds little left to wait for: on a VM's virtual disk the written-back pages
+still wait for the host's flush, which only an fsync asks for (an `ingest if` job's 480 MB took
+0.6 s in its last fsyncs with writeback alone, 13% of the job).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import ctypes
 import functools
 import hashlib
 import os
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +38,7 @@ _FIXED_MTIME = 1577836800
 _OWNER = "medshards"
 _MODE = 0o444
 WRITEBACK_BYTES = 1 << 20  # at 8 MB a CBIS run's val and test shards never started early: close took 32 ms, now 21
+DATASYNC_BYTES = 16 << 20  # a background fdatasync of the shard in progress after this much more
 PARTIAL_SUFFIX = ".tmp-partial"  # the shard in progress: f".{shard name}{PARTIAL_SUFFIX}"
 
 
@@ -93,6 +98,8 @@ class ShardWriter:
         self._count = 0
         self._bytes = 0
         self._synced = 0  # bytes of the shard in progress already handed to writeback
+        self._datasynced = 0  # bytes of it a background fdatasync was started for
+        self._datasync: Future | None = None  # that fdatasync, until the shard is closed
         self._checkpointed = 0  # records already reported by checkpoint()
         if resume is not None:
             self._resume(resume)
@@ -141,12 +148,20 @@ class ShardWriter:
         self._fh = _HashingFile(open(self._tmp, "wb"))
         self._count = 0
         self._bytes = 0
-        self._synced = 0
+        self._synced = self._datasynced = 0
+
+    def _wait_datasync(self) -> None:
+        """Wait for the background fdatasync, if one runs (before the file is synced or closed: its
+        descriptor must not be closed, or reused, under it); its I/O error is raised here."""
+        pending, self._datasync = self._datasync, None
+        if pending is not None:
+            pending.result()
 
     def _finish_shard(self) -> None:
         final = self.root / self.current_shard
         self._fh.write(END_OF_ARCHIVE)
         self._fh.write(bytes(-self._fh.size % RECORD))
+        self._wait_datasync()
         self._fh.flush_and_sync()
         self._fh.close()
         os.replace(self._tmp, final)
@@ -170,6 +185,10 @@ class ShardWriter:
             if self._fh.size - self._synced >= WRITEBACK_BYTES:
                 _start_writeback(self._fh.fileno(), self._synced, self._fh.size - self._synced)
                 self._synced = self._fh.size
+            if self._fh.size - self._datasynced >= DATASYNC_BYTES and (self._datasync is None or self._datasync.done()):
+                self._wait_datasync()  # done: raises its error, if it had one
+                self._datasync = _background_datasync(self._fh.fileno())
+                self._datasynced = self._fh.size
             state["open"] = {"samples": self._count, "member_bytes": self._bytes, "size": self._fh.size}
         return state
 
@@ -203,12 +222,14 @@ class ShardWriter:
         for block in iter(lambda: raw.read(1 << 20), b""):
             self._fh.count(block)
         self._tmp, self._count, self._bytes = partial, opened["samples"], opened["member_bytes"]
-        self._synced = self._fh.size
+        self._synced = self._datasynced = self._fh.size
 
     def suspend(self) -> None:
         """Stop without finishing: the shard in progress stays, for a writer resumed from a
         checkpoint (an interrupted ingest)."""
         if self._fh is not None:
+            with contextlib.suppress(OSError, ValueError):
+                self._wait_datasync()
             with contextlib.suppress(OSError, ValueError):
                 self._fh.close()
             self._fh = self._tmp = None
@@ -277,6 +298,18 @@ def _sync_file_range():
     if function is not None:
         function.argtypes = (ctypes.c_int, ctypes.c_int64, ctypes.c_int64, ctypes.c_uint)
     return function
+
+
+_SYNCER: tuple[int, ThreadPoolExecutor] | None = None
+
+
+def _background_datasync(fd: int) -> Future:
+    """os.fdatasync(fd) on this process's sync thread (the call releases the GIL); os.fsync where
+    there is no fdatasync (macOS)."""
+    global _SYNCER
+    if _SYNCER is None or _SYNCER[0] != os.getpid():  # one per process: a forked child must not inherit it
+        _SYNCER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="shard-sync"))
+    return _SYNCER[1].submit(getattr(os, "fdatasync", os.fsync), fd)
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:

@@ -31,3 +31,13 @@ def test_moments_of_the_brightest_large_image_do_not_overflow(shape, dtype):
     channels = 1 if len(shape) == 2 else shape[2]
     assert sums == [float(count * top)] * channels
     assert squares == [float(count * top * top)] * channels
+
+
+@pytest.mark.parametrize("channels", [1, 3, 7])
+def test_moments_of_a_crop_view_are_those_of_its_copy(channels):
+    """Crops reach pixel_moments as strided views into their source image (ingest.crops)."""
+    image = np.random.default_rng(1).integers(0, 65536, (40, 50, channels), dtype=np.uint16)
+    view = image[5:29, 7:38]
+    assert not view.flags.c_contiguous
+    assert pixel_moments(view) == pixel_moments(view.copy())
+    assert pixel_moments(view)[0] == [float(view[:, :, c].astype(np.int64).sum()) for c in range(channels)]

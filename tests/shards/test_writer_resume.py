@@ -4,10 +4,13 @@ kill fell: inside a shard, just after a shard was finished and renamed, or befor
 
 from __future__ import annotations
 
+import errno
 import json
+import os
 
 import pytest
 
+from shards import writer as writer_module
 from shards.writer import PARTIAL_SUFFIX, ShardWriter
 
 SAMPLES = 7
@@ -89,3 +92,40 @@ def test_resume_refuses_when_a_finished_shard_or_the_partial_is_gone(tmp_path):
     (root / "train" / "shard-000000.tar").unlink()
     with pytest.raises(FileNotFoundError, match="finished shard"):
         ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=states)
+
+
+def test_background_datasync_leaves_the_same_shards(tmp_path, uninterrupted, monkeypatch):
+    """A shard in progress is fdatasynced on a thread as it grows; the files are unchanged by it."""
+    synced = []
+
+    def datasync(fd):
+        synced.append(os.readlink(f"/proc/self/fd/{fd}"))
+        real_datasync(fd)
+
+    real_datasync = os.fdatasync
+    monkeypatch.setattr(writer_module, "DATASYNC_BYTES", 512)
+    monkeypatch.setattr(os, "fdatasync", datasync)
+    root = tmp_path / "synced"
+    with ShardWriter(root, "train", max_samples=MAX_SAMPLES) as writer:
+        for i in range(SAMPLES):
+            writer.write(_sample(i))
+            writer.checkpoint()
+    assert _files(root) == uninterrupted[0] and writer.records == uninterrupted[1]
+    assert synced and all(path.endswith(PARTIAL_SUFFIX) for path in synced)
+
+
+def test_a_failed_background_datasync_fails_the_shard(tmp_path, monkeypatch):
+    """An I/O error of the background fdatasync is raised where the shard would be finished, and
+    the shard is not published."""
+
+    def failing(fd):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(writer_module, "DATASYNC_BYTES", 512)
+    monkeypatch.setattr(os, "fdatasync", failing)
+    writer = ShardWriter(tmp_path, "train", max_samples=MAX_SAMPLES)
+    writer.write(_sample(5))
+    writer.checkpoint()
+    with pytest.raises(OSError, match="Input/output error"):
+        writer.close()
+    assert not (tmp_path / "train" / "shard-000000.tar").exists()
