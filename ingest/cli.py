@@ -127,7 +127,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.source == "sample-data":
         return _write_sample_data(args)
-    from ingest.pipeline import IngestError, run_job
+    from ingest.pipeline import IngestError, OutputWriteError, run_job
 
     source = importlib.import_module(SOURCES[args.source][0])
     try:
@@ -135,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return _dry_run(job)
         summary = run_job(job)
+    except OutputWriteError as exc:
+        print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
     except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE

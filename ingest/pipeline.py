@@ -15,6 +15,8 @@ units are committed on a thread while the next unit is decoded. So:
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import functools
 import hashlib
 import json
@@ -53,6 +55,11 @@ JOB_FILE = "job.json"
 
 class IngestError(RuntimeError):
     """A job that cannot start or finish (bad arguments, an output folder in the wrong state)."""
+
+
+class OutputWriteError(IngestError):
+    """The job stopped part-way because its output could not be written (disk full, quota, an I/O
+    error): what it finished is kept, and the same command resumes once the cause is fixed."""
 
 
 @dataclass(frozen=True)
@@ -265,12 +272,28 @@ def run_job(job: IngestJob) -> JobSummary:
     if len(set(ids)) != len(ids):
         raise IngestError(f"{job.source}: duplicate work unit ids; this is a bug in the source")
     start = time.perf_counter()
-    job.out.mkdir(parents=True, exist_ok=True)
     try:
+        job.out.mkdir(parents=True, exist_ok=True)
         with hold_out_lock(job.out):
             return _run_locked(job, start)
     except FolderBusy as exc:
         raise IngestError(str(exc)) from None
+    except FileNotFoundError:  # a folder or an interrupted run's file that is not there: said as it is
+        raise
+    except OSError as exc:  # inputs are read in the units (an unreadable one is a reject): this is the output
+        raise OutputWriteError(_write_failure(job.out, exc)) from exc
+
+
+def _write_failure(out: Path, exc: OSError) -> str:
+    """What stopped the job, where, and what to do: a rerun resumes after the last finished unit."""
+    what = exc.strerror or str(exc) or type(exc).__name__
+    where = exc.filename or out
+    text = f"writing {where} failed: {what}"
+    if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+        with contextlib.suppress(OSError):
+            text += f" ({shutil.disk_usage(out).free / 1e6:.1f} MB free on {out}'s filesystem)"
+    return (f"{text}. The images finished so far are kept; once that is fixed, run the same command again: "
+            "it resumes after the last finished image")
 
 
 def _run_locked(job: IngestJob, start: float) -> JobSummary:

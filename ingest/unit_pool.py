@@ -127,6 +127,11 @@ class _Worker:
         except OSError:
             pass
         self.process.join(timeout=5)
+        self.abandon()
+
+    def abandon(self) -> None:
+        """End the process now: what it is working on is not wanted (the job stopped early; a
+        worker left to finish would block sending results nobody reads)."""
         if self.process.is_alive():
             self.process.terminate()
             self.process.join()
@@ -177,5 +182,6 @@ def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, 
                     done[index] = output
                 feed(worker)
     finally:
+        finished = waiting_for == len(units)  # else the consumer stopped early (an error, Ctrl-C)
         for worker in pool:
-            worker.stop()
+            worker.stop() if finished else worker.abandon()

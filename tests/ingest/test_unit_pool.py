@@ -92,3 +92,21 @@ def test_a_dead_worker_among_bulky_outputs_costs_only_its_unit():
     outputs = list(map_units(list(range(5)), _bulky_or_killed, workers=2, init=_init, died=_died))
     assert [o["unit"] for i, o in enumerate(outputs) if i != 2] == [0, 1, 3, 4]
     assert "SIGKILL" in outputs[2]
+
+
+def _larger_than_a_pipe(unit: int) -> tuple[int, bytes]:
+    return os.getpid(), bytes(8 << 20)  # more than a pipe holds: a worker blocks sending it until it is read
+
+
+def test_a_consumer_that_stops_early_ends_the_workers_at_once():
+    """The job stopped (disk full, Ctrl-C): workers still holding results nobody will read are
+    ended, not given the 5 s a finishing worker gets to exit (each of them would use it all,
+    blocked sending)."""
+    outputs = map_units(list(range(12)), _larger_than_a_pipe, workers=2, init=_init, died=_died)
+    first_pid, _ = next(outputs)
+    time.sleep(0.3)  # both workers are now blocked sending their next results
+    start = time.monotonic()
+    outputs.close()
+    assert time.monotonic() - start < 3
+    with pytest.raises(ProcessLookupError):
+        os.kill(first_pid, 0)

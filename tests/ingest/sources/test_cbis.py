@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import resource
 import signal
 import subprocess
 import sys
@@ -18,7 +19,7 @@ import pydicom
 import pytest
 import webdataset as wds
 
-from ingest.cli import EXIT_OK, EXIT_REJECTS, main
+from ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS, main
 from ingest.pipeline import run_job
 from ingest.sample_data.cbis_ddsm import make_cbis_sample
 from ingest.sources import cbis
@@ -223,6 +224,34 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
     proc.kill()
     proc.wait()
     assert logged_units(out) >= 3 and not (out / schema.CARD_FILE).exists()
+    done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "resumed" in done.stdout
+    assert shard_digests(out) == shard_digests(reference)
+
+
+
+def _limit_file_size(limit: int):
+    def limit_child() -> None:  # in the child, before exec: any file growing past `limit` fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    return limit_child
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_output_that_cannot_be_written_stops_the_run_naming_it_and_the_rerun_resumes(tcia_tree, tmp_path, workers):
+    """A full disk, as the kernel says it for files larger than the process may write (EFBIG under
+    RLIMIT_FSIZE; ENOSPC reads alike): one error line naming the folder and the cause, exit 1,
+    the finished images kept; the same command afterwards resumes and ends in the shards of a
+    run that never failed."""
+    _, reference = ingest(tcia_tree, tmp_path / "reference", crops="both")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "ingest.cli", "cbis", str(tcia_tree), "--crops", "both", "--out", str(out),
+           "--workers", workers, "--no-progress"]
+    stopped = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True, preexec_fn=_limit_file_size(400_000))
+    assert stopped.returncode == EXIT_FAILED, stopped.stderr
+    assert stopped.stderr.count("\n") == 1 and "Traceback" not in stopped.stderr
+    assert f"writing {out} failed: File too large" in stopped.stderr and "run the same command again" in stopped.stderr
+    assert 0 < logged_units(out) < len(csv_rows(tcia_tree)) and not (out / schema.CARD_FILE).exists()
     done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == EXIT_OK, done.stderr
     assert "resumed" in done.stdout
