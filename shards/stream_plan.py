@@ -135,10 +135,11 @@ def plan_epoch(sources: Sequence[Sequence[ShardSpan]], weights: Sequence[float],
     readers = sum(b > 0 for b in batches)
     for name, shards in zip(names, sources):
         if len(shards) < readers:
-            raise StreamPlanError(f"source {name!r} has {len(shards)} shards with samples but {readers} readers "
-                                  f"(DataLoader workers with batches, {workers} a rank x {world_size} ranks) need "
-                                  f"samples from it: each reader needs a shard of its own; use fewer workers or "
-                                  f"ranks, or write smaller shards")
+            raise StreamPlanError(f"source {name!r} has {len(shards)} shards with samples, but {readers} readers "
+                                  f"need samples from it and each needs a shard of its own (a reader is a "
+                                  f"DataLoader worker that gets batches: {steps} steps an epoch over {workers} "
+                                  f"workers a rank x {world_size} ranks); use fewer DataLoader workers or ranks, "
+                                  f"or write smaller shards (ingest --shard-size)")
     quotas = [split_by_weight(b * batch_size, weights, rng) for b in batches]  # reader -> source -> n
     dealt = [_deal(shards, [q[i] for q in quotas], rng) for i, shards in enumerate(sources)]
     plans = tuple(

@@ -94,7 +94,7 @@ def test_impossible_plans_fail_with_the_numbers(uneven):
     with pytest.raises(StreamPlanError, match=r"29 samples per epoch cannot fill one batch per rank: "
                                               r"world_size 4 x batch_size 8 = 32"):
         make_loader([StreamSource(uneven)], batch_size=8, image_size=8, world_size=4)
-    with pytest.raises(StreamPlanError, match=r"has 7 shards with samples but 8 readers"):
+    with pytest.raises(StreamPlanError, match=r"has 7 shards with samples, but 8 readers"):
         make_loader([StreamSource(uneven)], batch_size=1, image_size=8, world_size=4, num_workers=2)
     stream = ShardStream([StreamSource(uneven)], batch_size=1, image_size=8, num_workers=2)
     with pytest.raises(StreamPlanError, match=r"planned for num_workers=2, running in 1"):

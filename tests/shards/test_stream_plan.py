@@ -68,7 +68,7 @@ def test_split_by_weight_is_exact_per_call_and_fair_on_average():
 
 @pytest.mark.parametrize("kw,message", [
     (dict(batch_size=8, world_size=4), r"29 samples per epoch cannot fill one batch per rank"),
-    (dict(batch_size=1, world_size=4, num_workers=2), r"'#0' has 7 shards with samples but 8 readers"),
+    (dict(batch_size=1, world_size=4, num_workers=2), r"'#0' has 7 shards with samples, but 8 readers"),
     (dict(batch_size=1, samples_per_epoch=0), r"0 samples per epoch cannot fill"),
 ])
 def test_impossible_plans_are_refused_with_the_numbers(kw, message):
