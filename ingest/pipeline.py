@@ -35,7 +35,7 @@ import numpy as np
 from tqdm import tqdm
 
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
-from ingest.pixel_moments import pixel_moments
+from ingest.pixel_moments import accumulate_moments, pixel_moments, train_pixel_stats
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
 from ingest.unit_pool import map_units
 from shards import card as card_io
@@ -310,7 +310,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         for sample in sidecar["samples"]:
             rows.append(sample["row"])
             if sample["row"]["split"] == "train":
-                _accumulate(stats, sample)
+                accumulate_moments(stats, sample)
         rejects.extend(Reject(**r) for r in sidecar["rejects"])
         notes.update(sidecar["notes"])
 
@@ -368,7 +368,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         parameters=job.parameters,
         rows=rows,
         records=records,
-        pixel_stats=_finish_stats(stats),
+        pixel_stats=train_pixel_stats(stats),
         rejects_by_reason=by_reason,
         notes={**job.notes, **dict(sorted(notes.items()))},
     )
@@ -386,36 +386,3 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         resumed_units=len(done),
     )
 
-
-def _accumulate(stats: dict[str, Any], sample: dict[str, Any]) -> None:
-    """Adds a sample's per-channel sums to the split's, as Python integers: exact at any dataset
-    size (a float64 total of 16-bit squares passes 2**53, where it starts to round, after about
-    100,000 crops of 224 px), and half the cost of numpy arrays for a handful of channels. A
-    sample's own sums are exact integers (ingest.pixel_moments)."""
-    if not sample["pixels"]:
-        return
-    if not stats:
-        stats.update(sums=[0] * sample["channels"], sq=[0] * sample["channels"], n=0,
-                     dtype=sample["dtype"], channel_names=sample["channel_names"])
-    stats["sums"] = [total + int(s) for total, s in zip(stats["sums"], sample["sums"], strict=True)]
-    stats["sq"] = [total + int(s) for total, s in zip(stats["sq"], sample["sq_sums"], strict=True)]
-    stats["n"] += sample["pixels"]
-
-
-def _finish_stats(stats: dict[str, Any]) -> dict[str, Any] | None:
-    """Per-channel mean/std of the train split in stored pixel units (the trainer normalises with
-    these, never with ImageNet constants)."""
-    if not stats:
-        return None
-    n = stats["n"]
-    mean = np.array([total / n for total in stats["sums"]])  # int / int: correctly rounded
-    std = np.sqrt(np.maximum(np.array([total / n for total in stats["sq"]]) - mean**2, 0.0))
-    return {
-        "split": "train",
-        "dtype": stats["dtype"],
-        "channels": len(mean),
-        "channel_names": list(stats["channel_names"]) if stats["channel_names"] else None,
-        "mean": [round(float(m), 4) for m in mean],
-        "std": [round(float(s), 4) for s in std],
-        "pixels": int(stats["n"]),
-    }
