@@ -62,9 +62,23 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> to
     return create_optimizer_v2(model, name, lr=lr, weight_decay=optim.weight_decay, **extra)
 
 
-def _batches(loader, steps: int, device: torch.device) -> Iterator[tuple[int, dict[str, Any]]]:
-    for step, batch in enumerate(loader):
-        if step >= steps:
+class DataWait:
+    """Seconds the training loop spent blocked on the loader for its next batch: with a step that
+    waits for its loss (`.item()`), time the device sat idle for want of input. Its share of an
+    epoch says whether a run is input-bound (more DataLoader workers or CPU cores per GPU help)
+    or compute-bound (they do not)."""
+
+    def __init__(self) -> None:
+        self.seconds = 0.0
+
+
+def _batches(loader, steps: int, device: torch.device, wait: DataWait) -> Iterator[tuple[int, dict[str, Any]]]:
+    batches = iter(loader)
+    for step in range(steps):
+        asked = time.perf_counter()
+        batch = next(batches, None)
+        wait.seconds += time.perf_counter() - asked
+        if batch is None:
             return
         yield step, to_device(batch, device)
 
@@ -198,7 +212,8 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             sums: dict[str, float] = {}
             skipped = 0
             started = last_line = time.perf_counter()
-            for i, batch in _batches(loader, steps_per_epoch, session.device):
+            wait = DataWait()
+            for i, batch in _batches(loader, steps_per_epoch, session.device, wait):
                 skipped += batch["skipped"]
                 with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
                     terms = model(batch)
@@ -229,15 +244,16 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                             rate = (i + 1) * config.data.batch_size * session.world_size / (now - started)
                             print(step_line(epoch=epoch, epochs=optim.epochs, done=i + 1, steps_per_epoch=steps_per_epoch,
                                             step=step, values=values, lr=lr, samples_per_s=rate,
-                                            elapsed_s=now - started), flush=True)
+                                            elapsed_s=now - started, data_wait=wait.seconds / (now - started)),
+                                  flush=True)
                             last_line = now
                 if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
             seen = max(1, min(steps_per_epoch, i + 1))
-            means = mean_over_ranks({**{k: v / seen for k, v in sums.items()}, "skipped_samples": skipped},
-                                    session.device)  # equal steps per rank
-            means["skipped_samples"] = round(means["skipped_samples"] * session.world_size)  # all ranks' total
             seconds = time.perf_counter() - started
+            means = mean_over_ranks({**{k: v / seen for k, v in sums.items()}, "skipped_samples": skipped,
+                                     "data_wait": wait.seconds / seconds}, session.device)  # equal steps per rank
+            means["skipped_samples"] = round(means["skipped_samples"] * session.world_size)  # all ranks' total
             metrics = {"epoch": epoch, **means, "step": step, "lr": optimizer.param_groups[0]["lr"],
                         "samples_per_s": seen * config.data.batch_size * session.world_size / seconds}
             if log:

@@ -72,13 +72,19 @@ def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> st
     skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
     eta = _duration(epoch_seconds * (epochs - epoch - 1))
     return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)} lr {metrics['lr']:.3g} "
-            f"{metrics['samples_per_s']:.0f} samples/s{skipped} {_duration(epoch_seconds)}/epoch, eta {eta}")
+            f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{skipped} "
+            f"{_duration(epoch_seconds)}/epoch, eta {eta}")
+
+
+def _waited(share: float | None) -> str:
+    """' (data wait 12%)': the share of the time the step waited for its batch (trainer.loop.DataWait)."""
+    return "" if share is None else f" (data wait {share:.0%})"
 
 
 def step_line(*, epoch: int, epochs: int, done: int, steps_per_epoch: int, step: int, values: dict[str, float],
-              lr: float, samples_per_s: float, elapsed_s: float) -> str:
+              lr: float, samples_per_s: float, elapsed_s: float, data_wait: float | None = None) -> str:
     """Progress within a long epoch: 'step 1200 of epoch 3/400 (300/500): loss 0.5123 ... lr 0.00012
-    2450 samples/s, epoch ends in 1m10s' (the epoch's rest at its pace so far)."""
+    2450 samples/s (data wait 3%), epoch ends in 1m10s' (the epoch's rest at its pace so far)."""
     left = elapsed_s / max(done, 1) * (steps_per_epoch - done)
     return (f"step {step} of epoch {epoch + 1}/{epochs} ({done}/{steps_per_epoch}): {_losses(values)} lr {lr:.3g} "
-            f"{samples_per_s:.0f} samples/s, epoch ends in {_duration(left)}")
+            f"{samples_per_s:.0f} samples/s{_waited(data_wait)}, epoch ends in {_duration(left)}")

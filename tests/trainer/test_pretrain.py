@@ -42,6 +42,9 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert [line.split()[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
     assert f"loss {float(rows[0]['loss']):.4f}" in progress[0] and progress[-1].endswith("eta 0m00s")
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
+    # One process, DataLoader workers decoding beside the step on 2 cores: some waiting for batches, not all of it
+    waits = [float(r["data_wait"]) for r in rows]
+    assert all(0 < w < 1 for w in waits) and f"(data wait {waits[0]:.0%})" in progress[0]
     assert (run_dir / "config.yaml").exists() and list((run_dir / "images").glob("step_*.png"))
     assert main(args) == 2  # an existing run is not silently continued
     steps_per_epoch = int(float(rows[0]["step"]))
@@ -85,7 +88,7 @@ def test_a_long_epoch_shows_step_lines_as_often_as_asked(lesion_shards, tmp_path
     lines = [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
     steps = int(float(epoch_rows(tmp_path / "a" / "tiny-cpu")[0]["step"]))
     assert len(lines) == steps >= 2
-    assert lines[0].startswith(f"step 1 of epoch 1/1 (1/{steps}): loss ") and "samples/s, epoch ends in" in lines[0]
+    assert lines[0].startswith(f"step 1 of epoch 1/1 (1/{steps}): loss ") and "samples/s (data wait " in lines[0]
     assert lines[-1].endswith("epoch ends in 0m00s")
     assert main(["--config", str(TINY), *overrides(lesion_shards, tmp_path / "b", 1, **extra)]) == 0  # every 60 s
     assert not [line for line in capsys.readouterr().out.splitlines() if line.startswith("step ")]
