@@ -203,7 +203,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             scheduler.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, step = state["epoch"] + 1, state["step"]
-    log = RunLog(run_dir) if session.rank == 0 else None
+    log = RunLog(run_dir, resumed_at=step) if session.rank == 0 else None
     metrics: dict[str, float] = {}
     try:
         for epoch in range(start_epoch, optim.epochs):

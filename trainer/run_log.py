@@ -1,22 +1,39 @@
 """Metrics of a run, written by rank 0 to the run folder: steps.csv (every few steps),
-epochs.csv (one row per epoch) and TensorBoard events; and a line per epoch for the job's log."""
+epochs.csv (one row per epoch) and TensorBoard events; and a line per epoch for the job's log.
+
+A run that continues from a checkpoint (`--resume`, or Ray Train restarting failed workers)
+first drops what was logged after that checkpoint's step, in the CSVs and (through
+SummaryWriter's purge_step) in TensorBoard: those steps are trained again, and their rows would
+otherwise appear twice, the superseded ones first."""
 
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 from typing import Any
 
+from shards.writer import atomic_write_bytes
+
 
 class _CsvTable:
-    """Appends rows under a header fixed by the first row (kept when a resumed run reopens it)."""
+    """Appends rows under a header fixed by the first row (kept when a resumed run reopens it);
+    rows past `resumed_at` (a step) are dropped when it is opened."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, resumed_at: int = 0):
         self.path = path
         self.fields: list[str] | None = None
         if path.exists():
             with open(path, newline="") as fh:
-                self.fields = next(csv.reader(fh), None)
+                rows = list(csv.reader(fh))
+            self.fields = rows[0] if rows else None
+            if self.fields and "step" in self.fields:
+                at = self.fields.index("step")
+                kept = [rows[0], *(r for r in rows[1:] if len(r) > at and _step(r[at]) <= resumed_at)]
+                if len(kept) != len(rows):
+                    text = io.StringIO()
+                    csv.writer(text).writerows(kept)
+                    atomic_write_bytes(path, text.getvalue().encode())
 
     def append(self, row: dict[str, Any]) -> None:
         if self.fields is None:
@@ -27,15 +44,24 @@ class _CsvTable:
             csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
 
 
+def _step(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:  # a row cut short by a killed run: dropped with the rest past the checkpoint
+        return float("inf")
+
+
 class RunLog:
-    def __init__(self, folder: Path):
+    """resumed_at: the step of the checkpoint the run continues from (0 for a new run)."""
+
+    def __init__(self, folder: Path, resumed_at: int = 0):
         from torch.utils.tensorboard import SummaryWriter
 
         folder.mkdir(parents=True, exist_ok=True)
         self.folder = folder
-        self._steps = _CsvTable(folder / "steps.csv")
-        self._epochs = _CsvTable(folder / "epochs.csv")
-        self._tb = SummaryWriter(str(folder / "tensorboard"))
+        self._steps = _CsvTable(folder / "steps.csv", resumed_at)
+        self._epochs = _CsvTable(folder / "epochs.csv", resumed_at)
+        self._tb = SummaryWriter(str(folder / "tensorboard"), purge_step=resumed_at + 1 if resumed_at else None)
 
     def step(self, step: int, metrics: dict[str, Any]) -> None:
         self._write(self._steps, "train", step, metrics)

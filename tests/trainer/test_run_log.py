@@ -1,0 +1,39 @@
+"""The run folder's metrics when a run continues from a checkpoint: what was logged after that
+checkpoint's step is dropped (CSVs) or purged (TensorBoard), so each step appears once."""
+
+from __future__ import annotations
+
+import csv
+
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from trainer.run_log import RunLog
+
+
+def _steps(path) -> list[float]:
+    with open(path, newline="") as fh:
+        return [float(row["step"]) for row in csv.DictReader(fh)]
+
+
+def test_a_run_continued_from_a_checkpoint_logs_each_step_once(tmp_path):
+    log = RunLog(tmp_path)
+    for step in range(1, 7):  # the checkpoint was at step 3; the run went on to 6, then failed
+        log.step(step, {"loss": 1.0 / step})
+        if step % 3 == 0:
+            log.epoch(step, {"epoch": step // 3 - 1, "loss": 1.0 / step})
+    log.close()
+    with open(tmp_path / "steps.csv", "a") as fh:
+        fh.write("7.0,0.1")  # a row cut short by the kill
+    log = RunLog(tmp_path, resumed_at=3)
+    assert _steps(tmp_path / "steps.csv") == [1, 2, 3] and _steps(tmp_path / "epochs.csv") == [3]
+    for step in range(4, 7):
+        log.step(step, {"loss": 2.0 / step})
+    log.close()
+    assert _steps(tmp_path / "steps.csv") == [1, 2, 3, 4, 5, 6]
+    with open(tmp_path / "steps.csv", newline="") as fh:
+        assert float(list(csv.DictReader(fh))[4]["loss"]) == 2.0 / 5  # the retrained step's value
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    losses = [(e.step, e.value) for e in events.Scalars("train/loss")]
+    assert [s for s, _ in losses] == [1, 2, 3, 4, 5, 6]
+    assert abs(losses[4][1] - 2.0 / 5) < 1e-6  # TensorBoard stores float32
