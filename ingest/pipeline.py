@@ -274,6 +274,9 @@ def run_job(job: IngestJob) -> JobSummary:
     start = time.perf_counter()
     try:
         job.out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # nothing started: an unusable folder, as a refused one is
+        raise IngestError(f"cannot make the output folder {job.out}: {exc.strerror or exc}") from exc
+    try:
         with hold_out_lock(job.out):
             return _run_locked(job, start)
     except FolderBusy as exc:

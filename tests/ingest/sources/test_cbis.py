@@ -231,6 +231,13 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
 
 
 
+
+def test_an_output_folder_that_cannot_be_made_is_a_usage_error(tcia_tree, tmp_path, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    assert main(["cbis", str(tcia_tree), "--out", str(blocker / "out"), "--no-progress"]) == 2
+    assert f"cannot make the output folder {blocker / 'out'}: Not a directory" in capsys.readouterr().err
+
 def _limit_file_size(limit: int):
     def limit_child() -> None:  # in the child, before exec: any file growing past `limit` fails with EFBIG
         resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
