@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -174,6 +175,10 @@ def test_embedded_ray_run_ends_cleanly(lesion_shards, ray_env, tmp_path):
     output = done.stdout + done.stderr
     assert done.returncode == 0, output[-3000:]
     assert "finished:" in done.stdout and list((tmp_path / "tiny-cpu").glob("checkpoint_*"))
+    # Ray Train's controller asks its autoscaling coordinator for the workers with a fixed 5 s
+    # timeout; on a loaded machine that times out, and Ray logs the traceback as "safe to ignore"
+    # (autoscaling_coordinator_client.py). Not this project's output: left out of the check.
+    output = re.sub(r"[^\n]*Failed to send resource request.*?GetTimeoutError[^\n]*\n", "", output, flags=re.S)
     for complaint in ("State API may be temporarily unavailable", "PlacementGroupCleaner", "Traceback",
                       "Reporting training result", "Checkpoint successfully created",  # per worker per epoch
                       "PreemptionWatcher"):  # an error line at every start, from a watcher one machine never needs
