@@ -135,12 +135,9 @@ def main(argv: list[str] | None = None) -> int:
         if args.dry_run:
             return _dry_run(job)
         summary = run_job(job)
-    except OutputWriteError as exc:
-        print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
-        return EXIT_FAILED
     except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return EXIT_FAILED if isinstance(exc, OutputWriteError) else EXIT_USAGE
     except KeyboardInterrupt:
         print(f"\ningest {args.source}: interrupted; run the same command again to resume", file=sys.stderr)
         return EXIT_INTERRUPTED

@@ -4,8 +4,7 @@ source's per-image work, written once. The file's fingerprint runs on a thread m
 
 from __future__ import annotations
 
-import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 from ingest.dicom_pixels import DicomDecodeError, DicomImage, decode_dicom
@@ -13,6 +12,7 @@ from ingest.image_files import GrayImage, ImageFileError, decode_gray
 from ingest.mapped_files import read_source
 from ingest.pipeline import Reject, UnitOutput
 from shards import schema
+from shards.process_thread import process_thread
 
 
 def fingerprint_in_background(data: bytes) -> Future:
@@ -20,17 +20,13 @@ def fingerprint_in_background(data: bytes) -> Future:
     GIL for large inputs), so a worker's fingerprint of a 30 MB mammogram hides behind its decode.
     Inputs under INLINE_FINGERPRINT_BYTES are hashed at once: handing a 40 KB CheXpert JPEG to the
     thread and waiting for it cost more than hashing it (~5 us)."""
-    global _HASHER
     if len(data) < INLINE_FINGERPRINT_BYTES:
         done: Future = Future()
         done.set_result(schema.fingerprint(data))
         return done
-    if _HASHER is None or _HASHER[0] != os.getpid():  # one per process: a forked pool must not inherit it
-        _HASHER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="fingerprint"))
-    return _HASHER[1].submit(schema.fingerprint, data)
+    return process_thread("fingerprint").submit(schema.fingerprint, data)
 
 
-_HASHER: tuple[int, ThreadPoolExecutor] | None = None
 INLINE_FINGERPRINT_BYTES = 1 << 20
 
 

@@ -184,4 +184,7 @@ def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, 
     finally:
         finished = waiting_for == len(units)  # else the consumer stopped early (an error, Ctrl-C)
         for worker in pool:
-            worker.stop() if finished else worker.abandon()
+            if finished:
+                worker.stop()
+            else:
+                worker.abandon()

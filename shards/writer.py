@@ -24,13 +24,14 @@ import ctypes
 import functools
 import hashlib
 import os
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 from shards import schema
 from shards.heap import libc
+from shards.process_thread import process_thread
 from shards.tar_members import END_OF_ARCHIVE, NAME_MAX, RECORD, padding, ustar_member
 
 # A fixed timestamp (2020-01-01T00:00:00Z) so tars do not change with the time they were made.
@@ -300,16 +301,10 @@ def _sync_file_range():
     return function
 
 
-_SYNCER: tuple[int, ThreadPoolExecutor] | None = None
-
-
 def _background_datasync(fd: int) -> Future:
     """os.fdatasync(fd) on this process's sync thread (the call releases the GIL); os.fsync where
     there is no fdatasync (macOS)."""
-    global _SYNCER
-    if _SYNCER is None or _SYNCER[0] != os.getpid():  # one per process: a forked child must not inherit it
-        _SYNCER = (os.getpid(), ThreadPoolExecutor(1, thread_name_prefix="shard-sync"))
-    return _SYNCER[1].submit(getattr(os, "fdatasync", os.fsync), fd)
+    return process_thread("shard-sync").submit(getattr(os, "fdatasync", os.fsync), fd)
 
 
 def _start_writeback(fd: int, offset: int, length: int) -> None:
