@@ -4,12 +4,14 @@ through plain webdataset and plain tarfile, as a trainer and an auditor would.""
 from __future__ import annotations
 
 import tarfile
+import threading
 
 import numpy as np
 import pytest
 import webdataset as wds
 
 from shards import codecs, schema
+from shards import writer as writer_module
 from shards.card import read_card, shard_records
 from shards.manifest import read_manifest
 from shards.writer import ShardWriter, file_sha256
@@ -82,3 +84,64 @@ def test_writer_that_raises_leaves_no_partial_shard(tmp_path, samples, sample_me
     assert sorted(p.name for p in (tmp_path / "train").iterdir()) == ["shard-000000.tar"]
     with tarfile.open(tmp_path / "train" / "shard-000000.tar") as tar:
         assert len({name.split(".", 1)[0] for name in tar.getnames()}) == 2
+
+
+def _bytes_sample(i: int, size: int) -> dict:
+    return {"__key__": f"s{i:03d}", "png": bytes([i % 251]) * size, "json": b"{}"}
+
+
+def test_sha256_hashed_on_the_thread_matches_the_file(tmp_path, monkeypatch):
+    """Batches handed to the hashing thread (tiny here, so every write crosses one) keep the
+    bytes' order, and a caller's buffer changed after write() does not change the hash."""
+    monkeypatch.setattr(writer_module, "HASH_BATCH_BYTES", 1000)
+    monkeypatch.setattr(writer_module, "HASH_BACKLOG_BYTES", 3000)
+    with ShardWriter(tmp_path, "train", max_samples=4) as writer:
+        for i in range(10):
+            sample = _bytes_sample(i, 100 + 450 * i)
+            if i % 3 == 1:
+                buffer = bytearray(sample["png"])
+                sample["png"] = buffer
+                writer.write(sample)
+                buffer[:] = b"\xff" * len(buffer)  # after the write: the shard holds the old bytes
+            elif i % 3 == 2:
+                sample["png"] = memoryview(sample["png"])
+                writer.write(sample)
+            else:
+                writer.write(sample)
+    assert len(writer.records) == 3
+    for record in writer.records:
+        assert record.sha256 == file_sha256(tmp_path / record.path)
+    with tarfile.open(tmp_path / "train" / "shard-000000.tar") as tar:
+        assert tar.extractfile("s001.png").read() == bytes([1]) * 550
+
+
+def test_writing_waits_when_the_hashing_thread_falls_behind(tmp_path, monkeypatch):
+    """At most HASH_BACKLOG_BYTES wait for the thread: a writer that outruns it blocks rather than
+    holding every sample's bytes in memory."""
+    monkeypatch.setattr(writer_module, "HASH_BATCH_BYTES", 1000)
+    monkeypatch.setattr(writer_module, "HASH_BACKLOG_BYTES", 3000)
+    release = threading.Event()
+    hash_all = writer_module._hash_all
+
+    def slow_hash(digest, parts):
+        release.wait(10)
+        hash_all(digest, parts)
+
+    monkeypatch.setattr(writer_module, "_hash_all", slow_hash)
+    written, records = [], []
+
+    def write_all():
+        with ShardWriter(tmp_path, "train") as writer:
+            for i in range(8):
+                writer.write(_bytes_sample(i, 1500))
+                written.append(i)
+        records.extend(writer.records)
+
+    thread = threading.Thread(target=write_all)
+    thread.start()
+    thread.join(0.5)
+    assert thread.is_alive() and len(written) < 8  # blocked on the backlog, not done
+    release.set()
+    thread.join(10)
+    assert written == list(range(8))
+    assert [r.sha256 for r in records] == [file_sha256(tmp_path / "train" / "shard-000000.tar")]

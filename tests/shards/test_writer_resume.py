@@ -35,8 +35,12 @@ def uninterrupted(tmp_path):
 
 
 # checkpoint after sample `done - 1`; the killed process then wrote `beyond` more samples
+# hash_batch: bytes a batch for the hashing thread (tiny: the resumed shard's bytes, re-read and
+# hashed again, cross batches; the default: they are handed over at the end)
+@pytest.mark.parametrize("hash_batch", [200, writer_module.HASH_BATCH_BYTES])
 @pytest.mark.parametrize(("done", "beyond"), [(0, 3), (1, 1), (2, 1), (2, 3), (4, 0), (5, 2), (7, 0)])
-def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond):
+def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond, hash_batch, monkeypatch):
+    monkeypatch.setattr(writer_module, "HASH_BATCH_BYTES", hash_batch)
     root = tmp_path / "killed"
     writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
     states = [writer.checkpoint()]
