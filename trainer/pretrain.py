@@ -29,6 +29,7 @@ from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, first_batch_terms, train
 from trainer.registry import build_method, method_names
+from trainer.run_log import finished_line
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -205,7 +206,8 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
         ),
     )
     result = trainer.fit()
-    print(f"finished: {result.metrics}", flush=True)
+    print(finished_line(result.metrics, config.optim.epochs) if result.metrics else "finished: no epoch reported",
+          flush=True)
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}", flush=True)
 
