@@ -264,7 +264,9 @@ class _HashingFile:
     thread, at ~1.7 GB/s here, it managed 0.8 GB/s (an `ingest if` unit is 40 MB), beside it
     1.4 GB/s (benchmarks/shard_writer.py). Bytes are handed over in batches of
     HASH_BATCH_BYTES, so the hand-over costs one task a megabyte, and at most HASH_BACKLOG_BYTES
-    wait for the thread (held by reference: writing more first waits for the oldest batch).
+    wait for the thread (held by reference: writing more first waits for the oldest batch). So
+    bytes and read-only buffers (a worker's members, mapped from its memory file) are kept as
+    they are, and must not change; a writable buffer is copied.
     hexdigest() waits for every batch."""
 
     def __init__(self, fh):
@@ -282,8 +284,8 @@ class _HashingFile:
 
     def count(self, data) -> None:
         """Hash and count bytes already in the file (a resumed shard's)."""
-        if not isinstance(data, bytes):  # a caller's buffer may change after the write returns
-            data = bytes(data)
+        if not isinstance(data, bytes) and not memoryview(data).readonly:
+            data = bytes(data)  # a writable buffer may change after write() returns: hash what was written
         self._batch.append(data)
         self._batch_bytes += len(data)
         self.size += len(data)
