@@ -206,7 +206,7 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
         ),
     )
     result = trainer.fit()
-    print(finished_line(result.metrics, config.optim.epochs) if result.metrics else "finished: no epoch reported",
+    print(finished_line(result.metrics, config.optim.epochs) if result.metrics else "finished without an epoch reported",
           flush=True)
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}", flush=True)

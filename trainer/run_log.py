@@ -103,10 +103,11 @@ def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> st
 
 
 def finished_line(metrics: dict[str, Any], epochs: int) -> str:
-    """The run's last report, for the console: 'finished: epoch 400/400 step 480000 loss 0.4123
-    loss_coarse ... 2450 samples/s (data wait 4%)', with the skipped samples when there were any."""
+    """The run's last report, for the console: 'finished after epoch 400/400, step 480000: loss
+    0.4123 loss_coarse ... 2450 samples/s (data wait 4%)', with the skipped samples when there
+    were any (worded apart from the epoch lines, which a reader of the log counts)."""
     skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
-    return (f"finished: epoch {int(metrics['epoch']) + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)} "
+    return (f"finished after epoch {int(metrics['epoch']) + 1}/{epochs}, step {int(metrics['step'])}: {_losses(metrics)} "
             f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{skipped}")
 
 

@@ -42,5 +42,5 @@ def test_a_run_continued_from_a_checkpoint_logs_each_step_once(tmp_path):
 def test_the_finished_line_reads_like_an_epoch_line():
     metrics = {"epoch": 3, "step": 4, "loss": 0.76927, "loss_fine": 0.7826, "lr": 0.0, "samples_per_s": 334.6,
                "data_wait": 0.187, "skipped_samples": 0}
-    assert finished_line(metrics, 4) == "finished: epoch 4/4 step 4 loss 0.7693 loss_fine 0.7826 335 samples/s (data wait 19%)"
+    assert finished_line(metrics, 4) == "finished after epoch 4/4, step 4: loss 0.7693 loss_fine 0.7826 335 samples/s (data wait 19%)"
     assert finished_line({**metrics, "skipped_samples": 2}, 10).endswith("(data wait 19%) skipped 2")
