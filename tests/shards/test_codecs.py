@@ -37,3 +37,17 @@ def test_npy_headers_are_checked_and_pickles_refused():
     np.save(objects, np.array([[[{"a": 1}]]], dtype=object), allow_pickle=True)
     with pytest.raises(codecs.DecodeError, match="dtype object"):
         codecs.decode_pixels("npy", objects.getvalue())
+
+
+@pytest.mark.parametrize(("shape", "dtype"), [((128, 128, 7), np.uint16), ((5, 3, 2), np.uint8), ((64, 48, 22), np.uint16)])
+def test_npy_members_are_the_bytes_np_save_writes(shape, dtype):
+    """The header is made once per shape and dtype (codecs._npy_header_bytes); the member must
+    still be byte for byte np.save's, for a strided view as for a contiguous array."""
+    rng = np.random.default_rng(0)
+    whole = rng.integers(0, np.iinfo(dtype).max, size=(shape[0] * 2, shape[1], shape[2]), dtype=dtype)
+    for pixels in (whole[: shape[0]], whole[::2]):
+        expected = io.BytesIO()
+        np.save(expected, np.ascontiguousarray(pixels), allow_pickle=False)
+        member, data = codecs.encode_pixels(pixels)
+        assert member == "npy" and isinstance(data, bytes) and data == expected.getvalue()
+        np.testing.assert_array_equal(codecs.decode_pixels(member, data), pixels)
