@@ -36,8 +36,13 @@ def read_source(path: str | Path) -> bytes | memoryview:
         size = os.fstat(fh.fileno()).st_size
         if size < MAP_AT_LEAST:
             return fh.read()
-        mapped = mmap.mmap(fh.fileno(), size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)
-    return memoryview(mapped)
+        return map_read_only(fh.fileno(), size)
+
+
+def map_read_only(fd: int, size: int) -> memoryview:
+    """The first `size` bytes of an open file (or memory file) as a read-only shared mapping, its
+    page tables filled in one call (MAP_POPULATE); the descriptor may be closed afterwards."""
+    return memoryview(mmap.mmap(fd, size, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ))
 
 
 class BufferReader(io.RawIOBase):

@@ -24,7 +24,6 @@ when the last descriptor and mapping of it do, however either process ends.
 
 from __future__ import annotations
 
-import mmap
 import multiprocessing
 import os
 import pickle
@@ -36,6 +35,7 @@ from multiprocessing.connection import Connection, wait
 from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
+from ingest.mapped_files import map_read_only
 from shards.heap import release_free_heap
 
 Task = tuple[int, Any]  # (unit index, unit)
@@ -50,7 +50,6 @@ def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any]
 
 
 _MEMFD = hasattr(os, "memfd_create")  # Linux; elsewhere out-of-band buffers go in band
-_POPULATE = getattr(mmap, "MAP_POPULATE", 0)  # page tables filled in one call, not a fault a page
 
 
 def send_result(conn: Connection, message: Any) -> None:
@@ -89,7 +88,7 @@ def receive_result(conn: Connection) -> Any:
         raise EOFError(str(exc)) from exc
     total = sum(sizes)
     try:
-        mapped = memoryview(mmap.mmap(fd, total, flags=mmap.MAP_SHARED | _POPULATE, prot=mmap.PROT_READ)) if total else b""
+        mapped = map_read_only(fd, total) if total else b""
     finally:
         os.close(fd)
     views, at = [], 0

@@ -300,6 +300,10 @@ class _HashingFile:
         self._backlog.append((process_thread("shard-hash").submit(_hash_all, self._digest, batch), size))
         self._backlog_bytes += size
 
+    def _wait_all(self) -> None:
+        while self._backlog:
+            self._wait_oldest()
+
     def _wait_oldest(self) -> None:
         future, size = self._backlog.popleft()
         self._backlog_bytes -= size
@@ -321,8 +325,7 @@ class _HashingFile:
     def close(self) -> None:
         """Close the file; hashing still pending is waited for (never left running on its own)."""
         try:
-            while self._backlog:
-                self._wait_oldest()
+            self._wait_all()
         finally:
             self._fh.close()
 
@@ -333,8 +336,7 @@ class _HashingFile:
 
     def hexdigest(self) -> str:
         self.hash_rest()
-        while self._backlog:
-            self._wait_oldest()
+        self._wait_all()
         return self._digest.hexdigest()
 
 

@@ -95,10 +95,9 @@ def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> st
     2m10s/epoch, eta 14h20m' (the rest of the run at this epoch's pace), with the skipped samples
     when there were any."""
     epoch = int(metrics["epoch"])
-    skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
     eta = _duration(epoch_seconds * (epochs - epoch - 1))
     return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)} lr {metrics['lr']:.3g} "
-            f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{skipped} "
+            f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{_skipped(metrics)} "
             f"{_duration(epoch_seconds)}/epoch, eta {eta}")
 
 
@@ -106,9 +105,13 @@ def finished_line(metrics: dict[str, Any], epochs: int) -> str:
     """The run's last report, for the console: 'finished after epoch 400/400, step 480000: loss
     0.4123 loss_coarse ... 2450 samples/s (data wait 4%)', with the skipped samples when there
     were any (worded apart from the epoch lines, which a reader of the log counts)."""
-    skipped = f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
     return (f"finished after epoch {int(metrics['epoch']) + 1}/{epochs}, step {int(metrics['step'])}: {_losses(metrics)} "
-            f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{skipped}")
+            f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{_skipped(metrics)}")
+
+
+def _skipped(metrics: dict[str, Any]) -> str:
+    """' skipped 3': the samples left out as unreadable, when there were any."""
+    return f" skipped {metrics['skipped_samples']}" if metrics.get("skipped_samples") else ""
 
 
 def _waited(share: float | None) -> str:
