@@ -82,6 +82,7 @@ class EncodedSample:
     channel_sums: list[float] = field(default_factory=list)  # per channel: sum of pixel values
     channel_sq_sums: list[float] = field(default_factory=list)
     pixels: int = 0  # pixels per channel
+    meta_json: bytes | None = None  # the json member, when made already (in a worker: _run_pooled_unit)
 
     @classmethod
     def of(cls, meta: schema.SampleMeta, members: dict[str, bytes], pixels: np.ndarray) -> EncodedSample:
@@ -247,6 +248,8 @@ def _run_pooled_unit(unit: WorkUnit) -> UnitOutput:
     """_run_unit in a worker process: a large unit's members are marked to travel out of band
     (ingest.unit_pool), and reach the parent as read-only memoryviews."""
     output = _run_unit(unit)
+    for sample in output.samples:  # work the writing process, the job's one serial part, need not do
+        sample.meta_json = sample.meta.to_json_bytes()
     if output.member_bytes() >= LARGE_UNIT_BYTES:
         for sample in output.samples:
             sample.members = {ext: pickle.PickleBuffer(data) for ext, data in sample.members.items()}
@@ -259,7 +262,8 @@ def _died(unit: WorkUnit, reason: str) -> UnitOutput:
 
 def _write_unit(output: UnitOutput, writers: dict[str, ShardWriter]) -> dict[str, Any]:
     """The unit's samples appended to their splits' shards; returns its sidecar."""
-    shards = [writers[s.meta.split].write({"__key__": s.meta.key, **s.members, schema.META_JSON: s.meta.to_json_bytes()})
+    shards = [writers[s.meta.split].write({"__key__": s.meta.key, **s.members,
+                                           schema.META_JSON: s.meta_json or s.meta.to_json_bytes()})
               for s in output.samples]
     return unit_sidecar(output, shards)
 

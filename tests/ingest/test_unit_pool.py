@@ -45,6 +45,34 @@ def test_outputs_come_in_unit_order_from_several_processes():
     assert len({pid for _, pid in outputs}) == 2 and os.getpid() not in {pid for _, pid in outputs}
 
 
+class _Unpicklable:
+    """A unit that cannot be pickled (a forked worker is sent the unit's number, not the unit)."""
+
+    def __init__(self, value: int):
+        self.value = value
+
+    def __reduce__(self):
+        raise pickle.PicklingError("this unit must not be pickled")
+
+
+def _value_times_ten(unit) -> int:
+    return unit.value * 10 if isinstance(unit, _Unpicklable) else unit * 10
+
+
+def test_forked_workers_are_sent_unit_numbers_not_pickled_units():
+    units = [_Unpicklable(i) for i in range(9)]
+    outputs = list(map_units(units, _value_times_ten, workers=2, init=_init, died=_died, start_method="fork"))
+    assert outputs == [i * 10 for i in range(9)]
+
+
+def test_spawned_workers_receive_the_pickled_units():
+    outputs = list(map_units(list(range(7)), _value_times_ten, workers=2, init=_init, died=_died,
+                             start_method="spawn"))
+    assert outputs == [i * 10 for i in range(7)]
+    with pytest.raises(pickle.PicklingError, match="must not be pickled"):
+        list(map_units([_Unpicklable(1)], _value_times_ten, workers=1, init=_init, died=_died, start_method="spawn"))
+
+
 def test_a_dead_worker_costs_only_its_unit():
     outputs = list(map_units(list(range(8)), _kill_on_three, workers=2, init=_init, died=_died))
     assert outputs[:3] == [0, 10, 20] and outputs[4:] == [40, 50, 60, 70]
