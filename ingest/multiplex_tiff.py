@@ -21,6 +21,7 @@ chunk twice. A compression no codec knows is refused when the file is indexed, n
 
 from __future__ import annotations
 
+import re
 import struct
 import xml.etree.ElementTree as ET
 from collections import OrderedDict
@@ -69,14 +70,34 @@ class ChannelIndex:
     pixel_spacing_mm: tuple[float, float] | None
 
     def select(self, wanted: Sequence[str]) -> tuple[Plane, ...]:
-        """Planes of `wanted`, in that order (case-insensitive exact names). Raises naming the
-        missing names and the available ones."""
+        """Planes of `wanted`, in that order. A name matches a channel's name case-insensitively,
+        or, failing that, the one channel whose name is it plus a label in brackets: MIBI files
+        name channels by marker and mass ("HH3 (89)"), which "HH3" picks. Raises naming the
+        missing names and the available ones, or a name that more than one labelled channel has."""
         by_name = {name.casefold(): plane for name, plane in zip(self.names, self.planes)}
-        missing = [name for name in wanted if name.casefold() not in by_name]
+        by_marker: dict[str, list[tuple[str, Plane]]] = {}
+        for name, plane in zip(self.names, self.planes):
+            by_marker.setdefault(_LABEL.sub("", name).casefold(), []).append((name, plane))
+        picked, missing = [], []
+        for name in wanted:
+            key = name.casefold()
+            labelled = by_marker.get(key, [])
+            if key in by_name:
+                picked.append(by_name[key])
+            elif len(labelled) == 1:
+                picked.append(labelled[0][1])
+            elif labelled:
+                raise MultiplexTiffError(f"ambiguous channel: {name} could be any of "
+                                         f"{', '.join(n for n, _ in labelled)}; name one in full")
+            else:
+                missing.append(name)
         if missing:
             raise MultiplexTiffError(f"missing channel: {', '.join(missing)} not in the file's channels "
                                      f"({', '.join(self.names)})")
-        return tuple(by_name[name.casefold()] for name in wanted)
+        return tuple(picked)
+
+
+_LABEL = re.compile(r"\s*\([^()]*\)\s*$")  # a channel name's trailing label: "HH3 (89)" -> "HH3"
 
 
 def image_stem(path: Path) -> str:

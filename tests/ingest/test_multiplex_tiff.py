@@ -112,6 +112,18 @@ def test_missing_channel_names_missing_and_available():
     assert str(err.value) == "missing channel: Olig2, Iba1 not in the file's channels (DAPI, NeuN)"
 
 
+def test_a_marker_name_picks_its_mass_labelled_channel():
+    names = ("HH3 (89)", "CD4 (143)", "CD4 (200)", "CD45 (169)", "CD8", "CD8 (158)")
+    index = ChannelIndex(names, tuple(Plane("f", i) for i in range(len(names))), (4, 4), "uint16", None)
+    assert [p.page for p in index.select(["cd45", "HH3", "CD45 (169)"])] == [3, 0, 3]
+    assert [p.page for p in index.select(["CD8"])] == [4]  # an exact name comes first
+    with pytest.raises(MultiplexTiffError) as err:
+        index.select(["HH3", "CD4"])
+    assert str(err.value) == "ambiguous channel: CD4 could be any of CD4 (143), CD4 (200); name one in full"
+    with pytest.raises(MultiplexTiffError, match=r"^missing channel: CD3 not in"):
+        index.select(["HH3", "CD3"])
+
+
 def test_files_we_cannot_use_say_why(tmp_path, stack):
     unnamed, zstack, odd, dup = (tmp_path / f"{n}.tif" for n in ("unnamed", "zstack", "odd", "dup"))
     tifffile.imwrite(unnamed, stack, photometric="minisblack", metadata=None)

@@ -93,6 +93,24 @@ def test_real_mibi_channels_picked_by_name_in_the_requested_order(shared_data, t
     assert verified(out) == 3
 
 
+def test_real_mibi_channels_picked_by_marker_name_alone(shared_data, tmp_path):
+    """"HH3" picks the page named "HH3 (89)": the same pixels as naming it in full."""
+    root = shared_data / "multiplex-tiff"
+    markers = [name.split(" (")[0] for name in MIBI_PICK[:3]]
+    _, full = ingest(root, tmp_path / "full", channels=tuple(MIBI_PICK[:3]), nuclear_channel="HH3 (89)", crops="both",
+                     size=32)
+    summary, bare = ingest(root, tmp_path / "bare", channels=tuple(markers), nuclear_channel="hh3", crops="both",
+                           size=32)
+    assert summary.rejects == 0 and summary.samples["train"] > 0
+    by_key = {s["meta"]["key"]: s for s in samples(full)}
+    found = samples(bare)
+    assert sorted(by_key) == sorted(s["meta"]["key"] for s in found)
+    assert {s["meta"]["crop_kind"] for s in found} == {"cell", "random"}  # nuclei found on "hh3"
+    for s in found:
+        assert s["meta"]["channel_names"] == markers
+        np.testing.assert_array_equal(s["pixels"], by_key[s["meta"]["key"]]["pixels"])
+
+
 def test_real_mibi_nuclei_and_missing_channels(shared_data, tmp_path):
     root = shared_data / "multiplex-tiff"
     summary, out = ingest(root, tmp_path / "nuclei", channels=tuple(MIBI_PICK[:3]), nuclear_channel="hh3 (89)",
