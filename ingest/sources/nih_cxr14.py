@@ -242,10 +242,14 @@ def plan_units(root: Path, listed: dict[str, str], entries: list[Entry], images:
                boxes: dict[str, list], official: dict[str, str] | None, patient_split: dict[str, str], *,
                csv_name: str, crops: str, salt: str) -> tuple[list[WorkUnit], list[Reject], dict[str, int]]:
     """One unit per labelled PNG on disk (with lesion crops: per boxed one), sorted by pseudonymous
-    id; rejects for CSV rows without a file and files without a CSV row."""
+    id; rejects for CSV rows without a file and files without a CSV row. With lesion crops only a
+    boxed image is an input: a missing one without a box is counted, not rejected (a lesion job
+    over images_001 alone would otherwise reject 110,000 images it never wanted)."""
     units = []
+    not_on_disk = sorted(set(listed) - set(images))
+    unwanted = [image for image in not_on_disk if image not in boxes] if crops == "lesion" else []
     rejects = [Reject(image, f"file not found: {image} is in {csv_name} but not under ROOT")
-               for image in sorted(set(listed) - set(images))]
+               for image in not_on_disk if not (crops == "lesion" and image not in boxes)]
     without_box = 0
     for entry in entries:
         rel = str(images[entry.image].relative_to(root))
@@ -265,7 +269,8 @@ def plan_units(root: Path, listed: dict[str, str], entries: list[Entry], images:
     for name in sorted(set(images) - set(listed)):
         rejects.append(Reject(str(images[name].relative_to(root)), f"no labels: {name} is not in {csv_name}"))
     units.sort(key=lambda u: u.unit_id)
-    return units, rejects, ({"images_without_box": without_box} if crops == "lesion" else {})
+    notes = {"images_without_box": without_box, "images_without_box_not_on_disk": len(unwanted)}
+    return units, rejects, (notes if crops == "lesion" else {})
 
 
 def lesion_crops(pixels, boxes, *, margin: float, size: int) -> tuple[list[tuple[str, tuple, tuple, Any]], bool]:

@@ -336,6 +336,22 @@ def test_full_real_csv_lists_every_image(shared_data, real_root, tmp_path):
     assert {r.reason_kind for r in job.planning_rejects} == {"file not found"}
 
 
+def test_lesion_job_on_a_partial_download_rejects_only_missing_boxed_images(shared_data, real_root, tmp_path):
+    """Lesion crops want the boxed images only: a listed image that is neither here nor boxed is
+    counted in the notes, not rejected; a boxed one that is not here is a 'file not found'."""
+    csv_path = shared_data / "nih-chestxray14" / "Data_Entry_2017_v2020.csv.gz"
+    bbox_csv = shared_data / "nih-chestxray14" / "BBox_List_2017.csv"
+    boxed, box_rejects = nih_cxr14.read_boxes(bbox_csv)
+    assert box_rejects == [] and not set(boxed) & set(REAL_PNGS)
+    (real_root / "Data_Entry_2017_v2020.csv").unlink()
+    job = nih_cxr14.build_job(root=real_root, out=tmp_path / "out", csv_path=csv_path, bbox_csv=bbox_csv,
+                              crops="lesion", progress=False)
+    assert job.units == [] and sorted(r.source_path for r in job.planning_rejects) == sorted(boxed)
+    assert {r.reason_kind for r in job.planning_rejects} == {"file not found"}
+    assert job.notes["images_without_box"] == 3
+    assert job.notes["images_without_box_not_on_disk"] == 112120 - 3 - len(boxed)
+
+
 def test_real_kaggle_csv_header(shared_data, real_root, tmp_path):
     """The older Data_Entry_2017.csv: trailing comma in the header, other ages; 00000013_003 is
     not among its first 20 rows."""
