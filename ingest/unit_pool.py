@@ -71,7 +71,8 @@ _MEMFD = hasattr(os, "memfd_create")  # Linux; elsewhere out-of-band buffers go 
 
 def send_result(conn: Connection, message: Any) -> None:
     """message through conn, its PickleBuffers through a memory file (see the module docstring):
-    the sizes of the out-of-band buffers (or None), the pickle, then the memory file."""
+    one message of the out-of-band buffers' count and sizes and the pickle, then (when there are
+    buffers) the memory file's descriptor."""
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append if _MEMFD else None)
     raw = [b.raw() for b in buffers]
