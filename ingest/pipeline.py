@@ -121,6 +121,7 @@ class JobSummary:
     seconds: float
     input_bytes: int
     resumed_units: int
+    counts: dict[str, int] = field(default_factory=dict)  # the card's counting notes, e.g. images_without_box
 
     def describe(self) -> str:
         per_split = ", ".join(f"{split} {n}" for split, n in self.samples.items()) or "none"
@@ -135,6 +136,8 @@ class JobSummary:
         if self.rejects:
             reasons = "; ".join(f"{reason} x{n}" for reason, n in self.rejects_by_reason.items())
             lines.append(f"REJECTED {self.rejects} inputs ({reasons}): see {self.out / schema.REJECTS_FILE}")
+        if self.counts:
+            lines.append("counted: " + ", ".join(f"{name} {n}" for name, n in self.counts.items()))
         return "\n".join(lines)
 
 
@@ -369,6 +372,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
     atomic_write_bytes(job.out / schema.REJECTS_FILE, reject_lines.encode())
     by_reason = dict(sorted(Counter(r.reason_kind for r in rejects).items()))
     input_bytes = int(notes.pop("input_bytes", 0))
+    card_notes = {**job.notes, **dict(sorted(notes.items()))}
     card = card_io.build_card(
         source=job.source,
         tool_version=job.tool_version,
@@ -377,7 +381,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         records=records,
         pixel_stats=train_pixel_stats(stats),
         rejects_by_reason=by_reason,
-        notes={**job.notes, **dict(sorted(notes.items()))},
+        notes=card_notes,
     )
     card_io.write_card(job.out, card)  # last: its presence marks the shard set complete
     shutil.rmtree(staging)
@@ -391,5 +395,6 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         seconds=time.perf_counter() - start,
         input_bytes=input_bytes,
         resumed_units=len(done),
+        counts={name: n for name, n in card_notes.items() if type(n) is int and n},
     )
 

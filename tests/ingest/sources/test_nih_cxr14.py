@@ -350,6 +350,10 @@ def test_lesion_job_on_a_partial_download_rejects_only_missing_boxed_images(shar
     assert {r.reason_kind for r in job.planning_rejects} == {"file not found"}
     assert job.notes["images_without_box"] == 3
     assert job.notes["images_without_box_not_on_disk"] == 112120 - 3 - len(boxed)
+    summary = run_job(job)  # the closing summary says why nothing was written
+    assert summary.rejects == len(boxed) and not summary.samples
+    assert summary.counts == {"images_without_box": 3, "images_without_box_not_on_disk": 112120 - 3 - len(boxed)}
+    assert f"counted: images_without_box 3, images_without_box_not_on_disk {112120 - 3 - len(boxed)}" in summary.describe()
 
 
 def test_real_kaggle_csv_header(shared_data, real_root, tmp_path):
