@@ -141,8 +141,14 @@ class _Worker:
         self.queued: deque[Task] = deque()  # sent, not yet come back; the first is being worked on
 
     def send(self, task: Task) -> None:
-        self.conn.send_bytes(_INDEX.pack(task[0]) if self.inherits else pickle.dumps(task, protocol=5))
+        message = _INDEX.pack(task[0]) if self.inherits else pickle.dumps(task, protocol=5)
         self.queued.append(task)
+        try:
+            self.conn.send_bytes(message)
+        except (BrokenPipeError, ConnectionResetError):
+            # Died since its last result (the OOM killer): its end of file, read next, makes
+            # the unit it was on a reject and hands this one, never started, to a new worker.
+            pass
 
     def stop(self) -> None:
         try:

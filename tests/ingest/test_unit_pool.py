@@ -79,6 +79,25 @@ def test_a_dead_worker_costs_only_its_unit():
     assert outputs[3] == "unit 3: the worker process died of SIGKILL (out of memory?) while processing it"
 
 
+def _slow_zero_kill_one(unit: int) -> int:
+    if unit == 0:
+        time.sleep(0.3)
+    if unit == 1:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return unit * 10
+
+
+def test_a_worker_that_dies_before_its_next_unit_is_sent_costs_only_its_unit():
+    # window 2: the worker gets units 0 and 1 and then dies on 1, while the consumer is slow; the
+    # parent then sends it unit 2 before reading its end of file (this raised BrokenPipeError)
+    outputs = []
+    for output in map_units(list(range(6)), _slow_zero_kill_one, workers=2, init=_init, died=_died, window=2):
+        outputs.append(output)
+        time.sleep(0.2)
+    assert outputs[0] == 0 and outputs[2:] == [20, 30, 40, 50]
+    assert outputs[1] == "unit 1: the worker process died of SIGKILL (out of memory?) while processing it"
+
+
 def test_no_unit_starts_more_than_window_ahead():
     # unit 0 is slow: with window 3, units 3 and later cannot start before unit 0 is done
     outputs = list(map_units(list(range(10)), _start_time, workers=2, init=_init, died=_died, window=3))
