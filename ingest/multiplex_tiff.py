@@ -41,6 +41,7 @@ CHANNEL_AXES = "CIQS"
 DTYPES = ("uint8", "uint16")
 SAMPLE_ROWS = 256  # band height when sampling a memory-mapped page
 _UNIT_MM = {"m": 1e3, "cm": 10.0, "mm": 1.0, "µm": 1e-3, "um": 1e-3, "micron": 1e-3, "nm": 1e-6}
+_LABEL = re.compile(r"\s*\([^()]*\)\s*$")  # a channel name's trailing label: "HH3 (89)" -> "HH3"
 
 
 class MultiplexTiffError(ValueError):
@@ -75,29 +76,25 @@ class ChannelIndex:
         name channels by marker and mass ("HH3 (89)"), which "HH3" picks. Raises naming the
         missing names and the available ones, or a name that more than one labelled channel has."""
         by_name = {name.casefold(): plane for name, plane in zip(self.names, self.planes)}
-        by_marker: dict[str, list[tuple[str, Plane]]] = {}
-        for name, plane in zip(self.names, self.planes):
-            by_marker.setdefault(_LABEL.sub("", name).casefold(), []).append((name, plane))
-        picked, missing = [], []
-        for name in wanted:
-            key = name.casefold()
-            labelled = by_marker.get(key, [])
-            if key in by_name:
-                picked.append(by_name[key])
-            elif len(labelled) == 1:
-                picked.append(labelled[0][1])
-            elif labelled:
-                raise MultiplexTiffError(f"ambiguous channel: {name} could be any of "
-                                         f"{', '.join(n for n, _ in labelled)}; name one in full")
-            else:
-                missing.append(name)
-        if missing:
+        by_marker: dict[str, list[str]] = {}
+        for name in self.names:
+            by_marker.setdefault(_LABEL.sub("", name).casefold(), []).append(name)
+
+        def picked(name: str) -> str | None:
+            """The casefolded name of the channel `name` picks; None when none does."""
+            if name.casefold() in by_name:
+                return name.casefold()
+            found = by_marker.get(name.casefold(), [])
+            if len(found) > 1:
+                raise MultiplexTiffError(f"ambiguous channel: {name} could be any of {', '.join(found)}; "
+                                         "name one in full")
+            return found[0].casefold() if found else None
+
+        keys = [picked(name) for name in wanted]
+        if missing := [name for name, key in zip(wanted, keys) if key is None]:
             raise MultiplexTiffError(f"missing channel: {', '.join(missing)} not in the file's channels "
                                      f"({', '.join(self.names)})")
-        return tuple(picked)
-
-
-_LABEL = re.compile(r"\s*\([^()]*\)\s*$")  # a channel name's trailing label: "HH3 (89)" -> "HH3"
+        return tuple(by_name[key] for key in keys)
 
 
 def image_stem(path: Path) -> str:

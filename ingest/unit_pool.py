@@ -47,8 +47,7 @@ from shards.heap import release_free_heap
 
 Task = tuple[int, Any]  # (unit index, unit)
 _INDEX = struct.Struct("<q")  # a task, to a worker that holds the units
-_COUNT = struct.Struct("<I")  # a result's header: how many out-of-band buffers, then their sizes
-_SIZE = struct.Struct("<Q")
+_COUNT = struct.Struct("<I")  # a result's header: how many out-of-band buffers, then their sizes ("<Q" each)
 
 
 def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any], Any],
@@ -58,7 +57,7 @@ def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any]
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     init()
     while task := conn.recv_bytes():
-        if units is None:
+        if units is None:  # from the parent over this private pipe, never from a shard
             index, unit = pickle.loads(task)
         else:
             (index,) = _INDEX.unpack(task)
@@ -76,7 +75,7 @@ def send_result(conn: Connection, message: Any) -> None:
     buffers: list[pickle.PickleBuffer] = []
     payload = pickle.dumps(message, protocol=5, buffer_callback=buffers.append if _MEMFD else None)
     raw = [b.raw() for b in buffers]
-    header = _COUNT.pack(len(raw)) + b"".join(_SIZE.pack(view.nbytes) for view in raw)
+    header = struct.pack(f"<I{len(raw)}Q", len(raw), *(view.nbytes for view in raw))
     if not raw:
         conn.send_bytes(header + payload)
         return
@@ -97,9 +96,8 @@ def receive_result(conn: Connection) -> Any:
     from this job's own worker over its private socket, never from a shard.)"""
     message = memoryview(conn.recv_bytes())
     (count,) = _COUNT.unpack_from(message)
-    at = _COUNT.size + count * _SIZE.size
-    sizes = [_SIZE.unpack_from(message, _COUNT.size + i * _SIZE.size)[0] for i in range(count)]
-    payload = message[at:]
+    sizes = struct.unpack_from(f"<{count}Q", message, _COUNT.size)
+    payload = message[_COUNT.size + 8 * count:]
     if not count:
         return pickle.loads(payload)
     try:

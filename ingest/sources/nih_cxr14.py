@@ -247,9 +247,9 @@ def plan_units(root: Path, listed: dict[str, str], entries: list[Entry], images:
     over images_001 alone would otherwise reject 110,000 images it never wanted)."""
     units = []
     not_on_disk = sorted(set(listed) - set(images))
-    unwanted = [image for image in not_on_disk if image not in boxes] if crops == "lesion" else []
+    unwanted = {image for image in not_on_disk if image not in boxes} if crops == "lesion" else set()
     rejects = [Reject(image, f"file not found: {image} is in {csv_name} but not under ROOT")
-               for image in not_on_disk if not (crops == "lesion" and image not in boxes)]
+               for image in not_on_disk if image not in unwanted]
     without_box = 0
     for entry in entries:
         rel = str(images[entry.image].relative_to(root))
