@@ -10,12 +10,15 @@ decode_bound_opencv: the same with cv2.imdecode, the decoder before shards.png_r
               issue 3 measured, 0.66 ms a sample).
 stream:       make_loader over the shards (read, shuffle, decode, "mae" augment, batch in stored
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
-              epoch, as GPU training runs it (resize_on_device): normalisation, and the resize and
-              flip of the crops training enlarges, happen on the GPU (to_device), not here;
+              epoch, as GPU training runs it (resize_on_device, no labels): normalisation, and the
+              resize and flip of the crops training enlarges, happen on the GPU (to_device), not
+              here; samples are read at the manifest's member spans (shards.indexed_read);
+stream_tar:   the same read through the tars, every sample's json parsed (by_index=False, labels:
+              how a set without member spans, or a stream with labels, is read);
 stream_cpu_resize: the same with every crop resized and flipped in the workers (CPU training);
 stream_uri:   the stream over the same shards named by a file:// URI: read through pyarrow.fs and
               shards.storage's forward reader, the path an object store's shards take (s3://...),
-              without the network;
+              without the network: through the tars, with labels (compare with stream_tar);
 folder:       the same crops written out as PNG files, read by a map-style Dataset (file read,
               decode, the same augment, the same hand-over) in a DataLoader with N workers.
 Also, on one core and without a DataLoader's hand-over: the stream with num_workers=0 beside one
@@ -202,19 +205,24 @@ def main() -> None:
         samples = args.samples - args.samples % args.batch_size
         stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                 num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
-                                resize_on_device=True)
+                                resize_on_device=True, labels=False)
+        stream_tar, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
+                                    num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
+                                    resize_on_device=True, by_index=False)
         stream_cpu, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
-                                    num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples)
+                                    num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
+                                    labels=False)
         stream_uri, _ = make_loader([StreamSource(root.as_uri())], batch_size=args.batch_size, image_size=224,
                                     num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
                                     resize_on_device=True)
         folder = folder_loader(PngFolder(files), workers=args.workers, batch_size=args.batch_size,
                                samples=samples)
         one_core, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224, num_workers=0,
-                                  seed=0, augment="mae", samples_per_epoch=samples // 4, resize_on_device=True)
+                                  seed=0, augment="mae", samples_per_epoch=samples // 4, resize_on_device=True,
+                                  labels=False)
         rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
-            for loader in (stream, stream_cpu, stream_uri, folder):  # warm page cache, workers, imports
+            for loader in (stream, stream_tar, stream_cpu, stream_uri, folder):  # warm page cache, workers, imports
                 epoch_rate(loader, samples, 0)
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
@@ -222,6 +230,7 @@ def main() -> None:
                            limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
                            limit_region=decode_bound(pool, args.workers, samples, "region"),
                            stream=epoch_rate(stream, samples, repeat + 1),
+                           stream_tar=epoch_rate(stream_tar, samples, repeat + 1),
                            stream_cpu=epoch_rate(stream_cpu, samples, repeat + 1),
                            stream_uri=epoch_rate(stream_uri, samples, repeat + 1),
                            folder=epoch_rate(folder, samples, repeat + 1),
@@ -241,6 +250,7 @@ def main() -> None:
         "python": platform.python_version(),
         "decode_bound_samples_per_s": round(best["limit"], 1),
         "stream_samples_per_s": round(best["stream"], 1),
+        "stream_tar_samples_per_s": round(best["stream_tar"], 1),
         "stream_cpu_resize_samples_per_s": round(best["stream_cpu"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
         "stream_file_uri_samples_per_s": round(best["stream_uri"], 1),
@@ -250,6 +260,7 @@ def main() -> None:
         "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
         "ratio_stream_to_opencv_decode_bound": round(best["stream"] / best["limit_opencv"], 3),
         "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
+        "ratio_stream_to_stream_tar": round(best["stream"] / best["stream_tar"], 3),
         "ratio_cpu_resize_stream_to_decode_bound": round(best["stream_cpu"] / best["limit"], 3),
         "ratio_cpu_resize_stream_to_folder": round(best["stream_cpu"] / best["folder"], 3),
         "decode_bound_1proc_samples_per_s": round(best["limit_1"], 1),
@@ -262,8 +273,9 @@ def main() -> None:
                              "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),
                              "ratio_region_to_whole_decode_rate": rounds.median_ratio("limit_region", "limit"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
+                             "ratio_stream_to_stream_tar": rounds.median_ratio("stream", "stream_tar"),
                              "ratio_cpu_resize_stream_to_decode_bound": rounds.median_ratio("stream_cpu", "limit"),
-                             "ratio_file_uri_stream_to_stream": rounds.median_ratio("stream_uri", "stream"),
+                             "ratio_file_uri_stream_to_stream_tar": rounds.median_ratio("stream_uri", "stream_tar"),
                              "ratio_in_process_stream_to_1proc_decode": rounds.median_ratio("stream_1", "limit_1")},
     }))
 

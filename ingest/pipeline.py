@@ -265,10 +265,10 @@ def _died(unit: WorkUnit, reason: str) -> UnitOutput:
 
 def _write_unit(output: UnitOutput, writers: dict[str, ShardWriter]) -> dict[str, Any]:
     """The unit's samples appended to their splits' shards; returns its sidecar."""
-    shards = [writers[s.meta.split].write({"__key__": s.meta.key, **s.members,
-                                           schema.META_JSON: s.meta_json or s.meta.to_json_bytes()})
-              for s in output.samples]
-    return unit_sidecar(output, shards)
+    placements = [writers[s.meta.split].write({"__key__": s.meta.key, **s.members,
+                                               schema.META_JSON: s.meta_json or s.meta.to_json_bytes()})
+                  for s in output.samples]
+    return unit_sidecar(output, placements)
 
 
 def run_job(job: IngestJob) -> JobSummary:

@@ -29,6 +29,7 @@ import xxhash
 
 if TYPE_CHECKING:
     from ingest.pipeline import UnitOutput
+    from shards.writer import Placement
 
 LOG_FILE = "progress.log"
 RECORD_MAGIC = b"MSPROG01"
@@ -45,14 +46,14 @@ class UnitRecord:
     writers: dict[str, dict[str, Any]]  # split -> ShardWriter.checkpoint() after this unit (a delta)
 
 
-def unit_sidecar(output: UnitOutput, shards: list[str]) -> dict[str, Any]:
+def unit_sidecar(output: UnitOutput, placements: list[Placement]) -> dict[str, Any]:
     """What a unit adds to the job besides its shard members: a manifest row per sample (with the
-    shard it went into, `shards[i]` for sample i), the pixel sums for the card's statistics, the
+    shard it went into and its members' spans there, `placements[i]` for sample i), the pixel sums for the card's statistics, the
     unit's rejects and notes. JSON-able; the pixel sums are exact integers below 2**53."""
     return {
         "samples": [
             {
-                "row": s.meta.manifest_row(shard),
+                "row": s.meta.manifest_row(placement.shard, placement.spans),
                 "channels": s.meta.channels,
                 "dtype": s.meta.dtype,
                 "channel_names": s.meta.channel_names,
@@ -60,7 +61,7 @@ def unit_sidecar(output: UnitOutput, shards: list[str]) -> dict[str, Any]:
                 "sq_sums": s.channel_sq_sums,
                 "pixels": s.pixels,
             }
-            for s, shard in zip(output.samples, shards, strict=True)
+            for s, placement in zip(output.samples, placements, strict=True)
         ],
         "rejects": [{"source_path": r.source_path, "reason": r.reason} for r in output.rejects],
         "notes": dict(output.notes),

@@ -16,8 +16,12 @@ from shards.writer import atomic_write_bytes
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
     """Write rows atomically. `labels` becomes a struct column whose fields are the union of the
     label names of all rows (missing ones null), so a shard set with lesion and random crops,
-    which carry different labels, is still one table."""
-    columns = {name: [row[name] for row in rows] for name in schema.MANIFEST_COLUMNS}
+    which carry different labels, is still one table. The MEMBER_SPAN_COLUMNS are written when
+    every row has them (rows of a job begun by an older version, then resumed, may not)."""
+    names = schema.MANIFEST_COLUMNS
+    if all(span in row for row in rows for span in schema.MEMBER_SPAN_COLUMNS):
+        names += schema.MEMBER_SPAN_COLUMNS
+    columns = {name: [row[name] for row in rows] for name in names}
     label_names = sorted({name for row in rows for name in row["labels"]})
     columns["labels"] = [{name: row["labels"].get(name) for name in label_names} for row in rows]
     arrays = {}
@@ -29,6 +33,8 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
             arrays[name] = pa.array(values, type=pa.list_(pa.int64(), 4))
         elif name in ("height", "width", "channels"):
             arrays[name] = pa.array(values, type=pa.int32())
+        elif name in schema.MEMBER_SPAN_COLUMNS:
+            arrays[name] = pa.array(values, type=pa.int64())
         elif name == "labels":
             arrays[name] = pa.array(values)
         else:

@@ -3,7 +3,7 @@ in order by shards.stream (and by `shards stats`). Every sample carries "__key__
 each stage adds what it makes:
 
     tar_samples        shard paths -> {ext: bytes} per key (extensions from the schema only)
-    parse_meta         + "meta": schema.SampleMeta, "__pixels__": which pixel member
+    parse_meta         + "meta": schema.SampleMeta, its "crop_kind", "__pixels__": which pixel member
     select_crop_kinds  drops samples of other crop kinds
     shuffle            a seeded shuffle buffer (of encoded samples: only what comes out is decoded)
     decode             + "pixels": (H, W) or (H, W, C) uint8/uint16, the whole image exactly as
@@ -135,6 +135,7 @@ def parse_meta(samples: Iterable[Sample], handler: Handler) -> Iterator[Sample]:
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
         sample["meta"] = meta
+        sample["crop_kind"] = meta.crop_kind
         sample["__pixels__"] = pixels[0]
         yield sample
 

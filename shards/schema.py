@@ -42,7 +42,7 @@ from typing import Any
 import xxhash
 
 FORMAT_NAME = "medshards"
-SCHEMA_VERSION = 2  # 2: source_fingerprint is XXH3-128 (1: sha256)
+SCHEMA_VERSION = 3  # 3: the manifest has MEMBER_SPAN_COLUMNS; 2: source_fingerprint is XXH3-128 (1: sha256)
 
 SPLITS = ("train", "val", "test")
 CROP_KINDS = ("lesion", "random", "whole", "cell")
@@ -94,6 +94,20 @@ MANIFEST_COLUMNS = (
     "labels",
     "source_fingerprint",
 )
+# Optional manifest columns, int64 (every ingest since SCHEMA_VERSION 3 writes them): where the
+# data of each sample's pixel member and json member begin in its shard's bytes, and their sizes.
+# With them a reader of a local shard set fetches a sample's pixels in one read, without walking
+# the tar's headers or parsing a json it does not need (shards.indexed_read); `shards verify`
+# checks them against the tar. A set without them (older ingests) is read through the tar.
+MEMBER_SPAN_COLUMNS = ("pixels_offset", "pixels_size", "json_offset", "json_size")
+
+
+def member_span_columns(spans: dict[str, tuple[int, int]], pixels: str) -> dict[str, int]:
+    """The MEMBER_SPAN_COLUMNS of a sample whose members' data lie at spans[ext] = (offset,
+    size) (ShardWriter.write's Placement), its pixels stored as member `pixels`."""
+    (pixels_offset, pixels_size), (json_offset, json_size) = spans[pixels], spans[META_JSON]
+    return {"pixels_offset": pixels_offset, "pixels_size": pixels_size,
+            "json_offset": json_offset, "json_size": json_size}
 
 
 class SchemaError(ValueError):
@@ -170,8 +184,10 @@ class SampleMeta:
         meta.__post_init__()
         return meta
 
-    def manifest_row(self, shard: str) -> dict[str, Any]:
-        return {
+    def manifest_row(self, shard: str, spans: dict[str, tuple[int, int]] | None = None) -> dict[str, Any]:
+        """The sample's manifest row; with its members' spans in the shard (ShardWriter.write's
+        Placement.spans), the MEMBER_SPAN_COLUMNS too."""
+        row = {
             "key": self.key,
             "shard": shard,
             "split": self.split,
@@ -189,6 +205,9 @@ class SampleMeta:
             "labels": self.labels,
             "source_fingerprint": self.source_fingerprint,
         }
+        if spans is not None:
+            row.update(member_span_columns(spans, pixel_member(self.channels, self.dtype)))
+        return row
 
 
 _META_FIELDS = frozenset(f.name for f in dataclasses.fields(SampleMeta))

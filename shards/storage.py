@@ -209,6 +209,14 @@ def _arrow_source(location: str | Path) -> tuple[str, Any]:
     return filesystem(str(location))[::-1] if is_uri(location) else (str(location), None)
 
 
+def parquet_columns(location: str | Path) -> list[str]:
+    """The column names of a Parquet file, from its footer alone."""
+    import pyarrow.parquet as pq
+
+    path, fs = _arrow_source(location)
+    return pq.read_schema(path, filesystem=fs).names
+
+
 def read_parquet(location: str | Path, columns: list[str] | None = None):
     """A Parquet file (a manifest) as a pyarrow Table."""
     import pyarrow.parquet as pq

@@ -38,7 +38,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
-from shards import sample_stages as reading, schema, storage, stream_stages as stages
+from shards import indexed_read, sample_stages as reading, schema, storage, stream_stages as stages
 from shards.sample_stages import BAD_SAMPLE_HANDLERS, SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
@@ -80,6 +80,7 @@ class OpenSource:
     mean: tuple[float, ...]  # per channel, stored units (card pixel_stats)
     std: tuple[float, ...]
     dtype: str  # stored pixels: "uint8" or "uint16"
+    index: indexed_read.ShardIndex | None = None  # None: read through the tar (see open_source)
 
     @property
     def channels(self) -> int:
@@ -104,7 +105,10 @@ def _samples_per_shard(root: str, split: str, crop_kinds: frozenset[str]) -> Cou
                    if row["split"] == split and row["crop_kind"] in crop_kinds)
 
 
-def open_source(source: StreamSource) -> OpenSource:
+def open_source(source: StreamSource, *, by_index: bool = True) -> OpenSource:
+    """The source's shards, sample counts and normalisation from its card; with by_index, and a
+    local set whose manifest has member spans, each shard's samples by where they lie
+    (shards.indexed_read), checked against the card's counts."""
     root = storage.shard_root(source.root)
     card = read_card(root)
     if source.split not in card["splits"]:
@@ -113,36 +117,48 @@ def open_source(source: StreamSource) -> OpenSource:
     if kinds is not None and (not kinds or not kinds <= set(schema.CROP_KINDS)):
         raise ValueError(f"crop_kinds {source.crop_kinds} must be a non-empty subset of {schema.CROP_KINDS}")
     records = card["splits"][source.split]["shards"]
-    counts = None if kinds is None else _samples_per_shard(root, source.split, kinds)
+    index = indexed_read.shard_index(root, source.split, kinds) if by_index else None
+    counts = None if kinds is None or index is not None else _samples_per_shard(root, source.split, kinds)
     shards = []
     for record in records:
         rel = Path(record["path"])
         if rel.parent != Path(source.split) or not rel.match(schema.SHARD_GLOB):  # stay inside the set
             raise ValueError(f"{root}: dataset.json lists shard {record['path']!r} outside {source.split}/")
-        samples = record["samples"] if counts is None else counts[record["path"]]
-        shards.append(ShardSpan(storage.join(root, record["path"]), samples))
+        location = storage.join(root, record["path"])
+        if index is not None:
+            samples = len(index.get(location, ()))
+            if kinds is None and samples != record["samples"]:
+                raise ValueError(f"{root}: the manifest lists {samples} samples in {record['path']}, dataset.json "
+                                 f"{record['samples']}: the set is damaged (run `shards verify {root}`)")
+        else:
+            samples = record["samples"] if counts is None else counts[record["path"]]
+        shards.append(ShardSpan(location, samples))
     mean, std = pixel_stats(card, root)
     dtype = card["pixel_stats"].get("dtype", "uint16")
     if dtype not in _BATCH_DTYPES:
         raise ValueError(f"{root}: pixel_stats dtype {dtype!r} is not one of {sorted(_BATCH_DTYPES)}")
     return OpenSource(name=source.name or card["source"], shards=tuple(shards), crop_kinds=kinds,
-                      weight=float(source.weight), mean=mean, std=std, dtype=dtype)
+                      weight=float(source.weight), mean=mean, std=std, dtype=dtype, index=index)
 
 
 class ShardStream(IterableDataset):
     """An epoch of whole batches for one rank; with a DataLoader of `num_workers` workers (which
     must match) every rank gets exactly `steps_per_epoch` batches. Call set_epoch(e) before each
-    epoch: the epoch lives in shared memory, so persistent DataLoader workers see it too."""
+    epoch: the epoch lives in shared memory, so persistent DataLoader workers see it too.
+    labels: each batch carries its samples' "labels" (from their json members; pretraining
+    needs none, and reads faster without). by_index: read local sets whose manifest has member
+    spans at those spans (shards.indexed_read); False reads every set through its tars."""
 
     def __init__(self, sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
                  world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                  shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
-                 handler: reading.Handler = raise_sample_error, resize_on_device: bool = False):
+                 handler: reading.Handler = raise_sample_error, resize_on_device: bool = False,
+                 labels: bool = True, by_index: bool = True):
         if not 0 <= rank < world_size:
             raise StreamPlanError(f"rank {rank} is not in [0, world_size {world_size})")
         if seed < 0 or shuffle_buffer < 1:
             raise ValueError(f"seed {seed} must be >= 0 and shuffle_buffer {shuffle_buffer} >= 1")
-        self.sources = [open_source(s) for s in sources]
+        self.sources = [open_source(s, by_index=by_index) for s in sources]
         names = [s.name for s in self.sources]
         if len(set(names)) != len(names):
             raise ValueError(f"sources need distinct names, got {names}: pass StreamSource(name=...)")
@@ -156,7 +172,7 @@ class ShardStream(IterableDataset):
         self.batch_size, self.image_size, self.augment = batch_size, image_size, augment
         self.rank, self.world_size, self.num_workers = rank, world_size, num_workers
         self.seed, self.shuffle_buffer, self.samples_per_epoch = seed, shuffle_buffer, samples_per_epoch
-        self.handler, self.resize_on_device = handler, resize_on_device
+        self.handler, self.resize_on_device, self.labels = handler, resize_on_device, labels
         self._epoch = torch.zeros((), dtype=torch.int64).share_memory_()
         self.ring: BatchRing | None = None  # set by make_loader, whose RingLoader gives slots back
         self.steps_per_epoch = self.plan(0).steps_per_epoch  # raises here if no plan is possible
@@ -205,7 +221,7 @@ class ShardStream(IterableDataset):
                    for source, shards, quota, seed in zip(self.sources, reader.shards, reader.quotas, source_seeds)]
         order = np.repeat(np.arange(len(streams)), reader.quotas)
         np.random.default_rng(mix_seed).shuffle(order)
-        yield from stages.batches(stages.interleave(streams, order.tolist()), handler, rows)
+        yield from stages.batches(stages.interleave(streams, order.tolist()), handler, rows, labels=self.labels)
 
     def _source_samples(self, source: OpenSource, shards: tuple[ShardSpan, ...], rng: random.Random,
                         augment: Augment, handler: reading.Handler,
@@ -216,10 +232,15 @@ class ShardStream(IterableDataset):
             paths = [s.path for s in shards]
             if number:
                 rng.shuffle(paths)
-            samples = reading.tar_samples(paths, handler, read=_READ)
-            samples = reading.parse_meta(samples, handler)
-            samples = reading.select_crop_kinds(samples, source.crop_kinds)
-            samples = reading.shuffle(samples, self.shuffle_buffer, rng)
+            if source.index is not None:  # the same samples in the same order as through the tar
+                samples = indexed_read.indexed_samples(paths, source.index)
+                samples = reading.shuffle(samples, self.shuffle_buffer, rng)
+                samples = indexed_read.read_indexed(samples, source.index, handler, labels=self.labels)
+            else:
+                samples = reading.tar_samples(paths, handler, read=_READ)
+                samples = reading.parse_meta(samples, handler)
+                samples = reading.select_crop_kinds(samples, source.crop_kinds)
+                samples = reading.shuffle(samples, self.shuffle_buffer, rng)
             samples = stages.decode_augmented(samples, augment, handler, rows, channels=source.channels,
                                               resize_on_device=self.resize_on_device)
             return stages.with_source(samples, source=source.name, mean=source.mean, std=source.std)
@@ -243,20 +264,23 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
                 handler: reading.Handler = raise_sample_error, pin_memory: bool = False,
-                prefetch_factor: int | None = None, resize_on_device: bool = False) -> StreamLoader:
+                prefetch_factor: int | None = None, resize_on_device: bool = False, labels: bool = True,
+                by_index: bool = True) -> StreamLoader:
     """A loader over a ShardStream (batches are made in the DataLoader workers, in buffers they
     reuse: shards.batch_ring), and the number of batches every rank gets per epoch. Call
     loader.dataset.set_epoch(e) before each epoch. Workers persist across epochs (the epoch
     reaches them through shared memory). Every batch's "image" is its own tensor (pinned when
     pin_memory), yours to keep; to_device finishes it. resize_on_device (for GPU training): the
-    workers leave the crops the augmentation enlarges to to_device (shards.device_crops)."""
+    workers leave the crops the augmentation enlarges to to_device (shards.device_crops).
+    labels, by_index: see ShardStream."""
     if num_workers:
         # One worker is one core's work, so OpenCV's thread pool only gets in the way; and it must go
         # before the fork: a worker that inherits the parent's live pool deadlocks in OpenCV.
         cv2.setNumThreads(1)
     dataset = ShardStream(sources, batch_size=batch_size, image_size=image_size, rank=rank, world_size=world_size,
                           num_workers=num_workers, seed=seed, augment=augment, shuffle_buffer=shuffle_buffer,
-                          samples_per_epoch=samples_per_epoch, handler=handler, resize_on_device=resize_on_device)
+                          samples_per_epoch=samples_per_epoch, handler=handler, resize_on_device=resize_on_device,
+                          labels=labels, by_index=by_index)
     prefetch = (prefetch_factor or 2) if num_workers else None
     if num_workers:
         dataset.ring = BatchRing(num_workers, prefetch + 2, (batch_size, dataset.channels, image_size, image_size),

@@ -1,5 +1,5 @@
-"""Training stages: from parsed samples (shards.sample_stages) to batches, composed in order by
-shards.stream:
+"""Training stages: from read samples (shards.sample_stages, or shards.indexed_read) to batches,
+composed in order by shards.stream:
 
     decode_augmented   the pixel member -> its batch row (BatchRows), still in stored units: the
                        crop drawn from the member's header, only its rectangle decoded, resized
@@ -11,7 +11,7 @@ shards.stream:
     batches            -> {"image": (B, C, S, S) in stored units (uint8 / uint16), "pixel_mean" and
                            "pixel_scale": (B, C) float32 numpy (1 / std), "resize_from": (B, 2)
                            int32 and "flip": (B,) bool numpy, "key", "crop_kind", "source",
-                           "labels", "skipped"}
+                           "skipped", and "labels" unless a stream is made without them}
     to_device          the batch on the training device, "image" float32 (x - mean) / std, every
                        crop resized and flipped there
 
@@ -105,8 +105,8 @@ def decode_augmented(samples: Iterable[Sample], transform: Augment, handler: Han
         except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
             handler(SampleError(sample["__shard__"], sample["__key__"], exc))
             continue
-        yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "meta": sample["meta"],
-               "row": index, "resize_from": (h, w), "flip": flip}
+        yield {"__key__": sample["__key__"], "__shard__": sample["__shard__"], "crop_kind": sample["crop_kind"],
+               "meta": sample.get("meta"), "row": index, "resize_from": (h, w), "flip": flip}
 
 
 def with_source(samples: Iterable[Sample], *, source: str, mean: Sequence[float],
@@ -161,10 +161,11 @@ def interleave(streams: Sequence[Iterator[Sample]], order: Iterable[int]) -> Ite
         yield next(streams[index])
 
 
-def batches(samples: Iterable[Sample], handler: CountingHandler, rows: BatchRows) -> Iterator[dict[str, Any]]:
+def batches(samples: Iterable[Sample], handler: CountingHandler, rows: BatchRows, *,
+            labels: bool = True) -> Iterator[dict[str, Any]]:
     """Whole batches only (the plan gives each reader a multiple of batch_size), of the rows
     decode_augmented filled. "skipped" counts the samples this reader's handler skipped since its
-    previous batch."""
+    previous batch. With labels, "labels" holds each sample's (its "meta" must be there)."""
     reported = 0
     batch_size = rows.batch_size
     iterator = iter(samples)
@@ -183,7 +184,7 @@ def batches(samples: Iterable[Sample], handler: CountingHandler, rows: BatchRows
         if len(chunk) != batch_size:
             raise StreamError(f"a reader's stream ended {len(chunk)} samples into a batch of {batch_size}")
         images, slot = rows.take_batch()
-        yield tag_slot({
+        batch = {
             "image": images,
             # numpy, not tensors: a DataLoader sends every tensor through its own shared-memory
             # segment and file descriptor, which costs more than pickling a few numbers a sample
@@ -192,9 +193,11 @@ def batches(samples: Iterable[Sample], handler: CountingHandler, rows: BatchRows
             "resize_from": resize_from,
             "flip": flip,
             "key": [s["__key__"] for s in chunk],
-            "crop_kind": [s["meta"].crop_kind for s in chunk],
+            "crop_kind": [s["crop_kind"] for s in chunk],
             "source": [s["source"] for s in chunk],
-            "labels": [s["meta"].labels for s in chunk],
             "skipped": handler.skipped - reported,
-        }, slot)
+        }
+        if labels:
+            batch["labels"] = [s["meta"].labels for s in chunk]
+        yield tag_slot(batch, slot)
         reported = handler.skipped

@@ -38,7 +38,7 @@ class TarFormatError(ValueError):
     """Bytes that are not a tar member this reader accepts."""
 
 
-def _octal(value: int, width: int) -> bytes:
+def octal_field(value: int, width: int) -> bytes:
     """A ustar numeric field: zero-padded octal digits and a NUL, as tarfile writes them."""
     digits = b"%0*o" % (width - 1, value)
     if len(digits) != width - 1:
@@ -57,7 +57,7 @@ def ustar_member(name: str, size: int, *, mtime: int, mode: int, owner: str) -> 
     """The 512-byte POSIX ustar header of a regular file `name` of `size` bytes, owned by user and
     group `owner` (uid and gid 0); the caller writes the data after it, padded with NULs to a
     multiple of BLOCK (`padding(size)`)."""
-    name_field, size_field = _name_field(name, NAME_MAX), _octal(size, 12)
+    name_field, size_field = _name_field(name, NAME_MAX), octal_field(size, 12)
     before, after, fixed_sum = _header_template(mtime, mode, owner)
     # summed with its own field as spaces (POSIX.1-1988); the fixed fields' sum is cached
     checksum = b"%06o\0 " % (fixed_sum + sum(name_field) + sum(size_field))
@@ -69,9 +69,9 @@ def _header_template(mtime: int, mode: int, owner: str) -> tuple[bytes, bytes, i
     """The header's bytes between name and size (mode, uid, gid), after size (from mtime to the
     end, checksum as spaces), and the byte sum of both: one writer's members differ only in
     name and size."""
-    before = _octal(mode, 8) + _octal(0, 8) + _octal(0, 8)
+    before = octal_field(mode, 8) + octal_field(0, 8) + octal_field(0, 8)
     after = b"".join((
-        _octal(mtime, 12), b" " * 8, b"0", bytes(100), b"ustar\x0000", _name_field(owner, 32),
+        octal_field(mtime, 12), b" " * 8, b"0", bytes(100), b"ustar\x0000", _name_field(owner, 32),
         _name_field(owner, 32), bytes(16), bytes(155),  # devmajor, devminor: empty for a regular file
     )).ljust(BLOCK - NAME_MAX - len(before) - 12, b"\0")
     return before, after, sum(before) + sum(after)

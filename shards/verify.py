@@ -3,7 +3,8 @@
 A shard set is trusted by training only as far as this check goes, so it reads everything: every
 shard's size and sha256 against dataset.json, every tar member name, every sample's json against
 schema.SampleMeta, every pixel and mask member decoded (PNG via OpenCV, .npy with
-allow_pickle=False; nothing is ever unpickled), and every manifest row against the sample it names.
+allow_pickle=False; nothing is ever unpickled), and every manifest row against the sample it names
+(its shape, and where it has them, its member spans: where the tar holds its pixels and json).
 Problems are collected, never raised, so one run names every problem in every bad shard. A set on
 an object store (`shards verify s3://bucket/prefix`, see shards.storage) is checked the same way,
 each shard downloaded once into an anonymous temporary file: the check of an upload.
@@ -39,11 +40,13 @@ _MANIFEST_CHECKED = ("key", "shard", "split", "height", "width", "channels", "dt
 @dataclass
 class ShardCheck:
     """What one shard holds and what is wrong with it. `samples` maps each key read to the
-    (height, width, channels, dtype) its json states, for the manifest cross-check."""
+    (height, width, channels, dtype) its json states, and `spans` each key to its members'
+    {extension: (data offset, size)} in the tar, for the manifest cross-check."""
 
     path: str
     problems: list[str] = field(default_factory=list)
     samples: dict[str, tuple[int, int, int, str] | None] = field(default_factory=dict)
+    spans: dict[str, dict[str, tuple[int, int]]] = field(default_factory=dict)
     opened: bool = False
 
 
@@ -146,6 +149,7 @@ def _read_samples(tar: tarfile.TarFile, check: ShardCheck, split: str) -> None:
         if member_key != key:
             finish()
             key, members = member_key, defaultdict(list)
+        check.spans.setdefault(member_key, {}).setdefault(ext, (info.offset_data, info.size))
         members[ext].append(tar.extractfile(info).read())
     finish()
 
@@ -247,7 +251,8 @@ def check_manifest(root: str | Path, card: dict[str, Any], checks: list[ShardChe
     missing_columns = [c for c in schema.MANIFEST_COLUMNS if c not in table.column_names]
     if missing_columns:
         return [f"lacks columns {missing_columns}"]
-    rows = table.select(list(_MANIFEST_CHECKED)).to_pylist()
+    spans = set(schema.MEMBER_SPAN_COLUMNS) <= set(table.column_names)
+    rows = table.select(list(_MANIFEST_CHECKED) + (list(schema.MEMBER_SPAN_COLUMNS) if spans else [])).to_pylist()
     problems = []
     duplicates = [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
     if duplicates:
@@ -282,6 +287,20 @@ def check_manifest(root: str | Path, card: dict[str, Any], checks: list[ShardChe
             if row and stated and (row["height"], row["width"], row["channels"], row["dtype"]) != stated:
                 check.problems.append(f"{key}: manifest says {row['height']}x{row['width']}x{row['channels']} "
                                       f"{row['dtype']}, json {stated[0]}x{stated[1]}x{stated[2]} {stated[3]}")
+            if row and spans:
+                check.problems += _span_problems(key, row, check.spans.get(key, {}))
+    return problems
+
+
+def _span_problems(key: str, row: dict[str, Any], found: dict[str, tuple[int, int]]) -> list[str]:
+    """The manifest's member spans of one sample against where the tar has its members."""
+    pixels = next((ext for ext in schema.PIXEL_MEMBERS if ext in found), None)
+    problems = []
+    for what, ext in (("pixels", pixels), ("json", schema.META_JSON)):
+        stated = (row[f"{what}_offset"], row[f"{what}_size"])
+        if ext is not None and found.get(ext) != stated:
+            problems.append(f"{key}: manifest places its {what} at byte {stated[0]} ({stated[1]} bytes), the tar's "
+                            f".{ext} member is at byte {found[ext][0]} ({found[ext][1]} bytes)")
     return problems
 
 

@@ -29,7 +29,7 @@ import os
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from shards import schema
 from shards.heap import libc
@@ -48,6 +48,15 @@ PARTIAL_SUFFIX = ".tmp-partial"  # the shard in progress: f".{shard name}{PARTIA
 def is_temporary(name: str) -> bool:
     """A file name of a write not finished: a shard in progress, or atomic_write_bytes' temp."""
     return name.startswith(".") and ".tmp-" in name
+
+
+class Placement(NamedTuple):
+    """Where write() put a sample: its shard (relative path) and, per member extension, the
+    (offset, size) of the member's data in that shard's bytes: the manifest's member spans
+    (schema.MEMBER_SPAN_COLUMNS), which let a reader fetch a member without walking the tar."""
+
+    shard: str
+    spans: dict[str, tuple[int, int]]
 
 
 @dataclass(frozen=True)
@@ -113,8 +122,8 @@ class ShardWriter:
         index = len(self.records)
         return f"{self.split}/{schema.SHARD_PATTERN.format(index=index)}"
 
-    def write(self, sample: dict[str, bytes | str]) -> str:  # "__key__": str, members: bytes
-        """Append one sample; returns the relative path of the shard it went into."""
+    def write(self, sample: dict[str, bytes | str]) -> Placement:  # "__key__": str, members: bytes
+        """Append one sample; returns the shard it went into and where its members' data lie."""
         key = sample["__key__"]
         if not schema.KEY_RE.match(key):
             raise schema.SchemaError(f"sample key {key!r} must match {schema.KEY_RE.pattern}")
@@ -130,20 +139,21 @@ class ShardWriter:
             name = f"{key}.{ext}"
             if len(name.encode()) > NAME_MAX:  # checked before anything of the sample is written
                 raise schema.SchemaError(f"sample key {key!r} is too long: '{name}' passes {NAME_MAX} bytes")
-            members.append((name, data))
-        size = sum(len(data) for _, data in members)
+            members.append((ext, name, data))
+        size = sum(len(data) for _, _, data in members)
         if self._fh is not None and (self._count >= self.max_samples or self._bytes + size > self.max_bytes):
             self._finish_shard()
         if self._fh is None:
             self._open_shard()
-        shard = self.current_shard
-        for name, data in members:
+        spans = {}
+        for ext, name, data in members:
             self._fh.write(ustar_member(name, len(data), mtime=_FIXED_MTIME, mode=_MODE, owner=_OWNER))
+            spans[ext] = (self._fh.size, len(data))
             self._fh.write(data)
             self._fh.write(padding(len(data)))
         self._count += 1
         self._bytes += size
-        return shard
+        return Placement(self.current_shard, spans)
 
     def _open_shard(self) -> None:
         final = self.root / self.current_shard

@@ -153,7 +153,7 @@ def first_batch_terms(config: ExperimentConfig, plan: DataPlan, model: torch.nn.
     is not finite."""
     loader, _ = make_loader(stream_sources(config), batch_size=samples, image_size=plan.image_size,
                             seed=config.run.seed, augment=config.data.augment, samples_per_epoch=samples,
-                            handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples])
+                            handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples], labels=False)
     batch = to_device(next(iter(loader)), "cpu")
     with torch.no_grad():
         terms = {name: float(value) for name, value in model(batch).items()}
@@ -175,6 +175,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
         # the GPU resizes the crops MAE's augmentation enlarges (shards.device_crops)
         pin_memory=session.device.type == "cuda", resize_on_device=session.device.type == "cuda",
         handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples],
+        labels=False,  # self-supervised: no sample's json is read (shards.indexed_read)
     )
     if run.max_steps_per_epoch:
         steps_per_epoch = min(steps_per_epoch, run.max_steps_per_epoch)

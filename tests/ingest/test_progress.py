@@ -8,6 +8,7 @@ from collections import Counter
 
 from ingest.pipeline import EncodedSample, Reject, UnitOutput
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
+from shards.writer import Placement
 from shards import schema
 
 
@@ -22,7 +23,9 @@ def _output(unit: int) -> UnitOutput:
 
 
 def _record(unit: int) -> UnitRecord:
-    sidecar = unit_sidecar(_output(unit), ["train/shard-000000.tar", "train/shard-000001.tar"])
+    spans = {"png": (512 + unit, 1), "json": (1536, 90)}
+    sidecar = unit_sidecar(_output(unit), [Placement("train/shard-000000.tar", spans),
+                                           Placement("train/shard-000001.tar", spans)])
     return UnitRecord(f"unit{unit}", sidecar, {"train": {"finished": [], "open": {"samples": unit, "size": 512}}})
 
 
@@ -40,6 +43,8 @@ def test_records_read_back_exactly_in_order(tmp_path):
     first = records[0].sidecar
     assert [s["row"]["shard"] for s in first["samples"]] == ["train/shard-000000.tar", "train/shard-000001.tar"]
     assert first["samples"][0]["sums"] == [float(2**52)]  # exact through JSON
+    assert {k: first["samples"][0]["row"][k] for k in schema.MEMBER_SPAN_COLUMNS} == {
+        "pixels_offset": 512, "pixels_size": 1, "json_offset": 1536, "json_size": 90}
     assert first["rejects"] == [{"source_path": "x.dcm", "reason": "undecodable DICOM: bad"}]
     assert read_progress(tmp_path / "absent") == ([], 0)
 

@@ -69,8 +69,8 @@ def write_shard_set(root: Path, samples) -> Path:
         with ShardWriter(root, split, max_samples=SHARD_SAMPLES) as writer:
             for meta, pixels, mask in samples:
                 if meta.split == split:
-                    shard = writer.write(encode_sample(meta, pixels, mask))
-                    rows.append(meta.manifest_row(shard))
+                    placed = writer.write(encode_sample(meta, pixels, mask))
+                    rows.append(meta.manifest_row(placed.shard, placed.spans))
         records += writer.records
     write_manifest(root / schema.MANIFEST_FILE, rows)
     card = build_card(source="toy", tool_version="0.1.0", parameters={"size": 48}, rows=rows, records=records,

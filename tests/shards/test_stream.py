@@ -31,9 +31,10 @@ UNEVEN = [5, 1, 8, 3, 6, 2, 4]  # 7 shards, 29 samples
 
 
 def write_set(root: Path, images: list[np.ndarray], shard_sizes: list[int], *, source: str = "toy",
-              crop_kinds: list[str] | None = None, stats: dict | None = None) -> Path:
+              crop_kinds: list[str] | None = None, stats: dict | None = None, spans: bool = True) -> Path:
     """A train split of `images` in shards of the given sizes; pixel_stats as given, else computed
-    from the images (per channel, stored units), as ingest does."""
+    from the images (per channel, stored units), as ingest does. spans=False: a manifest without
+    member spans, as ingests before them wrote (read through the tar)."""
     assert sum(shard_sizes) == len(images)
     first_of_shard = np.cumsum([0] + shard_sizes)[:-1].tolist()
     rows = []
@@ -47,8 +48,8 @@ def write_set(root: Path, images: list[np.ndarray], shard_sizes: list[int], *, s
                 channels=1 if pixels.ndim == 2 else pixels.shape[2], dtype=str(pixels.dtype), labels={"index": i},
                 source_fingerprint=hashlib.sha256(key.encode()).hexdigest())
             ext, data = codecs.encode_pixels(pixels)
-            shard = writer.write({"__key__": key, ext: data, schema.META_JSON: meta.to_json_bytes()})
-            rows.append(meta.manifest_row(shard))
+            placed = writer.write({"__key__": key, ext: data, schema.META_JSON: meta.to_json_bytes()})
+            rows.append(meta.manifest_row(placed.shard, placed.spans if spans else None))
             if i in first_of_shard:  # roll over after this shard's own count (ShardWriter checks at the next write)
                 writer.max_samples = shard_sizes[first_of_shard.index(i)]
     if stats is None:
@@ -259,7 +260,8 @@ def _add_member(shard: Path, after_key: str, name: str, data: bytes) -> None:
 
 @pytest.mark.parametrize("ext", ["pickle", "pyd"])
 def test_a_pickle_member_is_rejected_and_never_unpickled(tmp_path, ext):
-    root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(6)], [3, 3])
+    # through the tar (no member spans): the spans path never reads a member the manifest does not name
+    root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(6)], [3, 3], spans=False)
     sentinel = tmp_path / "unpickled"
     _add_member(root / "train/shard-000000.tar", "toy0001", f"toy0001.{ext}", pickle.dumps(_Unpickled(sentinel)))
     loader, _ = make_loader([StreamSource(root)], batch_size=1, image_size=8, augment="none")
@@ -274,7 +276,9 @@ def test_a_pickle_member_is_rejected_and_never_unpickled(tmp_path, ext):
 
 
 def test_a_bad_sample_raises_with_shard_and_key_or_is_skipped_and_counted(tmp_path, rewrite_shard):
-    root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(6)], [3, 3])
+    # through the tar: rewriting a member moves the ones after it, which the spans path reports
+    # as a manifest that does not describe its shard (test_indexed_read.py)
+    root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(6)], [3, 3], spans=False)
     rewrite_shard(root, "train/shard-000001.tar", lambda name, data: data[:40] if name == "toy0003.png" else data)
     loader, _ = make_loader([StreamSource(root)], batch_size=1, image_size=8, augment="none")
     with pytest.raises(SampleError, match=r"/set/train/shard-000001.tar: sample toy0003: PNG member does not decode"):

@@ -20,7 +20,7 @@ from shards.stream_stages import BatchRows, batches, decode_augmented, fresh_bat
 def sample(key: str, pixels: np.ndarray) -> dict:
     member, data = codecs.encode_pixels(pixels)
     return {"__key__": key, "__shard__": "set/train/shard-000000.tar", "__pixels__": member, member: data,
-            "meta": SimpleNamespace(crop_kind="whole", labels={})}  # what parse_meta gives, as far as batches reads
+            "crop_kind": "whole", "meta": SimpleNamespace(labels={})}  # what parse_meta gives, as far as batches reads
 
 
 def run_stages(samples, augment, channels, batch_size, *, dtype=torch.uint16, handler=None, new_batch=fresh_batch,

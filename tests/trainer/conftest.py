@@ -128,15 +128,15 @@ def with_a_broken_png():
 
 
 def _with_a_broken_png(shards: Path, copy: Path) -> tuple[str, str]:
-    """A copy of the shard set whose first train shard's first PNG is cut short; (shard, key)."""
+    """A copy of the shard set whose first train shard's first PNG is zeros after its first 100
+    bytes (its size, and so every member span, unchanged); (shard, key)."""
     shutil.copytree(shards, copy)
     shard = sorted((copy / "train").glob("shard-*.tar"))[0]
     with tarfile.open(shard) as tar:
         members = [(info, tar.extractfile(info).read()) for info in tar]
     info, data = next((i, d) for i, d in members if i.name.endswith(".png") and ".mask." not in i.name)
-    broken = data[:100]
+    broken = data[:100] + bytes(len(data) - 100)
     members = [(i, broken if i is info else d) for i, d in members]
-    info.size = len(broken)
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.USTAR_FORMAT) as out:
         for member, payload in members:

@@ -105,7 +105,7 @@ def test_lesion_crop_is_centred_on_its_roi(tcia_tree, both_crops):
 def test_manifest_and_card_agree_with_shards(both_crops):
     summary, out = both_crops
     table = pq.read_table(out / schema.MANIFEST_FILE)
-    assert table.column_names == list(schema.MANIFEST_COLUMNS)
+    assert table.column_names == list(schema.MANIFEST_COLUMNS + schema.MEMBER_SPAN_COLUMNS)
     card = json.loads((out / schema.CARD_FILE).read_text())
     assert card["splits"]["train"]["samples"] == summary.samples["train"]
     assert sum(s["samples"] for s in card["splits"].values()) == table.num_rows
