@@ -1,8 +1,8 @@
-"""The `shards` console script: ls, verify, preview, stats. Argument parsing only; each command lives
-in its own module (listing, verify, preview, stats) and returns the exit code.
+"""The `shards` console script: ls, verify, preview, stats, index. Argument parsing only; each
+command lives in its own module (listing, verify, preview, stats, span_index) and returns the exit code.
 
 Exit codes: 0 good, 1 `verify` found problems, 2 usage error, ROOT is not a readable shard set, or
-`stats` could not compute the statistics.
+`stats` / `index` could not compute what they write.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import os
 import sys
 from pathlib import Path
 
-from shards import listing, preview, schema, stats, storage, verify
+from shards import listing, preview, schema, span_index, stats, storage, verify
 from shards.card import read_card
 
 
@@ -47,6 +47,11 @@ def _parser() -> argparse.ArgumentParser:
     moments = commands.add_parser("stats", help="write per-channel pixel mean/std of the train split into the card")
     moments.add_argument("root", help="shard set folder (holds dataset.json; not a URI: this writes the card)")
     moments.add_argument("--force", action="store_true", help="recompute when the card already has pixel_stats")
+
+    spans = commands.add_parser("index", help="add member spans to the manifest of a set ingested before them "
+                                              "(the stream then reads it by offset, not through its tars)")
+    spans.add_argument("root", help="shard set folder (holds dataset.json; not a URI: this writes the manifest)")
+    spans.add_argument("--force", action="store_true", help="recompute when the manifest already has them")
     return parser
 
 
@@ -57,9 +62,10 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
-    if args.command == "stats" and storage.is_uri(args.root):
-        print(f"shards stats: error: {args.root}: stats rewrites dataset.json, which needs a folder; run it on "
-              f"the local copy before uploading (ingest records pixel_stats itself)", file=sys.stderr)
+    if args.command in ("stats", "index") and storage.is_uri(args.root):
+        written = "dataset.json" if args.command == "stats" else schema.MANIFEST_FILE
+        print(f"shards {args.command}: error: {args.root}: {args.command} rewrites {written}, which needs a folder; "
+              f"run it on the local copy before uploading (ingest writes it itself)", file=sys.stderr)
         return 2
     try:
         card = read_card(args.root)
@@ -72,11 +78,12 @@ def main(argv: list[str] | None = None) -> int:
         return listing.run(args.root, card, as_json=args.json)
     if args.command == "verify":
         return verify.run(args.root, card, workers=args.workers)
-    if args.command == "stats":
+    if args.command in ("stats", "index"):
+        command = stats.run if args.command == "stats" else span_index.run
         try:
-            return stats.run(args.root, card, force=args.force)
-        except (OSError, ValueError) as exc:  # SampleError and schema errors are ValueErrors
-            print(f"shards stats: error: {exc}", file=sys.stderr)
+            return command(args.root, card, force=args.force)
+        except (OSError, ValueError) as exc:  # SampleError, SpanIndexError and schema errors are ValueErrors
+            print(f"shards {args.command}: error: {exc}", file=sys.stderr)
             return 2
     try:
         return preview.run(args.root, card, split=args.split, n=args.n, out=args.out, seed=args.seed,
