@@ -28,6 +28,7 @@ checks every span against the tar.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
@@ -63,15 +64,26 @@ def shard_index(root: str, split: str, crop_kinds: frozenset[str] | None) -> Sha
     path = storage.join(root, schema.MANIFEST_FILE)
     if not set(schema.MEMBER_SPAN_COLUMNS) <= set(storage.parquet_columns(path)):
         return None
+    import pyarrow.compute as pc
+
     table = storage.read_parquet(path, columns=_COLUMNS)
+    wanted = pc.equal(table["split"], split)
+    if crop_kinds is not None:
+        wanted = pc.and_(wanted, pc.is_in(table["crop_kind"], value_set=pa_strings(sorted(crop_kinds))))
+    table = table.filter(wanted)
+    columns = [table[name].to_pylist() for name in _COLUMNS]  # by column: a row dict each cost 3x the time
     entries: dict[str, list[IndexedSample]] = {}
-    for row in table.to_pylist():
-        if row["split"] != split or (crop_kinds is not None and row["crop_kind"] not in crop_kinds):
-            continue
-        entries.setdefault(storage.join(root, row["shard"]), []).append(IndexedSample(
-            row["key"], row["crop_kind"], schema.pixel_member(row["channels"], row["dtype"]),
-            row["pixels_offset"], row["pixels_size"], row["json_offset"], row["json_size"]))
-    return {shard: tuple(sorted(found, key=lambda e: e.pixels_offset)) for shard, found in entries.items()}
+    member = functools.lru_cache(schema.pixel_member)
+    for key, shard, _, crop_kind, channels, dtype, *spans in zip(*columns):
+        entries.setdefault(shard, []).append(IndexedSample(key, crop_kind, member(channels, dtype), *spans))
+    return {storage.join(root, shard): tuple(sorted(found, key=lambda e: e.pixels_offset))
+            for shard, found in entries.items()}
+
+
+def pa_strings(values: list[str]):
+    import pyarrow as pa
+
+    return pa.array(values, type=pa.string())
 
 
 def indexed_samples(shards: Iterable[str], index: ShardIndex) -> Iterator[Sample]:

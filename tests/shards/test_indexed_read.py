@@ -168,14 +168,27 @@ def test_a_shuffle_over_more_shards_than_stay_open_reads_every_sample_and_leaks_
     from shards import indexed_read
 
     monkeypatch.setattr(indexed_read, "_OPEN_SHARDS", 2)
-    root = write_set(tmp_path / "set", [np.full((8, 8), 100 + i, np.uint16) for i in range(12)], [1] * 12)
-    open_before = len(os.listdir("/proc/self/fd"))
+    # 8 shards of 3 in one shuffle buffer: read in an order that keeps most of them open at once
+    root = write_set(tmp_path / "set", [np.full((8, 8), 100 + i, np.uint16) for i in range(24)], [3] * 8)
     made = {}
     for by_index in (True, False):
         loader, steps = make_loader([StreamSource(root)], batch_size=3, image_size=8, augment="none", seed=5,
                                     by_index=by_index)
         made[by_index] = _epochs(loader, 3)
     assert [b["key"] for b in made[True]] == [b["key"] for b in made[False]]
-    assert all(sorted(k for b in made[True][e * 4:(e + 1) * 4] for k in b["key"]) == [f"toy{i:04d}" for i in range(12)]
+    assert all(sorted(k for b in made[True][e * 8:(e + 1) * 8] for k in b["key"]) == [f"toy{i:04d}" for i in range(24)]
                for e in range(3))
-    assert len(os.listdir("/proc/self/fd")) == open_before
+    assert _open_under(root) == []
+
+
+def _open_under(root: Path) -> list[str]:
+    """Files under root this process holds open."""
+    held = []
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            target = os.readlink(f"/proc/self/fd/{fd}")
+        except OSError:  # the listing's own descriptor, closed by now
+            continue
+        if target.startswith(str(root)):
+            held.append(target)
+    return held
