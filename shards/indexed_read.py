@@ -7,8 +7,8 @@ members a sample, ~12 us each in Python), reads only the members it uses (the pi
 only for batches that carry labels, which pretraining does not), and parses no json it does not
 use. Measured in one process on 224 px 16-bit CBIS crops (decoding stubbed out, process time):
 the stream's own work besides decoding went from ~120 us a sample (tar walk ~40, json ~35) to
-~55, beside a ~300-400 us decode; with two DataLoader workers the stream ran 1.13-1.18x as fast
-(benchmarks/loader_throughput.py, two runs). The shuffle buffer holds these small index entries
+~55, beside a ~300-400 us decode; with two DataLoader workers the stream ran 1.02-1.18x as fast
+(benchmarks/loader_throughput.py, three runs). The shuffle buffer holds these small index entries
 instead of encoded samples, so a worker's memory no longer grows with the buffer times the sample
 size (a 7-channel 128 px crop is 229 KB).
 
