@@ -37,12 +37,14 @@ def summarize(root: Path, card: dict[str, Any]) -> dict[str, Any]:
         }
     try:
         manifest_rows = storage.parquet_rows(storage.join(root, schema.MANIFEST_FILE))
+        member_spans = set(schema.MEMBER_SPAN_COLUMNS) <= set(storage.parquet_columns(
+            storage.join(root, schema.MANIFEST_FILE)))
     except (OSError, ValueError):
-        manifest_rows = None
+        manifest_rows = member_spans = None
     summary = {name: card.get(name) for name in
                ("format", "schema_version", "source", "tool_version", "parameters", "label_counts",
                 "pixel_stats", "rejects", "notes")}
-    return {**summary, "splits": splits, "manifest_rows": manifest_rows}
+    return {**summary, "splits": splits, "manifest_rows": manifest_rows, "member_spans": member_spans}
 
 
 def _human_bytes(n: float) -> str:
@@ -113,6 +115,9 @@ def render(root: Path, summary: dict[str, Any]) -> str:
         lines.append(f"manifest: missing or unreadable ({schema.MANIFEST_FILE})")
     elif rows != total["samples"]:
         lines.append(f"manifest: {rows} rows, but the card counts {total['samples']} samples (run `shards verify`)")
+    elif summary.get("member_spans") is False:
+        lines.append("manifest: no member spans (an ingest before them): the stream reads the set through its tars; "
+                     "`shards index ROOT` adds them")
     return "\n".join(lines)
 
 

@@ -25,6 +25,9 @@ def test_an_old_set_gets_the_spans_ingest_writes_and_then_streams_by_offset(tmp_
     before, _ = make_loader([StreamSource(old)], batch_size=2, image_size=8, augment="mae", seed=1)
     assert before.dataset.sources[0].index is None
     keys_before = [b["key"] for b in before]
+    capsys.readouterr()
+    assert main(["ls", str(old)]) == 0
+    assert "manifest: no member spans" in capsys.readouterr().out
     assert main(["index", str(old)]) == 0
     assert "wrote member spans for 7 samples" in capsys.readouterr().out
     assert read_manifest(old).to_pylist() == read_manifest(new).to_pylist()
@@ -37,6 +40,7 @@ def test_an_old_set_gets_the_spans_ingest_writes_and_then_streams_by_offset(tmp_
     assert main(["index", str(old)]) == 0
     assert "already has member spans" in capsys.readouterr().out
     assert main(["verify", str(old)]) == 0
+    assert main(["ls", "--json", str(old)]) == 0 and '"member_spans": true' in capsys.readouterr().out
 
 
 def test_a_manifest_naming_members_its_shards_lack_is_refused_and_left_alone(tmp_path, capsys):
