@@ -127,3 +127,17 @@ def rewrite_shard():
         write_card(root, card)
 
     return rewrite
+
+
+@pytest.fixture(scope="session")
+def cbis_shards(tmp_path_factory) -> Path:
+    """`ingest cbis --crops both` of a small generated CBIS-DDSM download, in shards of 3 samples."""
+    from ingest.pipeline import run_job
+    from ingest.sample_data.cbis_ddsm import make_cbis_sample
+    from ingest.sources import cbis
+
+    tmp = tmp_path_factory.mktemp("cbis")
+    make_cbis_sample(tmp / "download", patients=4, seed=1)
+    run_job(cbis.build_job(root=tmp / "download", out=tmp / "shards", crops="both", shard_size=3, random_side=96,
+                           workers=1, progress=False))
+    return tmp / "shards"

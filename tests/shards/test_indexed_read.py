@@ -15,23 +15,11 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from ingest.pipeline import run_job
-from ingest.sample_data.cbis_ddsm import make_cbis_sample
-from ingest.sources import cbis
 from shards import schema, verify
 from shards.card import read_card
 from shards.manifest import read_manifest
 from shards.stream import SampleError, StreamSource, make_loader, warn_and_skip
 from tests.shards.test_stream import write_set
-
-
-@pytest.fixture(scope="module")
-def cbis_shards(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("cbis")
-    make_cbis_sample(tmp / "download", patients=4, seed=2)
-    run_job(cbis.build_job(root=tmp / "download", out=tmp / "shards", crops="both", shard_size=4, random_side=96,
-                           workers=1, progress=False))
-    return tmp / "shards"
 
 
 def test_ingest_writes_spans_where_tarfile_finds_the_pixel_and_json_members(cbis_shards):

@@ -16,9 +16,6 @@ import numpy as np
 import pytest
 import torch
 
-from ingest.pipeline import run_job
-from ingest.sample_data.cbis_ddsm import make_cbis_sample
-from ingest.sources import cbis
 from shards import codecs, schema
 from shards import sample_stages as reading
 from shards.card import build_card, read_card, write_card
@@ -300,15 +297,6 @@ def test_a_set_without_pixel_stats_is_refused(tmp_path):
     write_card(root, card)
     with pytest.raises(ValueError, match=r"no per-channel pixel_stats .* run `shards stats"):
         make_loader([StreamSource(root)], batch_size=1, image_size=8)
-
-
-@pytest.fixture(scope="module")
-def cbis_shards(tmp_path_factory) -> Path:
-    tmp = tmp_path_factory.mktemp("cbis")
-    make_cbis_sample(tmp / "download", patients=4, seed=1)
-    run_job(cbis.build_job(root=tmp / "download", out=tmp / "shards", crops="both", shard_size=3, random_side=96,
-                           workers=1, progress=False))
-    return tmp / "shards"
 
 
 def test_ingested_cbis_lesion_crops_stream_with_their_labels(cbis_shards):
