@@ -180,3 +180,20 @@ def _open_under(root: Path) -> list[str]:
         if target.startswith(str(root)):
             held.append(target)
     return held
+
+
+def test_reading_leaves_the_listed_samples_alone_so_the_shuffle_buffer_holds_no_pixels(tmp_path):
+    """The shuffle buffer still holds what it hands out while it empties its tail; read members put
+    into those dicts stayed alive to the end of the pass (a 7-channel crop set's worker grew by
+    the whole buffer's pixels)."""
+    from shards import indexed_read
+    from shards.sample_stages import raise_sample_error
+
+    root = _set_with_spans(tmp_path)
+    index = indexed_read.shard_index(str(root), "train", None)
+    listed = list(indexed_read.indexed_samples(sorted(index), index))
+    snapshot = [dict(s) for s in listed]
+    read = list(indexed_read.read_indexed(iter(listed), index, raise_sample_error, labels=True))
+    assert listed == snapshot
+    assert [s["__key__"] for s in read] == [f"toy{i:04d}" for i in range(6)]
+    assert all(bytes(s["png"][:8]) == b"\x89PNG\r\n\x1a\n" and s["meta"].key == s["__key__"] for s in read)
