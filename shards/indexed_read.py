@@ -64,13 +64,17 @@ def shard_index(root: str, split: str, crop_kinds: frozenset[str] | None) -> Sha
     path = storage.join(root, schema.MANIFEST_FILE)
     if not set(schema.MEMBER_SPAN_COLUMNS) <= set(storage.parquet_columns(path)):
         return None
+    import pyarrow as pa
     import pyarrow.compute as pc
 
     table = storage.read_parquet(path, columns=_COLUMNS)
     wanted = pc.equal(table["split"], split)
     if crop_kinds is not None:
-        wanted = pc.and_(wanted, pc.is_in(table["crop_kind"], value_set=pa_strings(sorted(crop_kinds))))
+        kinds = pa.array(sorted(crop_kinds), type=pa.string())
+        wanted = pc.and_(wanted, pc.is_in(table["crop_kind"], value_set=kinds))
     table = table.filter(wanted)
+    if any(table[name].null_count for name in schema.MEMBER_SPAN_COLUMNS):
+        raise ValueError(f"{path}: some member spans are empty; `shards index {root} --force` rewrites them")
     columns = [table[name].to_pylist() for name in _COLUMNS]  # by column: a row dict each cost 3x the time
     entries: dict[str, list[IndexedSample]] = {}
     member = functools.lru_cache(schema.pixel_member)
@@ -78,12 +82,6 @@ def shard_index(root: str, split: str, crop_kinds: frozenset[str] | None) -> Sha
         entries.setdefault(shard, []).append(IndexedSample(key, crop_kind, member(channels, dtype), *spans))
     return {storage.join(root, shard): tuple(sorted(found, key=lambda e: e.pixels_offset))
             for shard, found in entries.items()}
-
-
-def pa_strings(values: list[str]):
-    import pyarrow as pa
-
-    return pa.array(values, type=pa.string())
 
 
 def indexed_samples(shards: Iterable[str], index: ShardIndex) -> Iterator[Sample]:

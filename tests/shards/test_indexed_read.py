@@ -197,3 +197,14 @@ def test_reading_leaves_the_listed_samples_alone_so_the_shuffle_buffer_holds_no_
     assert listed == snapshot
     assert [s["__key__"] for s in read] == [f"toy{i:04d}" for i in range(6)]
     assert all(bytes(s["png"][:8]) == b"\x89PNG\r\n\x1a\n" and s["meta"].key == s["__key__"] for s in read)
+
+
+def test_a_manifest_with_empty_spans_is_refused_with_the_fix(tmp_path):
+    root = _set_with_spans(tmp_path)
+    path = root / schema.MANIFEST_FILE
+    table = pq.read_table(path)
+    rows = table.to_pylist()
+    rows[2]["pixels_offset"] = None
+    pq.write_table(type(table).from_pylist(rows, schema=table.schema), path)
+    with pytest.raises(ValueError, match=r"some member spans are empty; `shards index .* --force` rewrites them"):
+        make_loader([StreamSource(root)], batch_size=1, image_size=8)
