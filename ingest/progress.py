@@ -48,8 +48,9 @@ class UnitRecord:
 
 def unit_sidecar(output: UnitOutput, placements: list[Placement]) -> dict[str, Any]:
     """What a unit adds to the job besides its shard members: a manifest row per sample (with the
-    shard it went into and its members' spans there, `placements[i]` for sample i), the pixel sums for the card's statistics, the
-    unit's rejects and notes. JSON-able; the pixel sums are exact integers below 2**53."""
+    shard it went into and its members' spans there, `placements[i]` for sample i), the pixel
+    sums for the card's statistics, the unit's rejects and notes. JSON-able; the pixel sums are
+    exact integers below 2**53."""
     return {
         "samples": [
             {

@@ -62,7 +62,7 @@ def shard_index(root: str, split: str, crop_kinds: frozenset[str] | None) -> Sha
     if storage.is_uri(root):
         return None
     path = storage.join(root, schema.MANIFEST_FILE)
-    if not set(schema.MEMBER_SPAN_COLUMNS) <= set(storage.parquet_columns(path)):
+    if not schema.has_member_spans(storage.parquet_footer(path)[1]):
         return None
     import pyarrow as pa
     import pyarrow.compute as pc
@@ -103,31 +103,35 @@ def read_indexed(samples: Iterable[Sample], index: ShardIndex, handler: Handler,
         for listed in samples:
             entry: IndexedSample = listed["__entry__"]
             shard = listed["__shard__"]
-            # a new dict: the shuffle buffer still holds `listed` while it empties its tail, and
-            # must not hold every read member with it
-            sample = {"__key__": entry.key, "__shard__": shard, "crop_kind": entry.crop_kind}
+            sample = None
             try:
-                try:
-                    sample[entry.pixels] = _member(_descriptor(files, shard), entry.key, entry.pixels,
-                                                   entry.pixels_offset, entry.pixels_size)
-                    sample["__pixels__"] = entry.pixels
-                    if labels:
-                        raw = _member(files[shard], entry.key, schema.META_JSON, entry.json_offset, entry.json_size)
-                        meta = schema.SampleMeta.from_json_bytes(bytes(raw))
-                        if meta.key != entry.key:
-                            raise schema.SchemaError(f"its json names key {meta.key!r}")
-                        sample["meta"] = meta
-                finally:
-                    left[shard] = left.get(shard, len(index[shard])) - 1
-                    if not left[shard] and shard in files:
-                        os.close(files.pop(shard))
+                sample = _read(files, shard, entry, labels)
             except Exception as exc:  # bytes from disk: any failure is this sample's, for the handler
                 handler(SampleError(shard, entry.key, exc))
-                continue
-            yield sample
+            finally:
+                left[shard] = left.get(shard, len(index[shard])) - 1
+                if not left[shard] and shard in files:
+                    os.close(files.pop(shard))
+            if sample is not None:
+                yield sample
     finally:
         for fd in files.values():
             os.close(fd)
+
+
+def _read(files: dict[str, int], shard: str, entry: IndexedSample, labels: bool) -> Sample:
+    """A new sample of entry's members (the shuffle buffer still holds the listed one while it
+    empties its tail, and must not hold every read member with it)."""
+    fd = _descriptor(files, shard)
+    sample = {"__key__": entry.key, "__shard__": shard, "crop_kind": entry.crop_kind, "__pixels__": entry.pixels,
+              entry.pixels: _member(fd, entry.key, entry.pixels, entry.pixels_offset, entry.pixels_size)}
+    if labels:
+        raw = _member(fd, entry.key, schema.META_JSON, entry.json_offset, entry.json_size)
+        meta = schema.SampleMeta.from_json_bytes(bytes(raw))
+        if meta.key != entry.key:
+            raise schema.SchemaError(f"its json names key {meta.key!r}")
+        sample["meta"] = meta
+    return sample
 
 
 def _descriptor(files: dict[str, int], shard: str) -> int:

@@ -36,9 +36,8 @@ def summarize(root: Path, card: dict[str, Any]) -> dict[str, Any]:
             "crop_kinds": entry.get("crop_kinds", {}),
         }
     try:
-        manifest_rows = storage.parquet_rows(storage.join(root, schema.MANIFEST_FILE))
-        member_spans = set(schema.MEMBER_SPAN_COLUMNS) <= set(storage.parquet_columns(
-            storage.join(root, schema.MANIFEST_FILE)))
+        manifest_rows, columns = storage.parquet_footer(storage.join(root, schema.MANIFEST_FILE))
+        member_spans = schema.has_member_spans(columns)
     except (OSError, ValueError):
         manifest_rows = member_spans = None
     summary = {name: card.get(name) for name in

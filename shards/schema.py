@@ -102,6 +102,11 @@ MANIFEST_COLUMNS = (
 MEMBER_SPAN_COLUMNS = ("pixels_offset", "pixels_size", "json_offset", "json_size")
 
 
+def has_member_spans(columns: list[str]) -> bool:
+    """Whether a manifest with these column names has the MEMBER_SPAN_COLUMNS."""
+    return set(MEMBER_SPAN_COLUMNS) <= set(columns)
+
+
 def member_span_columns(spans: dict[str, tuple[int, int]], pixels: str) -> dict[str, int]:
     """The MEMBER_SPAN_COLUMNS of a sample whose members' data lie at spans[ext] = (offset,
     size) (ShardWriter.write's Placement), its pixels stored as member `pixels`."""

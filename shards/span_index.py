@@ -50,15 +50,12 @@ def with_spans(table: pa.Table, spans: dict[tuple[str, str], tuple[int, int]]) -
     columns: dict[str, list[int]] = {name: [] for name in schema.MEMBER_SPAN_COLUMNS}
     missing = []
     for row in rows:
-        found = {}
-        for what, ext in (("pixels", schema.pixel_member(row["channels"], row["dtype"])), ("json", schema.META_JSON)):
-            span = spans.get((row["shard"], f"{row['key']}.{ext}"))
-            if span is None:
-                missing.append(f"{row['shard']}: {row['key']}.{ext}")
-                continue
-            found[f"{what}_offset"], found[f"{what}_size"] = span
-        if len(found) == len(columns):
-            for name, value in found.items():
+        pixels = schema.pixel_member(row["channels"], row["dtype"])
+        names = {ext: f"{row['key']}.{ext}" for ext in (pixels, schema.META_JSON)}
+        found = {ext: spans[row["shard"], name] for ext, name in names.items() if (row["shard"], name) in spans}
+        missing += [f"{row['shard']}: {name}" for ext, name in names.items() if ext not in found]
+        if len(found) == len(names):
+            for name, value in schema.member_span_columns(found, pixels).items():
                 columns[name].append(value)
     if missing:
         shown = "; ".join(missing[:5]) + (f" (+{len(missing) - 5} more)" if len(missing) > 5 else "")
@@ -74,7 +71,7 @@ def run(root: Path, card: dict[str, Any], *, force: bool = False, out=None) -> i
     """Write the spans into the manifest unless it has them (force recomputes them)."""
     path = Path(root) / schema.MANIFEST_FILE
     table = pq.read_table(path)
-    if set(schema.MEMBER_SPAN_COLUMNS) <= set(table.column_names) and not force:
+    if schema.has_member_spans(table.column_names) and not force:
         print(f"{root}: the manifest already has member spans (--force recomputes them)", file=out)
         return 0
     table = with_spans(table, member_spans(Path(root), card))

@@ -209,14 +209,6 @@ def _arrow_source(location: str | Path) -> tuple[str, Any]:
     return filesystem(str(location))[::-1] if is_uri(location) else (str(location), None)
 
 
-def parquet_columns(location: str | Path) -> list[str]:
-    """The column names of a Parquet file, from its footer alone."""
-    import pyarrow.parquet as pq
-
-    path, fs = _arrow_source(location)
-    return pq.read_schema(path, filesystem=fs).names
-
-
 def read_parquet(location: str | Path, columns: list[str] | None = None):
     """A Parquet file (a manifest) as a pyarrow Table."""
     import pyarrow.parquet as pq
@@ -225,12 +217,13 @@ def read_parquet(location: str | Path, columns: list[str] | None = None):
     return pq.read_table(path, columns=columns, filesystem=fs)
 
 
-def parquet_rows(location: str | Path) -> int:
-    """The row count in a Parquet file's footer (nothing else is read)."""
+def parquet_footer(location: str | Path) -> tuple[int, list[str]]:
+    """(row count, top-level column names) from a Parquet file's footer (nothing else is read)."""
     import pyarrow.parquet as pq
 
     path, fs = _arrow_source(location)
-    return pq.read_metadata(path, filesystem=fs).num_rows
+    footer = pq.read_metadata(path, filesystem=fs)
+    return footer.num_rows, footer.schema.to_arrow_schema().names
 
 
 class ForwardReader:

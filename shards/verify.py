@@ -251,7 +251,7 @@ def check_manifest(root: str | Path, card: dict[str, Any], checks: list[ShardChe
     missing_columns = [c for c in schema.MANIFEST_COLUMNS if c not in table.column_names]
     if missing_columns:
         return [f"lacks columns {missing_columns}"]
-    spans = set(schema.MEMBER_SPAN_COLUMNS) <= set(table.column_names)
+    spans = schema.has_member_spans(table.column_names)
     rows = table.select(list(_MANIFEST_CHECKED) + (list(schema.MEMBER_SPAN_COLUMNS) if spans else [])).to_pylist()
     problems = []
     duplicates = [k for k, n in Counter(r["key"] for r in rows).items() if n > 1]
