@@ -298,7 +298,7 @@ def _span_problems(key: str, row: dict[str, Any], found: dict[str, tuple[int, in
     problems = []
     for what, ext in (("pixels", pixels), ("json", schema.META_JSON)):
         stated = (row[f"{what}_offset"], row[f"{what}_size"])
-        if ext is not None and found.get(ext) != stated:
+        if ext in found and found[ext] != stated:  # a member not there is check_sample's to report
             problems.append(f"{key}: manifest places its {what} at byte {stated[0]} ({stated[1]} bytes), the tar's "
                             f".{ext} member is at byte {found[ext][0]} ({found[ext][1]} bytes)")
     return problems

@@ -5,6 +5,7 @@ in the stream and in `shards verify`."""
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import tarfile
@@ -208,3 +209,17 @@ def test_a_manifest_with_empty_spans_is_refused_with_the_fix(tmp_path):
     pq.write_table(type(table).from_pylist(rows, schema=table.schema), path)
     with pytest.raises(ValueError, match=r"some member spans are empty; `shards index .* --force` rewrites them"):
         make_loader([StreamSource(root)], batch_size=1, image_size=8)
+
+
+def test_verify_names_a_sample_without_its_json_instead_of_failing_on_its_spans(tmp_path, rewrite_shard):
+    root = _set_with_spans(tmp_path)
+    path = root / "train/shard-000000.tar"
+    with tarfile.open(path) as tar:
+        members = [(info, tar.extractfile(info).read()) for info in tar if info.name != "toy0001.json"]
+    with tarfile.open(path, "w", format=tarfile.USTAR_FORMAT) as out:
+        for info, data in members:
+            out.addfile(info, io.BytesIO(data))
+    rewrite_shard(root, "train/shard-000000.tar", lambda name, data: data)  # the card's size and sha256
+    bad, _, _ = verify.verify(root, read_card(root), workers=1)
+    problems = dict(bad)["train/shard-000000.tar"]
+    assert "toy0001: no json member" in problems
