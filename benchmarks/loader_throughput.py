@@ -12,7 +12,10 @@ stream:       make_loader over the shards (read, shuffle, decode, "mae" augment,
               units with each sample's normalisation) with N DataLoader workers, `--samples` per
               epoch, as GPU training runs it (resize_on_device, no labels): normalisation, and the
               resize and flip of the crops training enlarges, happen on the GPU (to_device), not
-              here; samples are read at the manifest's member spans (shards.indexed_read);
+              here; samples are read at the manifest's member spans (shards.indexed_read); batches
+              are handed on in the workers' own buffers, lent (shards.batch_ring);
+stream_copy:  the same with every batch copied out of its worker's buffer, as a GPU run does (it
+              copies into pinned memory, which this machine has not: here into plain memory);
 stream_tar:   the same read through the tars, every sample's json parsed (by_index=False, labels:
               how a set without member spans, or a stream with labels, is read);
 stream_cpu_resize: the same with every crop resized and flipped in the workers (CPU training);
@@ -206,6 +209,10 @@ def main() -> None:
         stream, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                 num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
                                 resize_on_device=True, labels=False)
+        stream_copy, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
+                                     num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
+                                     resize_on_device=True, labels=False)
+        stream_copy.lend = False
         stream_tar, _ = make_loader([StreamSource(root)], batch_size=args.batch_size, image_size=224,
                                     num_workers=args.workers, seed=0, augment="mae", samples_per_epoch=samples,
                                     resize_on_device=True, by_index=False)
@@ -222,7 +229,7 @@ def main() -> None:
                                   labels=False)
         rounds = Rounds()
         with multiprocessing.get_context("fork").Pool(args.workers, _hold_members, (members,)) as pool:
-            for loader in (stream, stream_tar, stream_cpu, stream_uri, folder):  # warm page cache, workers, imports
+            for loader in (stream, stream_copy, stream_tar, stream_cpu, stream_uri, folder):  # warm page cache, workers, imports
                 epoch_rate(loader, samples, 0)
             keep_buffers_in_heap()  # for the in-process stream, as in a worker (workers exist by now)
             for repeat in range(args.repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
@@ -230,6 +237,7 @@ def main() -> None:
                            limit_opencv=decode_bound(pool, args.workers, samples, "opencv"),
                            limit_region=decode_bound(pool, args.workers, samples, "region"),
                            stream=epoch_rate(stream, samples, repeat + 1),
+                           stream_copy=epoch_rate(stream_copy, samples, repeat + 1),
                            stream_tar=epoch_rate(stream_tar, samples, repeat + 1),
                            stream_cpu=epoch_rate(stream_cpu, samples, repeat + 1),
                            stream_uri=epoch_rate(stream_uri, samples, repeat + 1),
@@ -250,6 +258,7 @@ def main() -> None:
         "python": platform.python_version(),
         "decode_bound_samples_per_s": round(best["limit"], 1),
         "stream_samples_per_s": round(best["stream"], 1),
+        "stream_copy_samples_per_s": round(best["stream_copy"], 1),
         "stream_tar_samples_per_s": round(best["stream_tar"], 1),
         "stream_cpu_resize_samples_per_s": round(best["stream_cpu"], 1),
         "folder_samples_per_s": round(best["folder"], 1),
@@ -258,6 +267,7 @@ def main() -> None:
         "decode_bound_region_samples_per_s": round(best["limit_region"], 1),
         "ratio_stream_to_region_decode_bound": round(best["stream"] / best["limit_region"], 3),
         "ratio_stream_to_decode_bound": round(best["stream"] / best["limit"], 3),
+        "ratio_copy_stream_to_region_decode_bound": round(best["stream_copy"] / best["limit_region"], 3),
         "ratio_stream_to_opencv_decode_bound": round(best["stream"] / best["limit_opencv"], 3),
         "ratio_stream_to_folder": round(best["stream"] / best["folder"], 3),
         "ratio_stream_to_stream_tar": round(best["stream"] / best["stream_tar"], 3),
@@ -271,6 +281,9 @@ def main() -> None:
         "median_of_rounds": {"ratio_stream_to_decode_bound": rounds.median_ratio("stream", "limit"),
                              "ratio_stream_to_opencv_decode_bound": rounds.median_ratio("stream", "limit_opencv"),
                              "ratio_stream_to_region_decode_bound": rounds.median_ratio("stream", "limit_region"),
+                             "ratio_copy_stream_to_region_decode_bound": rounds.median_ratio("stream_copy",
+                                                                                             "limit_region"),
+                             "ratio_stream_to_copy_stream": rounds.median_ratio("stream", "stream_copy"),
                              "ratio_region_to_whole_decode_rate": rounds.median_ratio("limit_region", "limit"),
                              "ratio_stream_to_folder": rounds.median_ratio("stream", "folder"),
                              "ratio_stream_to_stream_tar": rounds.median_ratio("stream", "stream_tar"),

@@ -42,7 +42,7 @@ from shards import indexed_read, sample_stages as reading, schema, storage, stre
 from shards.sample_stages import BAD_SAMPLE_HANDLERS, SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
-from shards.batch_ring import BatchRing, RingLoader
+from shards.batch_ring import LEND, BatchRing, RingLoader
 from shards.card import read_card
 from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
@@ -269,8 +269,9 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
     """A loader over a ShardStream (batches are made in the DataLoader workers, in buffers they
     reuse: shards.batch_ring), and the number of batches every rank gets per epoch. Call
     loader.dataset.set_epoch(e) before each epoch. Workers persist across epochs (the epoch
-    reaches them through shared memory). Every batch's "image" is its own tensor (pinned when
-    pin_memory), yours to keep; to_device finishes it. resize_on_device (for GPU training): the
+    reaches them through shared memory). Every batch's "image" is yours to keep: a worker's buffer
+    lent until nothing refers to it, or its own copy (pinned when pin_memory; shards.batch_ring);
+    to_device finishes it. resize_on_device (for GPU training): the
     workers leave the crops the augmentation enlarges to to_device (shards.device_crops).
     labels, by_index: see ShardStream."""
     if num_workers:
@@ -283,8 +284,8 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
                           labels=labels, by_index=by_index)
     prefetch = (prefetch_factor or 2) if num_workers else None
     if num_workers:
-        dataset.ring = BatchRing(num_workers, prefetch + 2, (batch_size, dataset.channels, image_size, image_size),
-                                 dataset.dtype)
+        shape = (batch_size, dataset.channels, image_size, image_size)
+        dataset.ring = BatchRing(num_workers, prefetch + 2 + LEND, shape, dataset.dtype, lend=LEND)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
                         persistent_workers=num_workers > 0, prefetch_factor=prefetch)
     return StreamLoader(RingLoader(loader, dataset.ring, pin_memory=pin_memory), dataset.steps_per_epoch)

@@ -1,6 +1,7 @@
 """Reusable batch buffers: made by the main process before the workers start, which share their
-memory; a worker cycles through its slots, waits for one still busy, and says so when nothing ever
-frees it; a new epoch frees what a cut-short one left behind; RingLoader copies each batch out."""
+memory; a worker cycles through its free slots, waits when none is free, and says so when nothing
+ever frees one; a new epoch frees what a cut-short one left behind but not what is lent;
+RingLoader lends a slot until nothing refers to its memory, or copies the batch out."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import time
 import pytest
 import torch
 
-from shards.batch_ring import BatchRing, RingLoader, RingTimeout, tag_slot
+from shards.batch_ring import FILLED, FREE, LENT, BatchRing, RingLoader, RingTimeout, tag_slot
 
 SHAPE = (2, 1, 4, 4)
 
@@ -29,6 +30,16 @@ def test_slots_are_reused_in_turn_and_marked_busy_until_released():
         ring.take(0, (2, 3, 4, 4), torch.uint16)
 
 
+def test_a_worker_passes_over_slots_in_use_to_a_free_one():
+    ring = BatchRing(1, 3, SHAPE, torch.uint8)
+    for _ in range(3):
+        ring.take(0, SHAPE, torch.uint8)
+    ring.release(0, 2)  # slot 0, next in turn, is still in use
+    assert ring.take(0, SHAPE, torch.uint8)[1] == (0, 2)
+    ring.release(0, 1)
+    assert ring.take(0, SHAPE, torch.uint8)[1] == (0, 1)
+
+
 def test_a_worker_waits_for_its_busy_slot():
     ring = BatchRing(1, 2, SHAPE, torch.uint8)
     ring.take(0, SHAPE, torch.uint8), ring.take(0, SHAPE, torch.uint8)
@@ -41,15 +52,18 @@ def test_a_worker_waits_for_its_busy_slot():
 def test_a_slot_never_given_back_is_an_error_not_a_hang():
     ring = BatchRing(1, 2, SHAPE, torch.uint8, wait_s=0.05)
     ring.take(0, SHAPE, torch.uint8), ring.take(0, SHAPE, torch.uint8)
-    with pytest.raises(RingTimeout, match="batch buffer 0 was not given back"):
+    with pytest.raises(RingTimeout, match=r"no batch buffer was given back within 0.05 s \(all 2 in use\)"):
         ring.take(0, SHAPE, torch.uint8)
 
 
-def test_a_new_epoch_frees_the_workers_slots():
-    ring = BatchRing(2, 2, SHAPE, torch.uint8)
-    ring.take(1, SHAPE, torch.uint8), ring.take(1, SHAPE, torch.uint8)
+def test_a_new_epoch_frees_the_workers_filled_slots_but_not_its_lent_ones():
+    ring = BatchRing(2, 3, SHAPE, torch.uint8, lend=1)
+    for _ in range(3):
+        ring.take(1, SHAPE, torch.uint8)
+    ring.busy[1, 1] = LENT  # the consumer may still hold the last batch of the epoch before
+    ring.take(0, SHAPE, torch.uint8)
     ring.start_epoch(1)
-    assert ring.busy.tolist() == [[0, 0], [0, 0]]
+    assert ring.busy.tolist() == [[FILLED, FREE, FREE], [FREE, LENT, FREE]]
 
 
 def _fill_second_slot(ring: BatchRing) -> None:
@@ -80,3 +94,38 @@ def test_only_the_slot_travels_and_the_loader_hands_out_a_copy_and_frees_the_slo
     assert ring.busy.tolist() == [[0, 0]]
     buffer.fill_(9)  # the slot, reused, leaves the handed-out batch alone
     assert batch["image"].eq(7).all()
+
+
+def _worker(ring: BatchRing, count: int):
+    """A worker's batches as RingLoader receives them, each slot taken when the batch is asked for
+    (a worker that finds no free slot raises RingTimeout at once instead of waiting)."""
+    for value in range(1, count + 1):
+        buffer, slot = ring.take(0, SHAPE, torch.uint16)
+        buffer.fill_(value)
+        yield tag_slot({"image": buffer, "key": [str(value)]}, slot)
+
+
+def test_a_lent_batch_is_the_slot_itself_until_nothing_refers_to_it():
+    ring = BatchRing(1, 3, SHAPE, torch.uint16, lend=2, wait_s=0)
+    batches = iter(RingLoader(_worker(ring, 5), ring))
+    first = next(batches)
+    assert first["image"].data_ptr() == ring.buffers[0][0].data_ptr() and ring.busy[0].tolist() == [LENT, 0, 0]
+    second = next(batches)  # `first` is still held: its slot stays lent, and the worker uses slot 1
+    assert ring.busy[0].tolist() == [LENT, LENT, 0] and first["image"].eq(1).all()
+    view, array = first["image"][0], second["image"].numpy()  # what refers to the memory counts, not the batch
+    del first, second
+    third = next(batches)  # two lent already: a copy, its slot free at once
+    assert not third["image"].is_shared() and third["image"].eq(3).all()
+    assert ring.busy[0].tolist() == [LENT, LENT, 0] and view.eq(1).all() and (array == 2).all()
+    del view
+    fourth = next(batches)  # slot 0 was given back before the worker took it again, and is lent again
+    assert ring.busy[0].tolist() == [LENT, LENT, 0] and fourth["image"].data_ptr() == ring.buffers[0][0].data_ptr()
+    assert fourth["image"].eq(4).all() and (array == 2).all()
+    del array, third, fourth
+    assert next(batches)["image"].eq(5).all() and ring.busy[0].tolist() == [0, LENT, 0]
+
+
+def test_pinned_batches_are_never_lent():
+    ring = BatchRing(1, 4, SHAPE, torch.uint16, lend=2)
+    assert RingLoader([], ring).lend and not RingLoader([], ring, pin_memory=True).lend
+    assert not RingLoader([], BatchRing(1, 4, SHAPE, torch.uint16)).lend  # a ring without lent slots

@@ -18,6 +18,7 @@ import torch
 
 from shards import codecs, schema
 from shards import sample_stages as reading
+from shards.batch_ring import LEND
 from shards.card import build_card, read_card, write_card
 from shards.manifest import read_manifest, write_manifest
 from shards.stream import SampleError, ShardStream, StreamSource, make_loader, to_device, warn_and_skip
@@ -158,17 +159,24 @@ def test_kept_batches_stay_intact_while_workers_reuse_their_buffers(tmp_path):
     images = [rng.integers(0, 65536, (8, 8), dtype=np.uint16) for _ in range(48)]
     root = write_set(tmp_path / "set", images, [6] * 8)
     loader, steps = make_loader([StreamSource(root)], batch_size=2, image_size=8, num_workers=2, augment="none")
-    kept = list(loader)  # 12 batches a worker through 4 slots each: every slot reused twice over
+    kept = list(loader)  # 12 batches a worker through 6 slots each: every free slot reused twice over
+
+    def assert_intact():
+        for batch in kept:
+            for stored, key in zip(batch["image"].numpy(), batch["key"]):
+                np.testing.assert_array_equal(stored[0], images[int(key[3:])])
+
     assert len(kept) == steps == 24
-    for batch in kept:
-        for stored, key in zip(batch["image"].numpy(), batch["key"]):
-            np.testing.assert_array_equal(stored[0], images[int(key[3:])])
+    assert_intact()
+    # The first two batches of each worker are its lent buffers, still held; the rest are copies.
+    assert sum(batch["image"].is_shared() for batch in kept) == 2 * LEND  # two workers
     for epoch in (1, 2):  # cut an epoch short, then the next one still runs whole
         loader.dataset.set_epoch(epoch)
         for i, _ in enumerate(loader):
             if epoch == 1 and i == 3:
                 break
     assert len(keys_of(loader)) == steps * 2
+    assert_intact()  # new epochs freed none of the buffers lent to `kept`
 
 
 def test_8_and_16_bit_sets_mix_in_16_bit_batches_with_values_kept(tmp_path):
