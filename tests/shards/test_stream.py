@@ -159,7 +159,7 @@ def test_kept_batches_stay_intact_while_workers_reuse_their_buffers(tmp_path):
     images = [rng.integers(0, 65536, (8, 8), dtype=np.uint16) for _ in range(48)]
     root = write_set(tmp_path / "set", images, [6] * 8)
     loader, steps = make_loader([StreamSource(root)], batch_size=2, image_size=8, num_workers=2, augment="none")
-    kept = list(loader)  # 12 batches a worker through 6 slots each: every free slot reused twice over
+    kept = list(loader)  # 12 batches a worker, 6 slots each, 2 lent to `kept`: the other 4 reused twice over
 
     def assert_intact():
         for batch in kept:
