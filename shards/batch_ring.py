@@ -47,9 +47,27 @@ FREE, FILLED, LENT = 0, 1, 2
 # Slots of a worker that may be lent at once: the batch a `for` loop holds while it asks for the
 # next, and one more (a consumer that keeps the batch before, say, to overlap copies).
 LEND = 2
-# How many references torch counts to a storage (every tensor, view or numpy array over it).
-# torch keeps it in torch._C; without it, RingLoader copies every batch out.
+
+
+def _counts_every_reference(use_count) -> bool:
+    """Whether use_count(storage) rises by one for each tensor, view and numpy array over a
+    storage and falls back when they go: what lending relies on, checked once on this torch."""
+    if use_count is None:
+        return False
+    buffer = torch.zeros(4, dtype=torch.int16)
+    storage = buffer.untyped_storage()
+    idle = use_count(storage._cdata)
+    held = [buffer.view(2, 2), buffer[1:], buffer.detach(), buffer.numpy()]
+    counted = use_count(storage._cdata) == idle + len(held)
+    del held
+    return counted and use_count(storage._cdata) == idle
+
+
+# How many references torch counts to a storage (every tensor, view or numpy array over it). torch
+# keeps it in torch._C; where it is missing or does not count as lending needs, every batch is copied.
 _storage_use_count = getattr(torch._C, "_storage_Use_Count", None)
+if not _counts_every_reference(_storage_use_count):
+    _storage_use_count = None
 
 
 class RingTimeout(RuntimeError):

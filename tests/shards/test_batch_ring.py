@@ -12,6 +12,7 @@ import time
 import pytest
 import torch
 
+from shards import batch_ring
 from shards.batch_ring import FILLED, FREE, LENT, BatchRing, RingLoader, RingTimeout, tag_slot
 
 SHAPE = (2, 1, 4, 4)
@@ -129,3 +130,10 @@ def test_pinned_batches_are_never_lent():
     ring = BatchRing(1, 4, SHAPE, torch.uint16, lend=2)
     assert RingLoader([], ring).lend and not RingLoader([], ring, pin_memory=True).lend
     assert not RingLoader([], BatchRing(1, 4, SHAPE, torch.uint16)).lend  # a ring without lent slots
+
+
+def test_lending_is_off_where_torch_does_not_count_every_reference():
+    assert batch_ring._counts_every_reference(torch._C._storage_Use_Count)  # this torch's count: lending is on
+    assert batch_ring._storage_use_count is not None
+    assert not batch_ring._counts_every_reference(None)  # a torch without it
+    assert not batch_ring._counts_every_reference(lambda cdata: 1)  # a count that does not follow references
