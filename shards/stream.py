@@ -285,7 +285,8 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
     prefetch = (prefetch_factor or 2) if num_workers else None
     if num_workers:
         shape = (batch_size, dataset.channels, image_size, image_size)
-        dataset.ring = BatchRing(num_workers, prefetch + 2 + LEND, shape, dataset.dtype, lend=LEND)
+        lend = 0 if pin_memory else LEND  # pinned batches are copies: no slot is ever lent
+        dataset.ring = BatchRing(num_workers, prefetch + 2 + lend, shape, dataset.dtype, lend=lend)
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
                         persistent_workers=num_workers > 0, prefetch_factor=prefetch)
     return StreamLoader(RingLoader(loader, dataset.ring, pin_memory=pin_memory), dataset.steps_per_epoch)

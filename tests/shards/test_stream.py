@@ -179,6 +179,16 @@ def test_kept_batches_stay_intact_while_workers_reuse_their_buffers(tmp_path):
     assert_intact()  # new epochs freed none of the buffers lent to `kept`
 
 
+def test_a_pinned_loader_lends_nothing_and_holds_no_buffers_for_it(uneven):
+    """With pin_memory every batch is copied into pinned memory, so its workers need no slots to lend."""
+    def loader(pin_memory):
+        return make_loader([StreamSource(uneven)], batch_size=2, image_size=8, num_workers=2, pin_memory=pin_memory)[0]
+
+    pinned, plain = loader(True), loader(False)
+    assert plain.lend and not pinned.lend
+    assert pinned.ring.slots == plain.ring.slots - LEND and pinned.ring.lend == 0
+
+
 def test_8_and_16_bit_sets_mix_in_16_bit_batches_with_values_kept(tmp_path):
     a = write_set(tmp_path / "a", [np.full((8, 8), 200 + i, np.uint8) for i in range(4)], [2, 2], source="eight",
                   stats={"mean": [100.0], "std": [50.0]})
