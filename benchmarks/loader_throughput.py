@@ -186,7 +186,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=len(os.sched_getaffinity(0)), help="default: all cores")
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--samples", type=int, default=4096, help="samples per epoch")
-    parser.add_argument("--repeats", type=int, default=3, help="timed rounds (after one warm-up)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed rounds (after one warm-up)")
     parser.add_argument("--shard-size", type=int, default=16)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
