@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import random
+import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -273,7 +274,12 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
     lent until nothing refers to it, or its own copy (pinned when pin_memory; shards.batch_ring);
     to_device finishes it. resize_on_device (for GPU training): the
     workers leave the crops the augmentation enlarges to to_device (shards.device_crops).
-    labels, by_index: see ShardStream."""
+    labels, by_index: see ShardStream. pin_memory without an accelerator is ignored with a
+    warning, as torch's DataLoader does."""
+    if pin_memory and not torch.accelerator.is_available():
+        warnings.warn("make_loader: pin_memory=True, but there is no accelerator to pin memory for; "
+                      "batches are not pinned", stacklevel=2)
+        pin_memory = False
     if num_workers:
         # One worker is one core's work, so OpenCV's thread pool only gets in the way; and it must go
         # before the fork: a worker that inherits the parent's live pool deadlocks in OpenCV.

@@ -179,14 +179,25 @@ def test_kept_batches_stay_intact_while_workers_reuse_their_buffers(tmp_path):
     assert_intact()  # new epochs freed none of the buffers lent to `kept`
 
 
+def _pin_loader(root: Path, pin_memory: bool):
+    return make_loader([StreamSource(root)], batch_size=2, image_size=8, num_workers=2, pin_memory=pin_memory)[0]
+
+
+@pytest.mark.skipif(not torch.accelerator.is_available(), reason="pinning memory needs an accelerator")
 def test_a_pinned_loader_lends_nothing_and_holds_no_buffers_for_it(uneven):
     """With pin_memory every batch is copied into pinned memory, so its workers need no slots to lend."""
-    def loader(pin_memory):
-        return make_loader([StreamSource(uneven)], batch_size=2, image_size=8, num_workers=2, pin_memory=pin_memory)[0]
-
-    pinned, plain = loader(True), loader(False)
+    pinned, plain = _pin_loader(uneven, True), _pin_loader(uneven, False)
     assert plain.lend and not pinned.lend
     assert pinned.ring.slots == plain.ring.slots - LEND and pinned.ring.lend == 0
+    assert next(iter(pinned))["image"].is_pinned()
+
+
+@pytest.mark.skipif(torch.accelerator.is_available(), reason="this machine can pin memory")
+def test_pin_memory_without_an_accelerator_is_ignored_aloud(uneven):
+    with pytest.warns(UserWarning, match="no accelerator to pin memory for; batches are not pinned"):
+        ignored = _pin_loader(uneven, True)
+    assert ignored.lend and not ignored.pin_memory
+    assert not next(iter(ignored))["image"].is_pinned()
 
 
 def test_8_and_16_bit_sets_mix_in_16_bit_batches_with_values_kept(tmp_path):
