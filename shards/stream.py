@@ -261,6 +261,13 @@ class StreamLoader(NamedTuple):
     steps_per_epoch: int
 
 
+def pinning_available() -> bool:
+    """Whether this machine has an accelerator to pin host memory for (torch.accelerator, from
+    torch 2.6; CUDA before it)."""
+    accelerator = getattr(torch, "accelerator", None)
+    return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
+
+
 def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
                 world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
@@ -276,7 +283,7 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
     workers leave the crops the augmentation enlarges to to_device (shards.device_crops).
     labels, by_index: see ShardStream. pin_memory without an accelerator is ignored with a
     warning, as torch's DataLoader does."""
-    if pin_memory and not torch.accelerator.is_available():
+    if pin_memory and not pinning_available():
         warnings.warn("make_loader: pin_memory=True, but there is no accelerator to pin memory for; "
                       "batches are not pinned", stacklevel=2)
         pin_memory = False

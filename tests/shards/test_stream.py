@@ -21,7 +21,8 @@ from shards import sample_stages as reading
 from shards.batch_ring import LEND
 from shards.card import build_card, read_card, write_card
 from shards.manifest import read_manifest, write_manifest
-from shards.stream import SampleError, ShardStream, StreamSource, make_loader, to_device, warn_and_skip
+from shards.stream import (SampleError, ShardStream, StreamSource, make_loader, pinning_available, to_device,
+                           warn_and_skip)
 from shards.stream_plan import StreamPlanError
 from shards.writer import ShardWriter
 
@@ -183,7 +184,7 @@ def _pin_loader(root: Path, pin_memory: bool):
     return make_loader([StreamSource(root)], batch_size=2, image_size=8, num_workers=2, pin_memory=pin_memory)[0]
 
 
-@pytest.mark.skipif(not torch.accelerator.is_available(), reason="pinning memory needs an accelerator")
+@pytest.mark.skipif(not pinning_available(), reason="pinning memory needs an accelerator")
 def test_a_pinned_loader_lends_nothing_and_holds_no_buffers_for_it(uneven):
     """With pin_memory every batch is copied into pinned memory, so its workers need no slots to lend."""
     pinned, plain = _pin_loader(uneven, True), _pin_loader(uneven, False)
@@ -192,7 +193,7 @@ def test_a_pinned_loader_lends_nothing_and_holds_no_buffers_for_it(uneven):
     assert next(iter(pinned))["image"].is_pinned()
 
 
-@pytest.mark.skipif(torch.accelerator.is_available(), reason="this machine can pin memory")
+@pytest.mark.skipif(pinning_available(), reason="this machine can pin memory")
 def test_pin_memory_without_an_accelerator_is_ignored_aloud(uneven):
     with pytest.warns(UserWarning, match="no accelerator to pin memory for; batches are not pinned"):
         ignored = _pin_loader(uneven, True)
