@@ -39,7 +39,11 @@ def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:
             arrays[name] = pa.array(values)
         else:
             arrays[name] = pa.array(values, type=pa.string())
-    table = pa.table(arrays)
+    write_table(path, pa.table(arrays))
+
+
+def write_table(path: Path, table: pa.Table) -> None:
+    """A manifest table written atomically, as every manifest is stored (zstd Parquet)."""
     buf = io.BytesIO()
     pq.write_table(table, buf, compression="zstd")
     atomic_write_bytes(Path(path), buf.getvalue())

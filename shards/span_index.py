@@ -12,7 +12,6 @@ folder: this rewrites manifest.parquet.
 
 from __future__ import annotations
 
-import io
 import sys
 import tarfile
 from pathlib import Path
@@ -23,7 +22,7 @@ import pyarrow.parquet as pq
 from tqdm import tqdm
 
 from shards import schema
-from shards.writer import atomic_write_bytes
+from shards.manifest import write_table
 
 
 class SpanIndexError(ValueError):
@@ -75,8 +74,6 @@ def run(root: Path, card: dict[str, Any], *, force: bool = False, out=None) -> i
         print(f"{root}: the manifest already has member spans (--force recomputes them)", file=out)
         return 0
     table = with_spans(table, member_spans(Path(root), card))
-    buf = io.BytesIO()
-    pq.write_table(table, buf, compression="zstd")
-    atomic_write_bytes(path, buf.getvalue())
+    write_table(path, table)
     print(f"{root}: wrote member spans for {table.num_rows} samples into {schema.MANIFEST_FILE}", file=out)
     return 0
