@@ -7,7 +7,8 @@ ingest: `ingest cbis --crops lesion` on the same files, with 1 and with 2 worker
 limit_2proc: the same limit with the images split over two processes (what two cores allow).
 limit_pydicom: the limit as issue 2 words it, "pydicom decode + crop + PNG encode of the same files,
         nothing else": each file read and decoded by pydicom itself (dcmread, pixel_array), the
-        mask picked by the same content test, the same crop and encode. The project's decoder
+        mask picked by the same content test (find_roi_mask with pydicom as its decoder), the
+        same crop and encode. The project's decoder
         reads uncompressed pixels in place instead, so `limit` is the stricter bound of the two.
 Targets (issue 2): ingest_1 >= 0.9 x limit, ingest_2 >= 1.8 x ingest_1.
 
@@ -36,11 +37,10 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import pydicom  # noqa: E402
 
-from ingest import crops, mammogram  # noqa: E402
+from ingest import mammogram  # noqa: E402
 from ingest.dicom_pixels import decode_dicom  # noqa: E402
 from ingest.mapped_files import read_source  # noqa: E402
 from ingest.pipeline import run_job  # noqa: E402
@@ -73,19 +73,16 @@ def pydicom_bound(job: cbis.IngestJob) -> float:
     for unit in job.units:
         pixels = pydicom.dcmread(unit.payload.image_file).pixel_array
         for _, _, candidates, _ in unit.payload.abnormalities:
-            for candidate in sorted(candidates, key=lambda c: Path(c).stat().st_size, reverse=True):
-                mask = pydicom.dcmread(candidate).pixel_array
-                if mask.ndim != 2 or mask.shape[0] < pixels.shape[0] // 2 or mask.shape[1] < pixels.shape[1] // 2:
-                    continue  # the cropped lesion image
-                if mask.shape != pixels.shape:  # as find_roi_mask resizes a mask of another size
-                    mask = cv2.resize((mask != 0).view(np.uint8), pixels.shape[::-1], interpolation=cv2.INTER_NEAREST)
-                bbox = crops.mask_bbox(mask)
-                if bbox is not None:  # (the sample trees' masks are binary)
-                    crop, mask_crop, _ = mammogram.lesion_crop(pixels, mask, params, bbox=bbox)
-                    codecs.encode_pixels(crop)
-                    codecs.encode_mask(mask_crop)
-                    break
+            roi = mammogram.find_roi_mask([Path(c) for c in candidates], pixels.shape, Path("/"),
+                                          decode=_pydicom_pixels)
+            crop, mask_crop, _ = mammogram.lesion_crop(pixels, roi.pixels, params, bbox=roi.bbox)
+            codecs.encode_pixels(crop)
+            codecs.encode_mask(mask_crop)
     return time.perf_counter() - start
+
+
+def _pydicom_pixels(path: Path, *, name: str) -> np.ndarray:
+    return pydicom.dcmread(path).pixel_array
 
 
 def decode_bound_two_processes(units: list) -> float:

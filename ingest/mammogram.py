@@ -7,6 +7,7 @@ this module makes both from a (H, W) uint16 mammogram and its full-size ROI mask
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NamedTuple
@@ -42,7 +43,8 @@ class CropParams:
     lesion_clearance: int = 32  # source pixels kept between a random crop and any ROI
 
 
-def find_roi_mask(candidates: list[Path], image_shape: tuple[int, int], root: Path) -> RoiMask:
+def find_roi_mask(candidates: list[Path], image_shape: tuple[int, int], root: Path, *,
+                  decode: Callable[..., np.ndarray] = decode_mask_values) -> RoiMask:
     """Pick the ROI mask among an abnormality's DICOMs by content, not by name or order.
 
     CBIS-DDSM ships the mask and the cropped lesion in one or two series, and which of 000000 /
@@ -51,6 +53,7 @@ def find_roi_mask(candidates: list[Path], image_shape: tuple[int, int], root: Pa
     the full-size one; a header parse per candidate only to order them cost as much as the rest of
     the search) and the first whose pixels hold a single non-zero value wins. A mask of another
     size than its mammogram (a known CBIS quirk) is resized to it with nearest neighbour.
+    decode(path, name=...) reads a candidate's pixels (DicomDecodeError when it cannot).
     """
     sized = []
     problems = []
@@ -62,7 +65,7 @@ def find_roi_mask(candidates: list[Path], image_shape: tuple[int, int], root: Pa
     h, w = image_shape
     for _, _, path in sorted(sized, reverse=True):
         try:
-            pixels = decode_mask_values(path, name=_rel(path, root))
+            pixels = decode(path, name=_rel(path, root))
         except DicomDecodeError as exc:
             problems.append(str(exc))
             continue
