@@ -6,7 +6,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import re
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -19,12 +24,14 @@ from ingest import pipeline
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.multiplex_tiff import files_fingerprint
 from ingest.pipeline import run_job
+from ingest.progress import read_progress
 from ingest.sample_data.multiplex_if import CHANNELS, make_if_sample
 from ingest.sources import multiplex_if
 from shards import codecs, schema
 from shards.verify import verify
 
 DAMA = list(multiplex_if.DAMA_CHANNELS)
+PROJECT = Path(__file__).resolve().parents[3]
 MIBI_PICK = ["Vimentin (113)", "HH3 (89)", "CD45 (169)", "Ki67 (151)", "PanKeratin (171)", "SMA (115)", "CD8 (158)"]
 
 
@@ -54,6 +61,10 @@ def cut(image: np.ndarray, box) -> np.ndarray:
 
 def shard_digests(out: Path) -> dict[str, str]:
     return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(out.glob("*/shard-*.tar"))}
+
+
+def logged_units(out: Path) -> int:
+    return len(read_progress(out / schema.STAGING_DIR)[0])
 
 
 def verified(out: Path) -> int:
@@ -247,3 +258,39 @@ def test_cli_default_size_and_usage_errors(made, tmp_path, capsys):
                  "--no-progress"]) == EXIT_USAGE
     err = capsys.readouterr().err
     assert "distinct channels" in err and "none.csv" in err
+
+
+def test_a_killed_two_worker_run_of_large_units_resumes_to_the_same_shards(tmp_path):
+    """The path a killed run is most likely to be in for `ingest if`: units of several MB, committed
+    on the writing process's thread while two worker processes send the next ones out of band.
+    Killed part-way (the whole process group, workers included), the rerun resumes and ends with
+    the shards, manifest and card statistics of an uninterrupted run."""
+    made = make_if_sample(tmp_path / "src", images=8, shape=(384, 384), cells_per_image=30, seed=4, layout="ome",
+                          tables="beside")
+    cmd = [sys.executable, "-m", "ingest.cli", "if", str(made.root), "--shard-size", "25", "--workers", "2",
+           "--no-progress"]
+    reference = tmp_path / "reference"
+    subprocess.run([*cmd, "--out", str(reference)], cwd=PROJECT, check=True, capture_output=True)
+    out = tmp_path / "killed"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], cwd=PROJECT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    group = os.getpgid(proc.pid)
+    deadline = time.monotonic() + 60
+    try:  # 2 ms slices of the whole group, read between them, until 2 of the 8 units are logged
+        while logged_units(out) < 2 and proc.poll() is None and time.monotonic() < deadline:
+            os.killpg(group, signal.SIGCONT)
+            time.sleep(0.002)
+            os.killpg(group, signal.SIGSTOP)
+    finally:
+        os.killpg(group, signal.SIGKILL)
+        proc.wait()
+    assert 2 <= logged_units(out) < 8 and not (out / schema.CARD_FILE).exists()
+    crop_bytes = 128 * 128 * 7 * 2  # --size 128, seven channels of uint16
+    unit_crops = [len(r.sidecar["samples"]) for r in read_progress(out / schema.STAGING_DIR)[0]]
+    assert min(unit_crops) * crop_bytes >= pipeline.LARGE_UNIT_BYTES  # the large-unit path, not the inline one
+    done = subprocess.run([*cmd, "--out", str(out)], cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == EXIT_OK, done.stderr
+    assert "resumed" in done.stdout
+    assert shard_digests(out) == shard_digests(reference)
+    assert (out / schema.MANIFEST_FILE).read_bytes() == (reference / schema.MANIFEST_FILE).read_bytes()
+    assert (out / schema.CARD_FILE).read_bytes() == (reference / schema.CARD_FILE).read_bytes()
