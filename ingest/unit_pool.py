@@ -43,26 +43,53 @@ from multiprocessing.reduction import recv_handle, send_handle
 from typing import Any
 
 from ingest.mapped_files import map_read_only
-from shards.heap import release_free_heap
+from shards.heap import libc, release_free_heap
 
 Task = tuple[int, Any]  # (unit index, unit)
 _INDEX = struct.Struct("<q")  # a task, to a worker that holds the units
 _COUNT = struct.Struct("<I")  # a result's header: how many out-of-band buffers, then their sizes ("<Q" each)
 
 
+_PR_SET_PDEATHSIG = 1  # linux/prctl.h
+
+
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the process that started it dies, however it dies.
+    A parent killed outright (SIGKILL: the OOM killer, `kill -9`, a scheduler's hard stop) runs no
+    clean-up, and its forked workers, blocked reading their next task, got no end of file: each
+    also holds its own pipe's other end, and the output folder's lock, both inherited. They slept
+    on for good, and the rerun that should resume was refused ("another ingest is writing this
+    folder"). Linux only (prctl); a spawned worker (elsewhere) holds neither, and reads the end of
+    file instead."""
+    c = libc() if sys.platform == "linux" else None
+    if c is not None:
+        c.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
+    if os.getppid() != parent:  # it died before the request was made
+        os._exit(0)
+
+
 def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any], Any],
-                 units: Sequence[Any] | None) -> None:
-    """Runs tasks until an empty message. With `units` (inherited when forked) a task is a unit's
-    index; without, the pickled (index, unit)."""
+                 units: Sequence[Any] | None, parent: int) -> None:
+    """Runs tasks until an empty message, or until the parent is gone. With `units` (inherited
+    when forked) a task is a unit's index; without, the pickled (index, unit)."""
+    _die_with_parent(parent)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
     init()
-    while task := conn.recv_bytes():
+    while task := _next_task(conn):
         if units is None:  # from the parent over this private pipe, never from a shard
             index, unit = pickle.loads(task)
         else:
             (index,) = _INDEX.unpack(task)
             unit = units[index]
         send_result(conn, (index, run(unit)))
+
+
+def _next_task(conn: Connection) -> bytes:
+    """The parent's next message; empty (stop) when the parent is gone."""
+    try:
+        return conn.recv_bytes()
+    except (EOFError, OSError):
+        return b""
 
 
 _MEMFD = hasattr(os, "memfd_create")  # Linux; elsewhere out-of-band buffers go in band
@@ -132,8 +159,8 @@ class _Worker:
         self.conn, child = ctx.Pipe(duplex=True)
         # Forked, the worker has the units already (copy-on-write); spawned, it would get a pickle of them all.
         self.inherits = ctx.get_start_method() == "fork"
-        self.process = ctx.Process(target=_worker_main, args=(child, init, run, units if self.inherits else None),
-                                   daemon=True)
+        self.process = ctx.Process(target=_worker_main,
+                                   args=(child, init, run, units if self.inherits else None, os.getpid()), daemon=True)
         self.process.start()
         child.close()
         self.queued: deque[Task] = deque()  # sent, not yet come back; the first is being worked on

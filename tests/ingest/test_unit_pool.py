@@ -8,7 +8,10 @@ import hashlib
 import os
 import pickle
 import signal
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import pytest
 
@@ -157,3 +160,53 @@ def test_a_consumer_that_stops_early_ends_the_workers_at_once():
     assert time.monotonic() - start < 3
     with pytest.raises(ProcessLookupError):
         os.kill(first_pid, 0)
+
+
+_ORPHAN_SCRIPT = """
+import os, sys, time
+from ingest.unit_pool import map_units
+
+def _init():
+    pass
+
+def _slow_pid(unit):
+    time.sleep(0.05)
+    return os.getpid()
+
+def _died(unit, reason):
+    return reason
+
+if __name__ == "__main__":
+    for pid in map_units(list(range(10_000)), _slow_pid, workers=2, init=_init, died=_died, start_method=sys.argv[1]):
+        print(pid, flush=True)
+"""
+
+
+@pytest.mark.parametrize("start_method", ["fork", "spawn"])
+def test_workers_end_when_the_parent_is_killed_outright(tmp_path, start_method):
+    """SIGKILL (the OOM killer, `kill -9`) gives the parent no chance to stop its workers; they
+    must not live on (they would hold the output folder's lock and keep a resume from starting)."""
+    script = tmp_path / "pool_parent.py"
+    script.write_text(_ORPHAN_SCRIPT)
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])}
+    proc = subprocess.Popen([sys.executable, str(script), start_method], stdout=subprocess.PIPE, text=True, env=env)
+    workers: set[int] = set()
+    while len(workers) < 2:
+        line = proc.stdout.readline()
+        assert line, "the pool's parent ended early"
+        workers.add(int(line))
+    proc.kill()
+    proc.wait()
+    proc.stdout.close()
+    deadline = time.monotonic() + 30
+    while any(map(_running, workers)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(map(_running, workers)), "workers outlived their killed parent"
+
+
+def _running(pid: int) -> bool:
+    """pid is a live process: not gone, and not a zombie left for a parent that does not reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False

@@ -206,13 +206,28 @@ def logged_units(out: Path) -> int:
     return len(read_progress(out / ".staging")[0])
 
 
-def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
+def child_pids(pid: int) -> list[int]:
+    return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
+
+
+def running(pid: int) -> bool:
+    """pid is a live process (not gone, and not a zombie waiting for a parent that does not reap)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path, workers):
+    """Killed outright (SIGKILL, as the OOM killer does), the writing process alone: its worker
+    processes go with it, leaving neither the folder's lock nor CPU in use, and the rerun resumes."""
     # Larger mammograms so each image takes long enough to kill the run part-way.
     root = make_cbis_sample(tmp_path / "dl", patients=12, seed=2, layout="tcia", image_shape=(2048, 1280)).root
     _, reference = ingest(root, tmp_path / "reference", crops="both", shard_size=5)
     out = tmp_path / "killed"
     cmd = [sys.executable, "-m", "ingest.cli", "cbis", str(root), "--crops", "both", "--shard-size", "5",
-           "--out", str(out), "--workers", "1", "--no-progress"]
+           "--out", str(out), "--workers", workers, "--no-progress"]
     proc = subprocess.Popen(cmd, cwd=PROJECT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 60
     # Let the run go in 2 ms slices (a unit takes several), stopped between them while its progress
@@ -221,9 +236,14 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path):
         proc.send_signal(signal.SIGCONT)
         time.sleep(0.002)
         proc.send_signal(signal.SIGSTOP)
+    children = child_pids(proc.pid)
+    assert len(children) == (0 if workers == "1" else 2)
     proc.kill()
     proc.wait()
     assert logged_units(out) >= 3 and not (out / schema.CARD_FILE).exists()
+    while any(map(running, children)) and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert not any(map(running, children)), "worker processes outlived the killed run"
     done = subprocess.run(cmd, cwd=PROJECT, capture_output=True, text=True)
     assert done.returncode == EXIT_OK, done.stderr
     assert "resumed" in done.stdout
