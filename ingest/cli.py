@@ -2,7 +2,7 @@
 
 Exit status: 0 all inputs used; 3 finished but some inputs were rejected (listed in
 OUT/rejects.jsonl with reasons); 2 the job could not run (bad arguments, unusable root or output
-folder); 130 interrupted (re-run the same command to resume). With --dry-run the same codes say
+folder); 130 interrupted by Ctrl-C, 143 stopped by SIGTERM (re-run the same command to resume). With --dry-run the same codes say
 what the plan foresees: 3 planning rejected inputs, 2 the output folder would be refused.
 
 Each source is one module in ingest/sources/ with `add_arguments(parser)` (its own options and
@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import signal
 import sys
+import threading
 from importlib import metadata
 from pathlib import Path
 
@@ -23,7 +25,18 @@ from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from shards import storage
 from shards.cpu_budget import usable_cpus
 
-EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED = 0, 1, 2, 3, 130
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread: a scheduler (`docker stop`, Kubernetes, Slurm's scancel)
+    stopping the job. Handled as Ctrl-C is: the unit being written is finished, the shards in
+    progress are kept, and the same command resumes. Without a handler, Python dies at once (the
+    same state, resumable, but no word) or, as a container's PID 1, ignores it until SIGKILL."""
+
+
+def _terminate(signum, frame) -> None:
+    raise Terminated()
 
 # subcommand -> (module in ingest/sources/, one-line help)
 SOURCES: dict[str, tuple[str, str]] = {
@@ -130,6 +143,8 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.pipeline import IngestError, OutputWriteError, run_job
 
     source = importlib.import_module(SOURCES[args.source][0])
+    main_thread = threading.current_thread() is threading.main_thread()  # where a handler can be set
+    on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         job = source.job_from_args(args, _common(args))
         if args.dry_run:
@@ -138,9 +153,13 @@ def main(argv: list[str] | None = None) -> int:
     except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, OutputWriteError) else EXIT_USAGE
-    except KeyboardInterrupt:
-        print(f"\ningest {args.source}: interrupted; run the same command again to resume", file=sys.stderr)
-        return EXIT_INTERRUPTED
+    except KeyboardInterrupt as exc:
+        what = "stopped (SIGTERM)" if isinstance(exc, Terminated) else "interrupted"
+        print(f"\ningest {args.source}: {what}; run the same command again to resume", file=sys.stderr)
+        return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, on_term)
     print(summary.describe())
     return EXIT_REJECTS if summary.rejects else EXIT_OK
 

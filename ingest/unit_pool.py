@@ -51,6 +51,7 @@ _COUNT = struct.Struct("<I")  # a result's header: how many out-of-band buffers,
 
 
 _PR_SET_PDEATHSIG = 1  # linux/prctl.h
+_STOP_SIGNALS = {signal.SIGINT, signal.SIGTERM}
 
 
 def _die_with_parent(parent: int) -> None:
@@ -73,7 +74,12 @@ def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any]
     """Runs tasks until an empty message, or until the parent is gone. With `units` (inherited
     when forked) a task is a unit's index; without, the pickled (index, unit)."""
     _die_with_parent(parent)
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the parent's to handle
+    # Ctrl-C and SIGTERM (a scheduler stopping the job, often sent to every process of it) are
+    # the parent's to handle: it stops the job, resumable, and ends the workers itself. A worker
+    # that died of them would make its unit a reject, and a resumed run would not redo it.
+    for stop in _STOP_SIGNALS:
+        signal.signal(stop, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent over the fork
     init()
     while task := _next_task(conn):
         if units is None:  # from the parent over this private pipe, never from a shard
@@ -161,7 +167,12 @@ class _Worker:
         self.inherits = ctx.get_start_method() == "fork"
         self.process = ctx.Process(target=_worker_main,
                                    args=(child, init, run, units if self.inherits else None, os.getpid()), daemon=True)
-        self.process.start()
+        # Until the worker ignores them, a stop signal would run the parent's handler in it.
+        blocked = signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS)
+        try:
+            self.process.start()
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         child.close()
         self.queued: deque[Task] = deque()  # sent, not yet come back; the first is being worked on
 
@@ -187,7 +198,7 @@ class _Worker:
         """End the process now: what it is working on is not wanted (the job stopped early; a
         worker left to finish would block sending results nobody reads)."""
         if self.process.is_alive():
-            self.process.terminate()
+            self.process.kill()  # SIGTERM it ignores
             self.process.join()
         self.conn.close()
 

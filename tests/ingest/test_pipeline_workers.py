@@ -79,3 +79,28 @@ def test_a_unit_that_fails_while_committed_stops_the_job_and_the_rerun_resumes(t
     run_job(clean)
     shard = "train/shard-000000.tar"
     assert (tmp_path / "out" / shard).read_bytes() == (tmp_path / "clean" / shard).read_bytes()
+
+
+@pytest.mark.parametrize("stage", ["write_manifest", "atomic_write_bytes"])  # the manifest; the rejects file
+def test_a_run_stopped_after_its_last_unit_finishes_on_the_rerun(tmp_path, monkeypatch, stage):
+    """Ctrl-C or SIGTERM after every unit is in the shards, while the manifest or rejects file is
+    written: no card, so not finished; the rerun has no unit left to do and writes the same set."""
+    run_job(_job(tmp_path / "reference", workers=1, kill=False))
+    real = getattr(pipeline, stage)
+
+    def stopped(path, *args, **kwargs):
+        if stage == "write_manifest" or path.name == schema.REJECTS_FILE:
+            raise KeyboardInterrupt
+        return real(path, *args, **kwargs)
+
+    monkeypatch.setattr(pipeline, stage, stopped)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_job(tmp_path / "out", workers=2, kill=False))
+    assert not (tmp_path / "out" / schema.CARD_FILE).exists()
+    monkeypatch.setattr(pipeline, stage, real)
+    summary = run_job(_job(tmp_path / "out", workers=2, kill=False))
+    assert summary.resumed_units == 6
+    for name in (schema.MANIFEST_FILE, schema.REJECTS_FILE, "train/shard-000000.tar"):
+        assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
+    reference, card = ((tmp_path / d / schema.CARD_FILE).read_text() for d in ("reference", "out"))
+    assert card == reference

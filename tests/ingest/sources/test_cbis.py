@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import os
 import resource
 import signal
 import subprocess
@@ -19,7 +20,7 @@ import pydicom
 import pytest
 import webdataset as wds
 
-from ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS, main
+from ingest.cli import EXIT_FAILED, EXIT_OK, EXIT_REJECTS, EXIT_TERMINATED, main
 from ingest.pipeline import run_job
 from ingest.sample_data.cbis_ddsm import make_cbis_sample
 from ingest.sources import cbis
@@ -250,6 +251,41 @@ def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path, workers):
     assert shard_digests(out) == shard_digests(reference)
 
 
+
+
+@pytest.mark.parametrize("to_group", [False, True])
+def test_sigterm_stops_the_run_resumably_and_rejects_nothing_for_it(tmp_path, to_group):
+    """SIGTERM, as `docker stop` or Kubernetes send it to the writing process, or as Slurm's
+    scancel sends it to every process of the job, workers included: exit 143 with word of how to
+    go on, no unit rejected for it (a worker ignores it; a unit rejected so would never be redone),
+    and the rerun resumes to the shards and rejects of an uninterrupted run."""
+    root = make_cbis_sample(tmp_path / "dl", patients=12, seed=2, layout="tcia", image_shape=(2048, 1280),
+                            with_defects=True).root
+    reference = tmp_path / "reference"
+    cmd = [sys.executable, "-m", "ingest.cli", "cbis", str(root), "--crops", "both", "--shard-size", "5",
+           "--workers", "2", "--no-progress"]
+    subprocess.run([*cmd, "--out", str(reference)], cwd=PROJECT, capture_output=True)
+    out = tmp_path / "stopped"
+    proc = subprocess.Popen([*cmd, "--out", str(out)], cwd=PROJECT, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    deadline = time.monotonic() + 60
+    while logged_units(out) < 3 and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.002)
+    if to_group:
+        os.killpg(proc.pid, signal.SIGTERM)
+    else:
+        proc.terminate()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == EXIT_TERMINATED, err
+    assert "stopped (SIGTERM); run the same command again to resume" in err
+    assert not (out / schema.CARD_FILE).exists()
+    logged = read_progress(out / ".staging")[0]
+    assert not [r for rec in logged for r in rec.sidecar["rejects"] if "SIGTERM" in r["reason"]]
+    done = subprocess.run([*cmd, "--out", str(out)], cwd=PROJECT, capture_output=True, text=True)
+    assert done.returncode == EXIT_REJECTS, done.stderr
+    assert "resumed" in done.stdout
+    assert shard_digests(out) == shard_digests(reference)
+    assert (out / schema.REJECTS_FILE).read_bytes() == (reference / schema.REJECTS_FILE).read_bytes()
 
 
 def test_an_output_folder_that_cannot_be_made_is_a_usage_error(tcia_tree, tmp_path, capsys):
