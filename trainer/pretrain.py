@@ -15,7 +15,9 @@ import argparse
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -253,6 +255,29 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
     return 0
 
 
+class Stopped(KeyboardInterrupt):
+    """SIGTERM, in a one-process run: a scheduler stopping it (Slurm's scancel, Kubernetes, `docker
+    stop`), handled as Ctrl-C is. Without a handler Python dies at once, without saying how to go
+    on, or, as a container's PID 1, ignores it until SIGKILL. (A run on Ray is stopped by Ray.)"""
+
+
+def _raise_stopped(signum, frame) -> None:
+    raise Stopped()
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """SIGTERM raises Stopped in the block (from the main thread; elsewhere it is left as it is)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_stopped)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML (trainer/configs/)")
@@ -290,16 +315,19 @@ def main(argv: list[str] | None = None) -> int:
         if config.run.use_ray:
             fit_on_ray(config, run_dir)
         else:
-            train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+            with sigterm_as_interrupt():
+                train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
     except SampleError as exc:
         print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
               "trains without the samples that cannot be read (each named in a warning, and counted)",
               file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print(f"\npretrain: interrupted; the same command with --resume continues from the last checkpoint "
-              f"(written every {config.run.checkpoint_every_epochs} epoch(s))", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        stopped = isinstance(exc, Stopped)
+        print(f"\npretrain: {'stopped (SIGTERM)' if stopped else 'interrupted'}; the same command with --resume "
+              f"continues from the last checkpoint (written every {config.run.checkpoint_every_epochs} epoch(s))",
+              file=sys.stderr)
+        return 143 if stopped else 130
     print(f"metrics: {run_dir / 'epochs.csv'}, {run_dir / 'steps.csv'}, {run_dir / 'tensorboard'}\n"
           f"pictures: {run_dir / 'images'}", flush=True)
     return 0

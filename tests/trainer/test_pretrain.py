@@ -58,7 +58,9 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
-def test_ctrl_c_ends_a_one_process_run_saying_how_to_resume_and_resume_goes_on(lesion_shards, tmp_path):
+@pytest.mark.parametrize("stop, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped (SIGTERM)")])
+def test_ctrl_c_or_sigterm_ends_a_one_process_run_saying_how_to_resume_and_resume_goes_on(lesion_shards, tmp_path,
+                                                                                         stop, code, said):
     args = [sys.executable, str(PROJECT / "trainer" / "pretrain.py"), "--config", str(TINY),
             *overrides(lesion_shards, tmp_path, 400, **{"run.use_ray": "false"})]
     run = subprocess.Popen(args, cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -67,10 +69,10 @@ def test_ctrl_c_ends_a_one_process_run_saying_how_to_resume_and_resume_goes_on(l
     deadline = time.monotonic() + 300
     while not list(checkpoints.glob("epoch_0001")) and run.poll() is None and time.monotonic() < deadline:
         time.sleep(0.2)
-    run.send_signal(signal.SIGINT)
+    run.send_signal(stop)
     _, err = run.communicate(timeout=120)
-    assert run.returncode == 130, err[-2000:]
-    assert "interrupted; the same command with --resume continues from the last checkpoint" in err
+    assert run.returncode == code, err[-2000:]
+    assert f"{said}; the same command with --resume continues from the last checkpoint" in err
     assert "Traceback" not in err
     done = int(float(epoch_rows(tmp_path / "tiny-cpu")[-1]["epoch"]))
     resumed = subprocess.run([*args, f"optim.epochs={done + 2}", "--resume"], cwd=PROJECT, capture_output=True, text=True, timeout=300,
