@@ -34,6 +34,7 @@ through RingLoader).
 from __future__ import annotations
 
 import math
+import shutil
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -74,10 +75,41 @@ class RingTimeout(RuntimeError):
     """A worker waited too long for a batch buffer the main process never gave back."""
 
 
-def shared_batch(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
-    """An empty tensor in shared memory (the private call torch's default_collate makes)."""
-    storage = torch.UntypedStorage._new_shared(dtype.itemsize * math.prod(shape))
+class SharedMemoryError(RuntimeError):
+    """The batch buffers do not fit in the machine's (or container's) shared memory."""
+
+
+SHM_FOLDER = "/dev/shm"  # where Linux keeps POSIX shared memory: a container's is 64 MB unless given more
+
+
+def shared_batch(shape: tuple[int, ...], dtype: torch.dtype, *, total: tuple[int, int] | None = None) -> torch.Tensor:
+    """An empty tensor in shared memory (the private call torch's default_collate makes). total:
+    (workers, slots) when the batch is one of a ring's, for the error's arithmetic."""
+    nbytes = dtype.itemsize * math.prod(shape)
+    try:
+        storage = torch.UntypedStorage._new_shared(nbytes)
+    except RuntimeError as exc:
+        if "No space left" not in str(exc) and "shared memory" not in str(exc):
+            raise
+        raise SharedMemoryError(_shared_memory_advice(nbytes, total, exc)) from exc
     return torch.empty(0, dtype=dtype).set_(storage, 0, shape)
+
+
+def _shared_memory_advice(nbytes: int, total: tuple[int, int] | None, exc: Exception) -> str:
+    """What did not fit, what is free, and what to change (torch says only "No space left on device")."""
+    if total is None:
+        need = f"a batch buffer of {nbytes / 1e6:.1f} MB"
+    else:
+        workers, slots = total
+        need = (f"the loader's batch buffers, {workers * slots * nbytes / 1e6:.0f} MB ({workers} worker(s) x {slots} "
+                f"batches of {nbytes / 1e6:.1f} MB)")
+    try:  # its size, not what is free: the buffers made before this one are still held here
+        size = f" ({SHM_FOLDER} holds {shutil.disk_usage(SHM_FOLDER).total / 1e6:.0f} MB in all)"
+    except OSError:
+        size = ""
+    return (f"{need} do not fit in shared memory{size}: {exc}. Give the process more shared memory (docker run "
+            f"--shm-size=16g; on Kubernetes a memory-backed emptyDir on {SHM_FOLDER}, as infra/kuberay does), or "
+            "lower data.num_workers or data.batch_size")
 
 
 class BatchRing:
@@ -92,7 +124,8 @@ class BatchRing:
                              f"lend={lend}")
         self.slots, self.shape, self.dtype, self.lend, self.wait_s = slots, tuple(shape), dtype, lend, wait_s
         self.busy = torch.zeros((workers, slots), dtype=torch.int32).share_memory_()
-        self.buffers = [[shared_batch(self.shape, dtype) for _ in range(slots)] for _ in range(workers)]
+        self.buffers = [[shared_batch(self.shape, dtype, total=(workers, slots)) for _ in range(slots)]
+                        for _ in range(workers)]
         self._next = 0  # in a worker: where it looks for a free slot first
 
     def take(self, worker: int, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[torch.Tensor, tuple[int, int]]:

@@ -6,8 +6,14 @@ RingLoader lends a slot until nothing refers to its memory, or copies the batch 
 from __future__ import annotations
 
 import multiprocessing
+import os
+import shlex
+import shutil
+import subprocess
+import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 import torch
@@ -137,3 +143,24 @@ def test_lending_is_off_where_torch_does_not_count_every_reference():
     assert batch_ring._storage_use_count is not None
     assert not batch_ring._counts_every_reference(None)  # a torch without it
     assert not batch_ring._counts_every_reference(lambda cdata: 1)  # a count that does not follow references
+
+
+_SMALL_SHM = shutil.which("unshare") and shutil.which("mount") and os.geteuid() == 0
+
+
+@pytest.mark.skipif(not _SMALL_SHM, reason="needs root and unshare to give one process a small /dev/shm")
+def test_buffers_that_do_not_fit_in_shared_memory_say_how_much_and_what_to_change():
+    """A container's /dev/shm is 64 MB unless given more: torch's own error there names a temporary
+    file and "No space left on device". Here, in a mount namespace of its own, a 20 MB /dev/shm."""
+    script = ("import torch\nfrom shards.batch_ring import BatchRing\n"
+              "BatchRing(2, 6, (64, 1, 224, 224), torch.uint16, lend=2)\n")
+    run = subprocess.run(["unshare", "-m", "sh", "-c", "mount -t tmpfs -o size=20m tmpfs /dev/shm && exec "
+                          f"{shlex.quote(sys.executable)} -c {shlex.quote(script)}"],
+                         capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2], timeout=120)
+    if "mount:" in run.stderr or "unshare:" in run.stderr:
+        pytest.skip(f"no private /dev/shm here: {run.stderr.strip()[:200]}")
+    assert run.returncode != 0
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("shards.batch_ring.SharedMemoryError: the loader's batch buffers, 77 MB "
+                           "(2 worker(s) x 6 batches of 6.4 MB) do not fit in shared memory (/dev/shm holds 21 MB")
+    assert "--shm-size" in last and "data.num_workers" in last
