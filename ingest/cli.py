@@ -18,6 +18,7 @@ import importlib
 import signal
 import sys
 import threading
+import warnings
 from importlib import metadata
 from pathlib import Path
 
@@ -37,6 +38,13 @@ class Terminated(KeyboardInterrupt):
 
 def _terminate(signum, frame) -> None:
     raise Terminated()
+
+
+def _one_line_warning(source: str):
+    """warnings.formatwarning for a job's warnings: one line for the user, not a file and line of code."""
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        return f"ingest {source}: warning: {message}\n"
+    return format_warning
 
 # subcommand -> (module in ingest/sources/, one-line help)
 SOURCES: dict[str, tuple[str, str]] = {
@@ -145,6 +153,7 @@ def main(argv: list[str] | None = None) -> int:
     source = importlib.import_module(SOURCES[args.source][0])
     main_thread = threading.current_thread() is threading.main_thread()  # where a handler can be set
     on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    formatter, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.source)
     try:
         job = source.job_from_args(args, _common(args))
         if args.dry_run:
@@ -158,6 +167,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\ningest {args.source}: {what}; run the same command again to resume", file=sys.stderr)
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
+        warnings.formatwarning = formatter
         if main_thread:
             signal.signal(signal.SIGTERM, on_term)
     print(summary.describe())
