@@ -53,6 +53,16 @@ def local_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / LOCAL_CHECKPOINTS).glob(_LOCAL_EPOCH_GLOB))
 
 
+def _sync_folder(folder: Path) -> None:
+    """fsync a folder, so a rename in it survives a power loss (where folders can be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
 class LocalSession:
     """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, the newest kept ones."""
 
@@ -75,8 +85,13 @@ class LocalSession:
         tmp = target.with_name(target.name + ".tmp")
         tmp.mkdir(exist_ok=True)
         for item in checkpoint_dir.iterdir():
-            (tmp / item.name).write_bytes(item.read_bytes())
+            with open(tmp / item.name, "wb") as fh:
+                fh.write(item.read_bytes())
+                fh.flush()
+                os.fsync(fh.fileno())  # on disk before it is named complete: a machine that loses
+                # power (a preempted VM) must not leave epoch_NNNN holding an empty checkpoint.pt
         tmp.rename(target)
+        _sync_folder(self.folder)
         for old in local_checkpoints(self.run_dir)[: -self.keep]:
             for item in old.iterdir():
                 item.unlink()
