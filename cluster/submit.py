@@ -93,6 +93,11 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ValueError) as exc:
         print(f"cluster.submit: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
+    from trainer.registry import model_config_error
+
+    if problem := model_config_error(config.model.name, config.model.options):
+        print(f"cluster.submit: error: {problem}", file=sys.stderr)
+        return EXIT_USAGE
     buckets = bucket_locations(config)
     if buckets and not any(name.startswith("AWS_") for name in env):
         print(f"cluster.submit: note: the run reads or writes {', '.join(map(str, buckets))}; every node needs "

@@ -30,7 +30,7 @@ from shards import storage
 from shards.stream import SampleError
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, first_batch_terms, train
-from trainer.registry import build_method, method_names
+from trainer.registry import build_method, model_config_error
 from trainer.run_log import finished_line
 
 
@@ -306,9 +306,8 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"pretrain: config error: {exc}", file=sys.stderr)
         return 2
-    if config.model.name not in method_names():
-        print(f"pretrain: config error: model.name: {config.model.name!r} is not one of {method_names()}",
-              file=sys.stderr)
+    if problem := model_config_error(config.model.name, config.model.options):
+        print(f"pretrain: config error: {problem}", file=sys.stderr)
         return 2
     run_dir = run_folder(config)
     if has_checkpoints(config, run_dir) and not args.resume:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from trainer.config import ConfigError, config_from_dict, dump_config, load_config
+from trainer.registry import unknown_options
 
 CONFIGS = Path(__file__).resolve().parents[2] / "trainer" / "configs"
 
@@ -15,6 +16,7 @@ def test_every_shipped_config_loads_and_round_trips(path):
     import yaml
 
     assert config_from_dict(yaml.safe_load(dump_config(config))) == config
+    assert unknown_options(config.model.name, config.model.options)[0] == []  # each option is its method's
 
 
 def test_dotted_overrides_are_typed(tmp_path):

@@ -125,6 +125,9 @@ def test_data_that_no_worker_could_read_is_refused_before_ray_starts(lesion_shar
         ([f"data.sources=[{{root: {lesion_shards}, split: nope}}]"], "no 'nope' split"),
         ([f"data.sources=[{{root: {lesion_shards}}}]", "run.workers=64"], "cannot fill one batch per rank: world_size 64"),
         ([f"data.sources=[{{root: {lesion_shards}}}]", "data.augment=simclr"], "unknown augmentation 'simclr'"),
+        # tiny_cpu.yaml's MIRAM options, for a method that does not take fine_attention
+        ([f"data.sources=[{{root: {lesion_shards}}}]", "model.name=mae_vit_tiny_patch16"],
+         "config error: model.options: 'fine_attention' not taken by mae_vit_tiny_patch16; its options: patch_size"),
     ]
     for extra, said in cases:
         assert main(["--config", str(TINY), f"run.storage_path={tmp_path}", *extra]) == 2

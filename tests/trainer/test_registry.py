@@ -6,7 +6,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from trainer.registry import build_method, method_names
+from trainer.registry import build_method, method_names, unknown_options
 
 TINY = [name for name in method_names() if "tiny" in name]
 # A method whose step trains only part of it (PCRLv2: one pyramid level per step) must still reach
@@ -22,6 +22,16 @@ def test_every_method_has_a_tiny_variant():
 def test_unknown_method_is_named():
     with pytest.raises(KeyError, match="registered"):
         build_method("no_such_method")
+
+
+def test_options_another_method_takes_are_named_without_building_the_model():
+    options = {"mask_ratio": 0.75, "fine_attention": "nystrom", "num_landmarks": 64}
+    assert unknown_options("miram_vit_base_patch16", options)[0] == []
+    unknown, accepted = unknown_options("mae_vit_base_patch16", options)
+    assert unknown == ["fine_attention", "num_landmarks"]
+    assert "mask_ratio" in accepted and "in_chans" not in accepted and "img_size" not in accepted
+    with pytest.raises(TypeError, match="fine_attention"):  # what building it would have said, in every worker
+        build_method("mae_vit_tiny_patch16", in_chans=1, img_size=32, **options)
 
 
 @pytest.mark.parametrize("in_chans", [1, 3, 7])
