@@ -3,6 +3,7 @@ generated 8-channel brain-cell images in three TIFF layouts (made-up pixels, rea
 
 from __future__ import annotations
 
+import _thread
 import csv
 import hashlib
 import json
@@ -294,3 +295,23 @@ def test_a_killed_two_worker_run_of_large_units_resumes_to_the_same_shards(tmp_p
     assert shard_digests(out) == shard_digests(reference)
     assert (out / schema.MANIFEST_FILE).read_bytes() == (reference / schema.MANIFEST_FILE).read_bytes()
     assert (out / schema.CARD_FILE).read_bytes() == (reference / schema.CARD_FILE).read_bytes()
+
+
+def test_ctrl_c_while_planning_reads_no_further_image(tmp_path, monkeypatch):
+    """Planning reads every image whole (fingerprint, nuclear threshold) on a few threads; on Ctrl-C
+    or SIGTERM the images not yet started must not be read: a slide collection takes hours. (The
+    executor's map cancels what it has not started when its results stop being read.)"""
+    made = make_if_sample(tmp_path / "src", images=16, seed=3, layout="ome", tables="none")
+    measure, measured = multiplex_if._measure, []
+
+    def slow_measure(plan):
+        measured.append(plan)
+        if len(measured) == 3:
+            _thread.interrupt_main()  # KeyboardInterrupt in the main thread, as Ctrl-C (and ingest's SIGTERM) raise
+        time.sleep(0.05)
+        return measure(plan)
+
+    monkeypatch.setattr(multiplex_if, "_measure", slow_measure)
+    with pytest.raises(KeyboardInterrupt):
+        multiplex_if.build_job(root=made.root, out=tmp_path / "out", workers=2, progress=False)
+    assert len(measured) < 8  # the 2 threads' images in hand when it came; not the other ten or so
