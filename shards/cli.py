@@ -104,10 +104,14 @@ def _sets_in(root: str) -> tuple[list, list[str]] | None:
 
 def console() -> None:
     """The `shards` console script. A reader that stops early (`shards ls --json | head`) ends it
-    quietly, as it does `ls` or `cat`, not with a BrokenPipeError traceback."""
+    quietly, as it does `ls` or `cat`, not with a BrokenPipeError traceback; Ctrl-C ends it with
+    exit 130 and no traceback (nothing it writes is left half-written: writes are atomic)."""
     try:
         code = main()
         sys.stdout.flush()
+    except KeyboardInterrupt:
+        print("\nshards: interrupted", file=sys.stderr)
+        code = 130
     except BrokenPipeError:
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's exit flush must not fail again
         code = 1

@@ -16,6 +16,7 @@ import contextlib
 import hashlib
 import multiprocessing
 import re
+import signal
 import sys
 import tarfile
 import tempfile
@@ -318,12 +319,22 @@ def _check_all(root: str | Path, records: list[dict[str, Any]], workers: int) ->
         context = multiprocessing.get_context("forkserver")
         context.set_forkserver_preload([__name__])
         results: dict[int, ShardCheck] = {}
-        with ProcessPoolExecutor(max_workers=min(workers, len(records)), mp_context=context) as pool:
+        with ProcessPoolExecutor(max_workers=min(workers, len(records)), mp_context=context,
+                                 initializer=_leave_ctrl_c_to_the_parent) as pool:
             futures = {pool.submit(check_shard, str(root), record): i for i, record in enumerate(records)}
-            for future in as_completed(futures):
-                results[futures[future]] = future.result()
-                bar.update()
+            try:
+                for future in as_completed(futures):
+                    results[futures[future]] = future.result()
+                    bar.update()
+            except BaseException:  # Ctrl-C: the shards not yet started are not checked (the `with`
+                pool.shutdown(cancel_futures=True)  # alone would check every one of them first)
+                raise
     return [results[i] for i in range(len(records))]
+
+
+def _leave_ctrl_c_to_the_parent() -> None:
+    """In a check worker: Ctrl-C reaches the whole process group; the parent stops the pool."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def verify(root: str | Path, card: dict[str, Any], *, workers: int | None = None) -> tuple[list, int, int]:

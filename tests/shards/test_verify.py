@@ -170,3 +170,16 @@ def test_console_script_as_a_subprocess(shard_set):
                           timeout=120)
     assert done.returncode == 1, done.stderr
     assert done.stdout.splitlines()[0].startswith("FAIL val/shard-000000.tar: size 9 bytes")
+
+
+def test_ctrl_c_ends_the_command_with_130_and_no_traceback(shard_set, monkeypatch, capsys):
+    from shards import cli
+
+    def interrupted(argv=None):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "main", interrupted)
+    with pytest.raises(SystemExit) as stopped:
+        cli.console()
+    assert stopped.value.code == 130
+    assert capsys.readouterr().err == "\nshards: interrupted\n"
