@@ -22,7 +22,6 @@ import hashlib
 import json
 import pickle
 import shutil
-import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -32,7 +31,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
 from ingest.pixel_moments import accumulate_moments, pixel_moments, train_pixel_stats
@@ -42,6 +40,7 @@ from shards import card as card_io
 from shards import schema
 from shards.heap import keep_buffers_in_heap
 from shards.manifest import write_manifest
+from shards.progress_bar import progress_bar
 from shards.writer import ShardWriter, atomic_write_bytes
 
 STAGING_DIR = schema.STAGING_DIR
@@ -326,8 +325,8 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
 
     for record in done:
         take(record.sidecar)
-    bar = tqdm(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
-               disable=not job.progress, file=sys.stderr, mininterval=1.0)
+    bar = progress_bar(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
+                       enabled=job.progress)
     pending = job.units[len(done):]
     committing: Future | None = None
 

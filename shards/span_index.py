@@ -12,17 +12,16 @@ folder: this rewrites manifest.parquet.
 
 from __future__ import annotations
 
-import sys
 import tarfile
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
-from tqdm import tqdm
 
 from shards import schema
 from shards.manifest import write_table
+from shards.progress_bar import progress_bar
 
 
 class SpanIndexError(ValueError):
@@ -33,7 +32,7 @@ def member_spans(root: Path, card: dict[str, Any]) -> dict[tuple[str, str], tupl
     """(shard, member name) -> (data offset, size) of every member of every shard the card lists."""
     records = [r for split in card.get("splits", {}).values() for r in split.get("shards", [])]
     spans = {}
-    for record in tqdm(records, unit="shard", desc="index", file=sys.stderr, disable=None):
+    for record in progress_bar(records, unit="shard", desc="index"):
         try:
             with tarfile.open(root / record["path"], mode="r:") as tar:
                 for info in tar:

@@ -9,15 +9,14 @@ else in it unchanged.
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from shards import sample_stages as stages, schema, storage
 from shards.card import write_card
+from shards.progress_bar import progress_bar
 
 SPLIT = "train"
 
@@ -34,7 +33,7 @@ def compute(root: Path, card: dict[str, Any]) -> dict[str, Any]:
     sums = squares = None
     count, dtype, names = 0, None, None
     total = sum(r["samples"] for r in records)
-    for sample in tqdm(samples, total=total, unit="sample", desc="stats", file=sys.stderr, disable=None):
+    for sample in progress_bar(samples, total=total, unit="sample", desc="stats"):
         pixels = sample["pixels"]
         values = pixels.reshape(pixels.shape[0] * pixels.shape[1], -1).astype(np.float64)
         if sums is None:

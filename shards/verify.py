@@ -17,7 +17,6 @@ import hashlib
 import multiprocessing
 import re
 import signal
-import sys
 import tarfile
 import tempfile
 from collections import Counter, defaultdict
@@ -27,10 +26,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from tqdm import tqdm
 
 from shards import codecs, schema, storage
 from shards.cpu_budget import usable_cpus
+from shards.progress_bar import progress_bar
 from shards.writer import file_sha256, is_temporary
 
 _SHARD_PATH_RE = re.compile(r"^(?P<split>[a-z]+)/shard-\d{6}\.tar$")
@@ -309,7 +308,7 @@ def _check_all(root: str | Path, records: list[dict[str, Any]], workers: int) ->
     """Check shards, in parallel when workers > 1, returned in card order. forkserver, not fork:
     a caller (and tqdm's monitor) may have threads running, which a forked child would inherit
     mid-state; preloading this module imports it once in the server rather than in every worker."""
-    with tqdm(total=len(records), unit="shard", desc="verify", file=sys.stderr, disable=None) as bar:
+    with progress_bar(total=len(records), unit="shard", desc="verify") as bar:
         if workers <= 1 or len(records) <= 1:
             checks = []
             for record in records:

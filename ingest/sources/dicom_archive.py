@@ -31,7 +31,6 @@ from __future__ import annotations
 import hashlib
 import os
 import random
-import sys
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,7 +38,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-from tqdm import tqdm
 
 from ingest import crops, dicom_tree, pseudonym, splits, tissue
 from ingest.arguments import held_out_fraction, least_share, positive_int
@@ -47,6 +45,7 @@ from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from shards import codecs, schema, storage
+from shards.progress_bar import progress_bar
 
 SOURCE = "dicom"
 CROP_CHOICES = ("whole", "random")
@@ -112,7 +111,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         examined = dicom_tree.object_heads(files)
     else:
         examined = ((rel, path, None) for rel, path in files)
-    bar = tqdm(unit=" files", desc=f"plan dicom {root}", disable=not progress, file=sys.stderr, mininterval=1.0)
+    bar = progress_bar(unit=" files", desc=f"plan dicom {root}", enabled=progress)
     for rel, path, head in examined:
         counts["files_seen"] += 1
         bar.update(1)

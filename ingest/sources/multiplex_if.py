@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import csv
 import random
-import sys
 from collections import defaultdict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -37,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from ingest import crops, nuclei, pseudonym, splits
 from ingest.arguments import held_out_fraction, non_negative_int, positive_int
@@ -48,6 +46,7 @@ from ingest.multiplex_tiff import (
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from shards import codecs, schema
+from shards.progress_bar import progress_bar
 
 SOURCE = "if"
 DAMA_CHANNELS = ("DAPI", "Histones", "NeuN", "S100", "Olig2", "Iba1", "RECA1")  # DAMA's 128x128x7 crops
@@ -230,8 +229,8 @@ def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], 
     split_of = assign_splits(set(raw_patient.values()), test_fraction=test_fraction, val_fraction=val_fraction,
                              seed=seed)
     with ThreadPoolExecutor(max(1, workers), thread_name_prefix="if-plan") as pool:  # hashing releases the GIL
-        measured = list(tqdm(pool.map(_measure, [plan for _, plan in plans]), total=len(plans), unit="img",
-                             desc="plan if (fingerprint, nuclear threshold)", disable=not progress, file=sys.stderr))
+        measured = list(progress_bar(pool.map(_measure, [plan for _, plan in plans]), total=len(plans), unit="img",
+                                     desc="plan if (fingerprint, nuclear threshold)", enabled=progress))
     units = []
     for (image_id, plan), (fingerprint, threshold) in zip(plans, measured):
         patient = pseudonym.pseudonym(salt, f"if:{raw_patient[image_id]}")

@@ -9,17 +9,16 @@ with its own shard set's per-channel statistics, (x - mean) / std, as pretrainin
 from __future__ import annotations
 
 import itertools
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
-from tqdm import tqdm
 
 from shards import sample_stages as reading
 from shards.augment import Augment
+from shards.progress_bar import progress_bar
 from shards.stream import StreamSource, open_source
 from trainer.probe.encoder import Encoder, ProbeError
 
@@ -61,8 +60,7 @@ def split_features(encoders: Sequence[Encoder], root: str, split: str, *, crop_k
     out = SplitFeatures([], [], [], [], 0)
     parts: list[list[torch.Tensor]] = [[] for _ in encoders]
     total = sum(span.samples for span in source.shards)
-    with tqdm(total=total, unit="img", desc=f"features {split}", disable=not progress, file=sys.stderr,
-              mininterval=1.0) as bar:
+    with progress_bar(total=total, unit="img", desc=f"features {split}", enabled=progress) as bar:
         while chunk := list(itertools.islice(samples, batch_size)):
             images = torch.from_numpy(np.stack([resize(s["pixels"]) for s in chunk])).to(device)
             images = (images.to(torch.float32) - mean) * scale

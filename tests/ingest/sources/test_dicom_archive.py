@@ -216,7 +216,8 @@ def test_no_phi_in_shards_manifest_card_or_stdout(archive, tmp_path, capsys):
         assert value and value.encode() not in everything, f"identifier {value!r} leaked"
 
 
-def test_planning_a_tree_counts_its_files_on_stderr_unless_told_not_to(tmp_path, capsys):
+def test_planning_a_tree_counts_its_files_on_stderr_unless_told_not_to(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDSHARDS_PROGRESS_EVERY_S", "0")  # stderr is no terminal here: a line an update
     clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
     assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--workers", "1", "--dry-run"]) == EXIT_OK
     err = capsys.readouterr().err

@@ -241,7 +241,8 @@ def test_unusable_images_are_rejected_and_the_job_goes_on(tmp_path, capsys):
     assert pq.read_table(out / schema.MANIFEST_FILE).num_rows == 24
 
 
-def test_planning_counts_the_images_it_reads_whole_unless_told_not_to(made, tmp_path, capsys):
+def test_planning_counts_the_images_it_reads_whole_unless_told_not_to(made, tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("MEDSHARDS_PROGRESS_EVERY_S", "0")  # stderr is no terminal here: a line an update
     assert main(["if", str(made.root), "--out", str(tmp_path / "a"), "--dry-run"]) == EXIT_OK
     err = capsys.readouterr().err
     assert "plan if (fingerprint, nuclear threshold)" in err and re.search(r" (\d+)/\1 \[", err)  # ends at N/N
