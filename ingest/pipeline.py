@@ -32,6 +32,7 @@ from typing import Any
 
 import numpy as np
 
+from ingest.job_summary import JobSummary
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
 from ingest.pixel_moments import accumulate_moments, pixel_moments, train_pixel_stats
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
@@ -110,36 +111,6 @@ class WorkUnit:
     payload: Any  # source-specific, picklable
 
 
-@dataclass
-class JobSummary:
-    out: Path
-    units: int
-    samples: dict[str, int]
-    rejects: int
-    rejects_by_reason: dict[str, int]
-    seconds: float
-    input_bytes: int
-    resumed_units: int
-    counts: dict[str, int] = field(default_factory=dict)  # the card's counting notes, e.g. images_without_box
-
-    def describe(self) -> str:
-        per_split = ", ".join(f"{split} {n}" for split, n in self.samples.items()) or "none"
-        rate = self.units / self.seconds if self.seconds > 0 else 0.0
-        lines = [
-            f"wrote {sum(self.samples.values())} samples ({per_split}) from {self.units} images "
-            f"in {self.seconds:.1f} s ({rate:.1f} images/s, {self.input_bytes / 1e6 / max(self.seconds, 1e-9):.1f} MB/s)",
-            f"shard set: {self.out}",
-        ]
-        if self.resumed_units:
-            lines.append(f"resumed: {self.resumed_units} images were already done")
-        if self.rejects:
-            reasons = "; ".join(f"{reason} x{n}" for reason, n in self.rejects_by_reason.items())
-            lines.append(f"REJECTED {self.rejects} inputs ({reasons}): see {self.out / schema.REJECTS_FILE}")
-        if self.counts:
-            lines.append("counted: " + ", ".join(f"{name} {n}" for name, n in self.counts.items()))
-        return "\n".join(lines)
-
-
 _PROCESS: Callable[[WorkUnit], UnitOutput] | None = None
 
 
@@ -179,12 +150,17 @@ class IngestJob:
 def out_state(job: IngestJob) -> str:
     """What the output folder holds for this job, read only: "new" (absent or empty), "resume" (an
     interrupted run of this job), "finished" (a finished shard set), "other-run" (an interrupted run
-    with other inputs or parameters) or "foreign" (files that are no medshards run)."""
+    with other inputs or parameters), "other-version" (this job, interrupted under another medshards
+    version, whose crops may differ: resuming would mix the two in one set) or "foreign" (files
+    that are no medshards run)."""
     out, job_file = job.out, job.out / STAGING_DIR / JOB_FILE
     if (out / schema.CARD_FILE).exists():
         return "finished"
     if job_file.exists():
-        return "resume" if json.loads(job_file.read_text())["fingerprint"] == job.fingerprint() else "other-run"
+        started = json.loads(job_file.read_text())
+        if started["fingerprint"] != job.fingerprint():
+            return "other-run"
+        return "resume" if started.get("tool_version", job.tool_version) == job.tool_version else "other-version"
     if out.exists() and any(p.name not in (STAGING_DIR, LOCK_FILE) for p in out.iterdir()):
         return "foreign"
     return "new"
@@ -192,12 +168,18 @@ def out_state(job: IngestJob) -> str:
 
 def refusal(job: IngestJob, state: str) -> str | None:
     """Why the job cannot run into an output folder in this out_state (None: it can)."""
+    if job.overwrite:
+        return None
+    if state == "other-version":
+        started = json.loads((job.out / STAGING_DIR / JOB_FILE).read_text())["tool_version"]
+        return (f"{job.out} holds this job interrupted under medshards {started}, and this is {job.tool_version}: "
+                f"finish it with {started}, or pass --overwrite to start over (one set, two versions' crops)")
     return {
         "finished": f"{job.out} already holds a finished shard set ({schema.CARD_FILE}); pass --overwrite to rebuild it",
         "other-run": f"{job.out} holds an interrupted run with other inputs or parameters; re-run that command to "
                      "resume it, or pass --overwrite to start over",
         "foreign": f"{job.out} is not empty and holds no medshards run; choose an empty folder or pass --overwrite",
-    }.get(state) if not job.overwrite else None
+    }.get(state)
 
 
 def _prepare_out(job: IngestJob) -> Path:
@@ -214,7 +196,8 @@ def _prepare_out(job: IngestJob) -> Path:
     elif reason := refusal(job, out_state(job)):
         raise IngestError(reason)
     staging.mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(staging / JOB_FILE, json.dumps({"fingerprint": job.fingerprint(), "source": job.source}).encode())
+    atomic_write_bytes(staging / JOB_FILE, json.dumps({"fingerprint": job.fingerprint(), "source": job.source,
+                                                       "tool_version": job.tool_version}).encode())
     return staging
 
 

@@ -4,6 +4,7 @@ the same bytes as a one-process run. A unit that fails while it is committed sto
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 
@@ -104,3 +105,26 @@ def test_a_run_stopped_after_its_last_unit_finishes_on_the_rerun(tmp_path, monke
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
     reference, card = ((tmp_path / d / schema.CARD_FILE).read_text() for d in ("reference", "out"))
     assert card == reference
+
+
+def test_a_run_interrupted_under_another_medshards_version_is_not_resumed_by_this_one(tmp_path, monkeypatch):
+    """Crops may change between versions: resuming would make one set of two versions' samples."""
+    monkeypatch.setattr(pipeline, "write_manifest", _interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run_job(_job(tmp_path / "out", workers=1, kill=False))
+    monkeypatch.undo()
+    newer = dataclasses.replace(_job(tmp_path / "out", workers=1, kill=False), tool_version="1")
+    with pytest.raises(pipeline.IngestError, match=f"{tmp_path / 'out'} holds this job interrupted under medshards 0, "
+                                                   "and this is 1: finish it with 0, or pass --overwrite"):
+        run_job(newer)
+    assert run_job(_job(tmp_path / "out", workers=1, kill=False)).resumed_units == 6  # its own version resumes it
+    again = tmp_path / "again"
+    with pytest.raises(KeyboardInterrupt):
+        monkeypatch.setattr(pipeline, "write_manifest", _interrupt)
+        run_job(_job(again, workers=1, kill=False))
+    monkeypatch.undo()
+    assert run_job(dataclasses.replace(newer, out=again, overwrite=True)).resumed_units == 0
+
+
+def _interrupt(*args, **kwargs):
+    raise KeyboardInterrupt
