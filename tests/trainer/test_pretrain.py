@@ -147,7 +147,7 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
     assert main(base + ["model.options.bogus=1"]) == 2
     err = capsys.readouterr().err
-    assert "model error: miram_vit_tiny_patch16" in err and "unexpected keyword argument 'bogus'" in err
+    assert "config error: model.options: 'bogus' not taken by miram_vit_tiny_patch16" in err  # before building it
     assert main(base + ["model.options.mask_ratio=1.5"]) == 2  # built, but fails on a batch
     assert "on this data: ValueError: mask_ratio must be in [0, 1), got 1.5" in capsys.readouterr().err
     assert main(base + ["model.name=miram_vit_huge"]) == 2
