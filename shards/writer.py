@@ -71,12 +71,17 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
     """Write `data` to `path` so readers see the old file or the whole new one, never a part.
     durable=False skips the fsync: still atomic against a killed process, not against power loss."""
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as fh:
-        fh.write(data)
-        if durable:
-            fh.flush()
-            os.fsync(fh.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            if durable:
+                fh.flush()
+                os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:  # a full disk, Ctrl-C: no half-written temp left beside the file
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
 
 
 def file_sha256(path: Path) -> str:

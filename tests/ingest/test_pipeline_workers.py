@@ -99,7 +99,10 @@ def test_a_run_stopped_after_its_last_unit_finishes_on_the_rerun(tmp_path, monke
         run_job(_job(tmp_path / "out", workers=2, kill=False))
     assert not (tmp_path / "out" / schema.CARD_FILE).exists()
     monkeypatch.setattr(pipeline, stage, real)
+    stale = tmp_path / "out" / f".{schema.MANIFEST_FILE}.tmp-424242"  # as a run killed mid-write leaves it
+    stale.write_bytes(b"PAR1 half a manifest")
     summary = run_job(_job(tmp_path / "out", workers=2, kill=False))
+    assert not stale.exists()
     assert summary.resumed_units == 6
     for name in (schema.MANIFEST_FILE, schema.REJECTS_FILE, "train/shard-000000.tar"):
         assert (tmp_path / "out" / name).read_bytes() == (tmp_path / "reference" / name).read_bytes(), name
