@@ -1,5 +1,5 @@
 """Worker processes for an ingest job's units: outputs come back in unit order, few are held at
-a time, and a worker that dies takes only its own unit with it.
+a time, and a worker that dies takes only its own unit with it (after one more try in a new worker).
 
 Each worker has a pipe of its own; the parent hands a worker its next unit when one comes back
 (at most `in_flight` queued per worker), reorders the outputs and yields them in unit order.
@@ -8,8 +8,9 @@ Why not multiprocessing.Pool.imap, which this replaces:
 - its machinery cost the parent 2 ms of CPU per 93 KB output (one CBIS mammogram's lesion crops),
   a fifth of an image's work, against 0.24 ms here (three pool threads passing the GIL around,
   and a pipe read in 64 KB steps);
-- a worker killed by the OOM killer or a crashing decoder hangs imap forever; here that unit
-  becomes a reject naming the signal, a new worker takes its place and the job goes on;
+- a worker killed by the OOM killer or a crashing decoder hangs imap forever; here a new worker
+  takes its place, tries that unit once more, and if it dies too the unit becomes a reject naming
+  the signal; the job goes on;
 - imap keeps computing ahead of a slow consumer and holds every output; here no unit is started
   more than `window` units ahead of the one the job is waiting for.
 
@@ -149,15 +150,22 @@ def receive_result(conn: Connection) -> Any:
     return pickle.loads(payload, buffers=views)
 
 
-def describe_death(exitcode: int | None) -> str:
+# Workers a unit may cost before it is rejected. The OOM killer ends the largest process when memory
+# runs out, which with several workers holding images need not be the one whose image did it; a
+# decoder that crashes on a file crashes again.
+TRIES = 2
+
+
+def describe_death(exitcode: int | None, tries: int = 1) -> str:
+    times = "" if tries == 1 else f", {tries} times"
     if exitcode is not None and exitcode < 0:
         try:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
         hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
-        return f"the worker process died of {name}{hint} while processing it"
-    return f"the worker process exited with status {exitcode} while processing it"
+        return f"the worker process died of {name}{hint} while processing it{times}"
+    return f"the worker process exited with status {exitcode} while processing it{times}"
 
 
 class _Worker:
@@ -207,7 +215,8 @@ def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, 
               died: Callable[[Any, str], Any], in_flight: int = 2, window: int | None = None,
               start_method: str | None = None) -> Iterator[Any]:
     """run(unit) for every unit in `workers` processes (each calls init() first), yielded in unit
-    order. A unit whose worker died yields died(unit, reason) instead; the others are unaffected.
+    order. A unit whose worker dies is run again in a new one; when that dies too (TRIES in all),
+    it yields died(unit, reason) instead. The other units are unaffected.
     Workers are forked on Linux, spawned elsewhere (`start_method` chooses); where they are
     spawned, `run`, `init` and `died` must be module-level and the units picklable."""
     window = window or 4 * workers * in_flight
@@ -216,6 +225,7 @@ def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, 
     pool = [_Worker(ctx, init, run, units) for _ in range(min(workers, len(units)))]
     todo: deque[Task] = deque(enumerate(units))
     done: dict[int, Any] = {}
+    deaths: dict[int, int] = {}  # unit index -> workers that died on it
     waiting_for = 0
 
     def feed(worker: _Worker) -> None:
@@ -240,8 +250,12 @@ def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, 
                 except (EOFError, OSError):
                     worker.process.join()
                     index, unit = worker.queued.popleft()
-                    done[index] = died(unit, describe_death(worker.process.exitcode))
                     todo.extendleft(reversed(worker.queued))  # sent but never started
+                    deaths[index] = deaths.get(index, 0) + 1
+                    if deaths[index] < TRIES:  # the OOM killer's pick can be any worker: once more, first
+                        todo.appendleft((index, unit))
+                    else:
+                        done[index] = died(unit, describe_death(worker.process.exitcode, TRIES))
                     worker.conn.close()
                     pool[pool.index(worker)] = worker = _Worker(ctx, init, run, units)
                 else:

@@ -76,10 +76,25 @@ def test_spawned_workers_receive_the_pickled_units():
         list(map_units([_Unpicklable(1)], _value_times_ten, workers=1, init=_init, died=_died, start_method="spawn"))
 
 
-def test_a_dead_worker_costs_only_its_unit():
+def test_a_unit_whose_worker_dies_every_time_costs_only_that_unit():
     outputs = list(map_units(list(range(8)), _kill_on_three, workers=2, init=_init, died=_died))
     assert outputs[:3] == [0, 10, 20] and outputs[4:] == [40, 50, 60, 70]
-    assert outputs[3] == "unit 3: the worker process died of SIGKILL (out of memory?) while processing it"
+    assert outputs[3] == "unit 3: the worker process died of SIGKILL (out of memory?) while processing it, 2 times"
+
+
+def _killed_the_first_time(unit: tuple[int, str]) -> int:
+    number, marker = unit
+    if number == 3 and not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)  # as the OOM killer, which may pick any worker, once
+    return number * 10
+
+
+def test_a_unit_whose_worker_died_once_is_done_by_a_new_worker(tmp_path):
+    marker = str(tmp_path / "killed-once")
+    units = [(i, marker) for i in range(8)]
+    outputs = list(map_units(units, _killed_the_first_time, workers=2, init=_init, died=_died))
+    assert outputs == [i * 10 for i in range(8)] and os.path.exists(marker)
 
 
 def _slow_zero_kill_one(unit: int) -> int:
@@ -98,7 +113,7 @@ def test_a_worker_that_dies_before_its_next_unit_is_sent_costs_only_its_unit():
         outputs.append(output)
         time.sleep(0.2)
     assert outputs[0] == 0 and outputs[2:] == [20, 30, 40, 50]
-    assert outputs[1] == "unit 1: the worker process died of SIGKILL (out of memory?) while processing it"
+    assert outputs[1] == "unit 1: the worker process died of SIGKILL (out of memory?) while processing it, 2 times"
 
 
 def test_no_unit_starts_more_than_window_ahead():
