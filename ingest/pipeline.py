@@ -42,7 +42,7 @@ from shards import schema
 from shards.heap import keep_buffers_in_heap
 from shards.manifest import write_manifest
 from shards.progress_bar import progress_bar
-from shards.writer import ShardWriter, atomic_write_bytes
+from shards.writer import ShardWriter, atomic_write_bytes, remove_atomic_temps
 
 STAGING_DIR = schema.STAGING_DIR
 # A unit whose members add up to this is committed on a thread and, from a worker process, its
@@ -276,14 +276,6 @@ def run_job(job: IngestJob) -> JobSummary:
         raise OutputWriteError(_write_failure(job.out, exc)) from exc
 
 
-def _clear_stale_temps(out: Path) -> None:
-    """The temp files of the set's own files that a killed run left half-written (atomic_write_bytes'
-    `.NAME.tmp-PID`; a failed write removes its own): this run holds the folder, so none is another's."""
-    for name in (schema.MANIFEST_FILE, schema.REJECTS_FILE, schema.CARD_FILE):
-        for stale in out.glob(f".{name}.tmp-*"):
-            stale.unlink(missing_ok=True)
-
-
 def _write_failure(out: Path, exc: OSError) -> str:
     """What stopped the job, where, and what to do: a rerun resumes after the last finished unit."""
     what = exc.strerror or str(exc) or type(exc).__name__
@@ -356,7 +348,8 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         if folder.is_dir() and not any(folder.iterdir()):
             folder.rmdir()
 
-    _clear_stale_temps(job.out)
+    for name in (schema.MANIFEST_FILE, schema.REJECTS_FILE, schema.CARD_FILE):  # left by a killed run
+        remove_atomic_temps(job.out / name)
     write_manifest(job.out / schema.MANIFEST_FILE, rows)
     # by hand, not dataclasses.asdict: a partial download can give 100k rejects
     reject_lines = "".join(json.dumps({"reason": r.reason, "source_path": r.source_path}) + "\n" for r in rejects)

@@ -70,7 +70,7 @@ class ShardRecord:
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the whole new one, never a part.
     durable=False skips the fsync: still atomic against a killed process, not against power loss."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp = path.with_name(f".{path.name}{_ATOMIC_TEMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
             fh.write(data)
@@ -82,6 +82,28 @@ def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None
         with contextlib.suppress(OSError):
             tmp.unlink()
         raise
+    if durable:
+        sync_folder(path.parent)  # the rename too
+
+
+_ATOMIC_TEMP = ".tmp-"  # atomic_write_bytes(path) writes f".{path.name}.tmp-{pid}" first
+
+
+def remove_atomic_temps(path: Path) -> None:
+    """Delete the temps of atomic_write_bytes(path) that killed processes left half-written (a
+    write that fails removes its own). Only for a folder no other process is writing."""
+    for stale in path.parent.glob(f".{path.name}{_ATOMIC_TEMP}*"):
+        stale.unlink(missing_ok=True)
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that renames in it survive a power loss (where folders can be opened)."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

@@ -28,6 +28,7 @@ import torch
 
 from shards import storage
 from shards.stream import SampleError
+from shards.writer import atomic_write_bytes, sync_folder
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, first_batch_terms, train
 from trainer.registry import build_method, model_config_error
@@ -53,16 +54,6 @@ def local_checkpoints(run_dir: Path) -> list[Path]:
     return sorted((run_dir / LOCAL_CHECKPOINTS).glob(_LOCAL_EPOCH_GLOB))
 
 
-def _sync_folder(folder: Path) -> None:
-    """fsync a folder, so a rename in it survives a power loss (where folders can be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-
-
 class LocalSession:
     """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, the newest kept ones."""
 
@@ -84,14 +75,11 @@ class LocalSession:
         self.folder.mkdir(parents=True, exist_ok=True)
         tmp = target.with_name(target.name + ".tmp")
         tmp.mkdir(exist_ok=True)
-        for item in checkpoint_dir.iterdir():
-            with open(tmp / item.name, "wb") as fh:
-                fh.write(item.read_bytes())
-                fh.flush()
-                os.fsync(fh.fileno())  # on disk before it is named complete: a machine that loses
-                # power (a preempted VM) must not leave epoch_NNNN holding an empty checkpoint.pt
+        for item in checkpoint_dir.iterdir():  # on disk before the folder is named complete: a machine
+            # that loses power (a preempted VM) must not leave epoch_NNNN holding an empty checkpoint.pt
+            atomic_write_bytes(tmp / item.name, item.read_bytes())
         tmp.rename(target)
-        _sync_folder(self.folder)
+        sync_folder(self.folder)
         for old in local_checkpoints(self.run_dir)[: -self.keep]:
             for item in old.iterdir():
                 item.unlink()
