@@ -15,9 +15,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import signal
 import sys
-import threading
 import warnings
 from importlib import metadata
 from pathlib import Path
@@ -25,19 +23,9 @@ from pathlib import Path
 from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from shards import storage
 from shards.cpu_budget import usable_cpus
+from shards.stop_signal import Terminated, sigterm_as_interrupt
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_REJECTS, EXIT_INTERRUPTED, EXIT_TERMINATED = 0, 1, 2, 3, 130, 143
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised in the main thread: a scheduler (`docker stop`, Kubernetes, Slurm's scancel)
-    stopping the job. Handled as Ctrl-C is: the unit being written is finished, the shards in
-    progress are kept, and the same command resumes. Without a handler, Python dies at once (the
-    same state, resumable, but no word) or, as a container's PID 1, ignores it until SIGKILL."""
-
-
-def _terminate(signum, frame) -> None:
-    raise Terminated()
 
 
 def _one_line_warning(source: str):
@@ -151,14 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     from ingest.pipeline import IngestError, OutputWriteError, run_job
 
     source = importlib.import_module(SOURCES[args.source][0])
-    main_thread = threading.current_thread() is threading.main_thread()  # where a handler can be set
-    on_term = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     formatter, warnings.formatwarning = warnings.formatwarning, _one_line_warning(args.source)
     try:
-        job = source.job_from_args(args, _common(args))
-        if args.dry_run:
-            return _dry_run(job)
-        summary = run_job(job)
+        with sigterm_as_interrupt():  # the unit being written is finished, the shards kept: resumable
+            job = source.job_from_args(args, _common(args))
+            if args.dry_run:
+                return _dry_run(job)
+            summary = run_job(job)
     except (IngestError, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, OutputWriteError) else EXIT_USAGE
@@ -168,8 +155,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_TERMINATED if isinstance(exc, Terminated) else EXIT_INTERRUPTED
     finally:
         warnings.formatwarning = formatter
-        if main_thread:
-            signal.signal(signal.SIGTERM, on_term)
     print(summary.describe())
     return EXIT_REJECTS if summary.rejects else EXIT_OK
 

@@ -15,9 +15,7 @@ import argparse
 import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,6 +25,7 @@ if __package__ in (None, ""):  # run as a script (`python trainer/pretrain.py`):
 import torch
 
 from shards import storage
+from shards.stop_signal import Terminated, sigterm_as_interrupt
 from shards.stream import SampleError
 from shards.writer import atomic_write_bytes, sync_folder
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
@@ -258,29 +257,6 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
     return 0
 
 
-class Stopped(KeyboardInterrupt):
-    """SIGTERM, in a one-process run: a scheduler stopping it (Slurm's scancel, Kubernetes, `docker
-    stop`), handled as Ctrl-C is. Without a handler Python dies at once, without saying how to go
-    on, or, as a container's PID 1, ignores it until SIGKILL. (A run on Ray is stopped by Ray.)"""
-
-
-def _raise_stopped(signum, frame) -> None:
-    raise Stopped()
-
-
-@contextlib.contextmanager
-def sigterm_as_interrupt() -> Iterator[None]:
-    """SIGTERM raises Stopped in the block (from the main thread; elsewhere it is left as it is)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_stopped)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", type=Path, required=True, help="experiment YAML (trainer/configs/)")
@@ -317,7 +293,7 @@ def main(argv: list[str] | None = None) -> int:
         if config.run.use_ray:
             fit_on_ray(config, run_dir)
         else:
-            with sigterm_as_interrupt():
+            with sigterm_as_interrupt():  # a scheduler's stop, as Ctrl-C (a run on Ray is Ray's to stop)
                 train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
     except SampleError as exc:
         print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
@@ -325,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
               file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
-        stopped = isinstance(exc, Stopped)
+        stopped = isinstance(exc, Terminated)
         print(f"\npretrain: {'stopped (SIGTERM)' if stopped else 'interrupted'}; the same command with --resume "
               f"continues from the last checkpoint (written every {config.run.checkpoint_every_epochs} epoch(s))",
               file=sys.stderr)
