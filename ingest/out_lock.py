@@ -31,8 +31,8 @@ class LocksUnsupported(UserWarning):
 _NO_LOCKS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
 
 
-def _lock(fd: int, out: Path) -> bool:
-    """Take the lock (False: the filesystem has none, and a warning says so); FolderBusy when held."""
+def _lock(fd: int, out: Path) -> None:
+    """Take the lock, or warn where the filesystem has none; FolderBusy when another process holds it."""
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -43,8 +43,6 @@ def _lock(fd: int, out: Path) -> bool:
         warnings.warn(LocksUnsupported(
             f"{out}'s filesystem takes no file locks ({exc.strerror}): nothing stops a second ingest from writing "
             "this folder at the same time, so run one at a time"), stacklevel=3)
-        return False
-    return True
 
 
 @contextlib.contextmanager

@@ -26,7 +26,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-
 from shards import codecs, schema, storage
 from shards.cpu_budget import usable_cpus
 from shards.progress_bar import progress_bar
