@@ -78,6 +78,11 @@ class RunConfig:
     seed: int = 0
     workers: int = 1  # Ray Train workers (one per GPU)
     use_gpu: str = "auto"  # auto | true | false
+    # CPUs Ray reserves for each worker. null: Ray Train's own default (1 without GPUs, none beside
+    # a GPU). A worker's loader uses data.num_workers + 1 processes: reserve that many where other
+    # jobs share the nodes, so that Ray does not place them on the CPUs the loaders need.
+    cpus_per_worker: float | None = None
+    accelerator_type: str | None = None  # only nodes with this GPU (Ray's name: A100, V100, H100, ...)
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 3
@@ -191,6 +196,8 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("run.seed", _non_negative, "0 or more"),
     ("run.workers", _positive, "1 or more"),
     ("run.use_gpu", lambda v: v.lower() in ("auto", "true", "false"), "auto, true or false"),
+    ("run.cpus_per_worker", lambda v: v is None or (v >= 0 and math.isfinite(v)), "null (Ray's default) or 0 or more"),
+    ("run.accelerator_type", lambda v: v is None or v.strip() != "", "null (any) or a GPU type such as A100"),
     ("run.precision", lambda v: v in ("auto", "bf16", "fp16", "fp32"), "auto, bf16, fp16 or fp32"),
     ("run.checkpoint_every_epochs", _positive, "1 or more"),
     ("run.keep_checkpoints", _positive, "1 or more"),

@@ -32,6 +32,7 @@ from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump
 from trainer.loop import DataPlan, check_data, first_batch_terms, train
 from trainer.registry import build_method, model_config_error
 from trainer.run_log import finished_line
+from trainer.worker_resources import describe, per_worker, scaling_resources, shortfall
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -180,6 +181,28 @@ def start_embedded_ray() -> None:
              dashboard_port=port)
 
 
+class ResourcesError(Exception):
+    """The embedded Ray cannot hold the workers the config asks for (a cluster may still grow)."""
+
+
+def check_resources(config: ExperimentConfig, use_gpu: bool, embedded: bool) -> None:
+    """RAY: the workers checked against the nodes Ray has now. On the embedded Ray no node will
+    join, so a shortfall is a ResourcesError; Ray Train would wait for it for good. On a cluster
+    an autoscaler may add nodes: a warning, and the run goes on to wait for them."""
+    import ray
+
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    problem = shortfall(config.run, use_gpu, nodes)
+    if problem is None:
+        return
+    if embedded:
+        ray.shutdown()
+        raise ResourcesError(f"{problem} (this machine's own Ray: no node will join it)")
+    print(f"pretrain: warning: {problem}. Ray Train now waits for the cluster's autoscaler to add such nodes, "
+          "retrying every 60 s; a cluster without one never starts the run (stop it with `ray job stop`)",
+          file=sys.stderr, flush=True)
+
+
 def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     """RAY: TorchTrainer with ScalingConfig / RunConfig / CheckpointConfig / FailureConfig."""
     import ray
@@ -190,18 +213,22 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
     # it as well (redirected_print in ray/train/v2/_internal/logging/patch_print.py, Ray 2.60):
     # every epoch line reached the console twice. Ray Train passes this variable on to the workers.
     os.environ.setdefault("RAY_TRAIN_ENABLE_PRINT_PATCH", "0")
-    if os.environ.get("RAY_ADDRESS"):  # set by `ray job submit`, or by the user: join that cluster
-        ray.init()
-    else:
+    embedded = not os.environ.get("RAY_ADDRESS")
+    if embedded:
         start_embedded_ray()
+    else:  # set by `ray job submit`, or by the user: join that cluster
+        ray.init()
     use_gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
     if use_gpu is None:
         use_gpu = ray.cluster_resources().get("GPU", 0) >= 1
+    check_resources(config, use_gpu, embedded)
     where = config.run.storage_path
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"config": config.to_dict(), "run_dir": str(run_dir)},
-        scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu),
+        scaling_config=ScalingConfig(num_workers=config.run.workers, use_gpu=use_gpu,
+                                     resources_per_worker=scaling_resources(config.run, use_gpu),
+                                     accelerator_type=config.run.accelerator_type),
         run_config=RunConfig(
             name=config.run.name,
             storage_path=where if storage.is_uri(where) else str(Path(where).resolve()),
@@ -223,6 +250,15 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
         return True
     ray_run = storage.join(config.run.storage_path, config.run.name)
     return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run))
+
+
+def ray_ask(config: ExperimentConfig) -> str:
+    """What one worker asks Ray for, for --dry-run (run.use_gpu=auto decides on the cluster)."""
+    gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
+    if gpu is not None:
+        return describe(per_worker(config.run, gpu))
+    return (f"{describe(per_worker(config.run, True))} where the cluster has GPUs, "
+            f"else {describe(per_worker(config.run, False))}")
 
 
 def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
@@ -250,6 +286,7 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
         f"on 2 samples: " + " ".join(f"{k} {v:.4f}" for k, v in terms.items()),
         f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
         f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * plan.steps_per_epoch} steps",
+        *([f"  ray:   each of {world_size} worker(s) asks Ray for " + ray_ask(config)] if config.run.use_ray else []),
         f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
         f"{config.run.checkpoint_every_epochs} epoch(s), newest {config.run.keep_checkpoints} kept)",
     ]
@@ -295,6 +332,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             with sigterm_as_interrupt():  # a scheduler's stop, as Ctrl-C (a run on Ray is Ray's to stop)
                 train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+    except ResourcesError as exc:
+        print(f"pretrain: resources: {exc}", file=sys.stderr)
+        return 2
     except SampleError as exc:
         print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
               "trains without the samples that cannot be read (each named in a warning, and counted)",

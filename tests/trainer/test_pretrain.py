@@ -145,6 +145,10 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert "nothing was started or written" in said and "model: miram_vit_tiny_patch16, 0." in said
     assert "on 2 samples: loss " in said and "loss_fine " in said  # a real batch went through the model
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
+    assert "ray:   each of 2 worker(s) asks Ray for 1 CPU\n" in said  # tiny_cpu: use_gpu false
+    assert main(base + ["run.use_gpu=auto", "run.cpus_per_worker=5", "run.accelerator_type=A100"]) == 0
+    assert ("asks Ray for 5 CPU + 1 GPU (on a node of GPU type A100) where the cluster has GPUs, "
+            "else 5 CPU (on a node of GPU type A100)") in capsys.readouterr().out
     assert main(base + ["model.options.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "config error: model.options: 'bogus' not taken by miram_vit_tiny_patch16" in err  # before building it
@@ -208,6 +212,49 @@ def test_embedded_ray_run_streams_shards_from_s3_and_checkpoints_there(s3_endpoi
     stored = s3_endpoint.fs.get_file_info(pyarrow.fs.FileSelector(f"{s3_endpoint.bucket}/runs/on-s3", recursive=True))
     assert any(info.base_name == "checkpoint.pt" and "/checkpoint_" in info.path for info in stored), stored
     assert list((tmp_path / "runs" / "on-s3").glob("steps.csv"))  # metrics stay on the driver
+
+
+def test_workers_this_machine_cannot_hold_are_refused_before_ray_train_waits_for_them(lesion_shards, ray_env,
+                                                                                       tmp_path):
+    """On the embedded Ray no node will ever join: Ray Train would retry the worker group's start
+    every 60 s for good. The run is refused, saying what it asked for and what there is."""
+    cpus = os.cpu_count() + 1
+    args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path, 1, **{"run.workers": "1",
+                                                                             "run.cpus_per_worker": str(cpus)})]
+    done = subprocess.run([sys.executable, "trainer/pretrain.py", *args], cwd=PROJECT, env=ray_env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2, (done.stdout + done.stderr)[-3000:]
+    assert f"pretrain: resources: run.workers=1 workers each need {cpus} CPU" in done.stderr
+    assert f"(they have: {os.cpu_count()} CPU)" in done.stderr and "no node will join" in done.stderr
+    assert "Traceback" not in done.stderr and not list(tmp_path.glob("tiny-cpu/checkpoint_*"))
+
+
+def test_a_cluster_short_of_nodes_for_the_workers_is_warned_of_while_ray_train_waits(ray_cluster, lesion_shards,
+                                                                                     tmp_path):
+    """Head 2 CPUs, second node 1: two workers of 2 CPUs each fit one at a time. On a cluster an
+    autoscaler may add nodes, so the job warns (naming both nodes) and waits; the test stops it."""
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    from cluster.submit import entrypoint, runtime_env
+
+    client = JobSubmissionClient(ray_cluster.dashboard_url)
+    more = overrides(lesion_shards, tmp_path, 1, **{"run.workers": "2", "run.cpus_per_worker": "2"})
+    job = client.submit_job(entrypoint=entrypoint("trainer/configs/tiny_cpu.yaml", more, resume=False),
+                            runtime_env=runtime_env(PROJECT))
+    try:
+        deadline = time.monotonic() + 240
+        while "pretrain: warning: run.workers=2" not in (logs := client.get_job_logs(job)):
+            assert client.get_job_status(job) not in (JobStatus.SUCCEEDED, JobStatus.FAILED), logs[-3000:]
+            assert time.monotonic() < deadline, logs[-3000:]
+            time.sleep(1)
+        assert "hold 1 such worker(s) (they have: 2 CPU; 1 CPU)" in logs, logs[-3000:]
+        assert "autoscaler" in logs
+    finally:
+        client.stop_job(job)
+        deadline = time.monotonic() + 60
+        while client.get_job_status(job) not in (JobStatus.STOPPED, JobStatus.FAILED, JobStatus.SUCCEEDED):
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
 
 
 def submit(cluster, args: list[str]) -> subprocess.CompletedProcess:
