@@ -15,6 +15,20 @@ from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRL
 PHI = ("Doe", "Jane", "PHI-12345", "19700101")
 
 
+def _running(pid: int) -> bool:
+    """pid is a live process: not gone, and not a zombie left for a parent that does not reap."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@pytest.fixture
+def running():
+    """running(pid): whether a process is still alive (Linux /proc), for tests that kill runs."""
+    return _running
+
+
 def _dataset(pixels: np.ndarray, photometric: str = "MONOCHROME2", bits_stored: int | None = None, **elements) -> Dataset:
     ds = Dataset()
     ds.file_meta = FileMetaDataset()

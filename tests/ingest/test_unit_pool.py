@@ -198,7 +198,7 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize("start_method", ["fork", "spawn"])
-def test_workers_end_when_the_parent_is_killed_outright(tmp_path, start_method):
+def test_workers_end_when_the_parent_is_killed_outright(tmp_path, start_method, running):
     """SIGKILL (the OOM killer, `kill -9`) gives the parent no chance to stop its workers; they
     must not live on (they would hold the output folder's lock and keep a resume from starting)."""
     script = tmp_path / "pool_parent.py"
@@ -214,14 +214,6 @@ def test_workers_end_when_the_parent_is_killed_outright(tmp_path, start_method):
     proc.wait()
     proc.stdout.close()
     deadline = time.monotonic() + 30
-    while any(map(_running, workers)) and time.monotonic() < deadline:
+    while any(map(running, workers)) and time.monotonic() < deadline:
         time.sleep(0.01)
-    assert not any(map(_running, workers)), "workers outlived their killed parent"
-
-
-def _running(pid: int) -> bool:
-    """pid is a live process: not gone, and not a zombie left for a parent that does not reap."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
+    assert not any(map(running, workers)), "workers outlived their killed parent"

@@ -211,16 +211,8 @@ def child_pids(pid: int) -> list[int]:
     return [int(p) for p in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
-def running(pid: int) -> bool:
-    """pid is a live process (not gone, and not a zombie waiting for a parent that does not reap)."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except FileNotFoundError:
-        return False
-
-
 @pytest.mark.parametrize("workers", ["1", "2"])
-def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path, workers):
+def test_resume_after_a_killed_run_ends_with_the_same_shards(tmp_path, workers, running):
     """Killed outright (SIGKILL, as the OOM killer does), the writing process alone: its worker
     processes go with it, leaving neither the folder's lock nor CPU in use, and the rerun resumes."""
     # Larger mammograms so each image takes long enough to kill the run part-way.
