@@ -42,7 +42,8 @@ from shards import schema
 from shards.heap import keep_buffers_in_heap
 from shards.manifest import write_manifest
 from shards.progress_bar import progress_bar
-from shards.writer import ShardWriter, atomic_write_bytes, remove_atomic_temps
+from shards.atomic_files import atomic_write_bytes, remove_atomic_temps
+from shards.writer import ShardWriter
 
 STAGING_DIR = schema.STAGING_DIR
 # A unit whose members add up to this is committed on a thread and, from a worker process, its

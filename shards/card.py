@@ -12,7 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from shards import schema, storage
-from shards.writer import ShardRecord, atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
+from shards.writer import ShardRecord
 
 
 def label_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:

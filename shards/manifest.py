@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import schema
-from shards.writer import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
 
 
 def write_manifest(path: Path, rows: list[dict[str, Any]]) -> None:

@@ -18,7 +18,7 @@ import numpy as np
 
 from shards import codecs, schema, storage
 from shards.card import shard_records
-from shards.writer import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
 
 TILE = 256  # pixels per tile side
 CAPTION_HEIGHT = 34  # two lines of FONT_SCALE text under each tile

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 from shards import schema
+from shards.atomic_files import ATOMIC_TEMP
 from shards.heap import libc
 from shards.process_thread import process_thread
 from shards.tar_members import END_OF_ARCHIVE, NAME_MAX, RECORD, padding, ustar_member
@@ -47,7 +48,7 @@ PARTIAL_SUFFIX = ".tmp-partial"  # the shard in progress: f".{shard name}{PARTIA
 
 def is_temporary(name: str) -> bool:
     """A file name of a write not finished: a shard in progress, or atomic_write_bytes' temp."""
-    return name.startswith(".") and ".tmp-" in name
+    return name.startswith(".") and ATOMIC_TEMP in name
 
 
 class Placement(NamedTuple):
@@ -65,45 +66,6 @@ class ShardRecord:
     samples: int
     bytes: int
     sha256: str
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
-    """Write `data` to `path` so readers see the old file or the whole new one, never a part.
-    durable=False skips the fsync: still atomic against a killed process, not against power loss."""
-    tmp = path.with_name(f".{path.name}{_ATOMIC_TEMP}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            if durable:
-                fh.flush()
-                os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:  # a full disk, Ctrl-C: no half-written temp left beside the file
-        with contextlib.suppress(OSError):
-            tmp.unlink()
-        raise
-    if durable:
-        sync_folder(path.parent)  # the rename too
-
-
-_ATOMIC_TEMP = ".tmp-"  # atomic_write_bytes(path) writes f".{path.name}.tmp-{pid}" first
-
-
-def remove_atomic_temps(path: Path) -> None:
-    """Delete the temps of atomic_write_bytes(path) that killed processes left half-written (a
-    write that fails removes its own). Only for a folder no other process is writing."""
-    for stale in path.parent.glob(f".{path.name}{_ATOMIC_TEMP}*"):
-        stale.unlink(missing_ok=True)
-
-
-def sync_folder(folder: Path) -> None:
-    """fsync a folder, so that renames in it survive a power loss (where folders can be opened)."""
-    with contextlib.suppress(OSError):
-        fd = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
 
 
 def file_sha256(path: Path) -> str:

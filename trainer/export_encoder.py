@@ -39,7 +39,7 @@ import torch
 from safetensors.torch import save as safetensors_bytes
 
 from shards import storage
-from shards.writer import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
 from trainer.pretrain import LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, local_checkpoints

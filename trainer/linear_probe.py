@@ -35,7 +35,7 @@ import torch
 from shards import sample_stages as reading
 from shards import schema, storage
 from shards.card import read_card
-from shards.writer import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
 from trainer.probe.classifier import LinearProbe, ProbeSchedule, fit_probe, predict
 from trainer.probe.encoder import ProbeError, load_encoder, random_init
 from trainer.probe.features import SplitFeatures, split_features

@@ -27,7 +27,7 @@ import torch
 from shards import storage
 from shards.stop_signal import Terminated, sigterm_as_interrupt
 from shards.stream import SampleError
-from shards.writer import atomic_write_bytes, sync_folder
+from shards.atomic_files import atomic_write_bytes, sync_folder
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, first_batch_terms, train
 from trainer.registry import build_method, model_config_error

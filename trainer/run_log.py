@@ -13,7 +13,7 @@ import io
 from pathlib import Path
 from typing import Any
 
-from shards.writer import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes
 
 
 class _CsvTable:

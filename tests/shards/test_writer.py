@@ -3,8 +3,6 @@ through plain webdataset and plain tarfile, as a trainer and an auditor would.""
 
 from __future__ import annotations
 
-import errno
-import os
 import tarfile
 import threading
 
@@ -16,7 +14,7 @@ from shards import codecs, schema
 from shards import writer as writer_module
 from shards.card import read_card, shard_records
 from shards.manifest import read_manifest
-from shards.writer import ShardWriter, atomic_write_bytes, file_sha256
+from shards.writer import ShardWriter, file_sha256
 
 
 def _by_key(samples):
@@ -147,17 +145,3 @@ def test_writing_waits_when_the_hashing_thread_falls_behind(tmp_path, monkeypatc
     thread.join(10)
     assert written == list(range(8))
     assert [r.sha256 for r in records] == [file_sha256(tmp_path / "train" / "shard-000000.tar")]
-
-
-@pytest.mark.parametrize("failure", [OSError(errno.ENOSPC, "No space left on device"), KeyboardInterrupt()])
-def test_an_atomic_write_that_fails_leaves_the_old_file_and_no_temp(tmp_path, monkeypatch, failure):
-    target = tmp_path / "dataset.json"
-    target.write_bytes(b"old")
-
-    def fail(fd):
-        raise failure
-
-    monkeypatch.setattr(os, "fsync", fail)
-    with pytest.raises(type(failure)):
-        atomic_write_bytes(target, b"new card")
-    assert target.read_bytes() == b"old" and [p.name for p in tmp_path.iterdir()] == ["dataset.json"]
