@@ -8,6 +8,7 @@ import dataclasses
 import os
 import signal
 
+import cv2
 import numpy as np
 import pyarrow.parquet as pq
 import pytest
@@ -46,6 +47,23 @@ def test_a_dead_worker_becomes_a_reject_and_the_rest_is_written(tmp_path):
     run_job(_job(tmp_path / "two", workers=2, kill=False))
     shard = "train/shard-000000.tar"
     assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
+
+
+def _opencv_threads(unit: WorkUnit) -> UnitOutput:
+    output = _process(unit)
+    output.notes[f"opencv_threads_{cv2.getNumThreads()}"] += 1
+    return output
+
+
+def test_worker_processes_run_opencv_on_one_thread_each(tmp_path):
+    """--workers N is one process a core: N workers with OpenCV's default (a thread a core) ran
+    N x cores threads. One process alone keeps OpenCV's default."""
+    before = cv2.getNumThreads()
+    job = dataclasses.replace(_job(tmp_path / "two", workers=2, kill=False), process=_opencv_threads)
+    assert run_job(job).counts == {"opencv_threads_1": 6}
+    job = dataclasses.replace(_job(tmp_path / "one", workers=1, kill=False), process=_opencv_threads)
+    assert run_job(job).counts == {f"opencv_threads_{before}": 6}
+    assert cv2.getNumThreads() == before  # the parent's own setting is left alone
 
 
 def _bad_key_once(unit: WorkUnit) -> UnitOutput:
