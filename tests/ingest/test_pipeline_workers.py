@@ -57,7 +57,8 @@ def _opencv_threads(unit: WorkUnit) -> UnitOutput:
 
 def test_worker_processes_run_opencv_on_one_thread_each(tmp_path):
     """--workers N is one process a core: N workers with OpenCV's default (a thread a core) ran
-    N x cores threads. One process alone keeps OpenCV's default."""
+    N x cores threads. One process alone keeps OpenCV's default, and the parent gets its own back.
+    (Set in a forked worker instead, as first written, the workers hung in OpenCV.)"""
     before = cv2.getNumThreads()
     job = dataclasses.replace(_job(tmp_path / "two", workers=2, kill=False), process=_opencv_threads)
     assert run_job(job).counts == {"opencv_threads_1": 6}
