@@ -67,6 +67,9 @@ class OptimConfig:
     momentum: float = 0.9
     epochs: int = 400
     warmup_epochs: int = 40
+    # batches whose gradients are summed into one optimizer step (MAE's accum_iter): the effective
+    # batch, which lr scales with, is data.batch_size x run.workers x this
+    accumulate_steps: int = 1
     min_lr: float = 0.0
     clip_grad: float | None = None
 
@@ -190,6 +193,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("optim.betas", lambda v: all(0 <= b < 1 for b in v), "two numbers in [0, 1)"),
     ("optim.momentum", lambda v: 0 <= v < 1, "in [0, 1)"),
     ("optim.epochs", _positive, "1 or more"),
+    ("optim.accumulate_steps", _positive, "1 or more"),
     ("optim.warmup_epochs", _non_negative, "0 or more"),  # may pass epochs: a short run of a long recipe
     ("optim.min_lr", _non_negative, "0 or more"),
     ("optim.clip_grad", lambda v: v is None or v > 0, "null (no clipping) or above 0"),

@@ -22,6 +22,7 @@ from shards import schema, storage
 from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamSource, make_loader, open_source,
                            to_device)
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
+from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
 from trainer.run_log import RunLog, epoch_line, step_line
@@ -162,6 +163,12 @@ def first_batch_terms(config: ExperimentConfig, plan: DataPlan, model: torch.nn.
     return terms
 
 
+def effective_batch(config: ExperimentConfig, world_size: int) -> int:
+    """Samples an optimizer step sees: the batch a worker x workers x accumulated batches (MAE's
+    eff_batch_size, which sets lr = blr x it / 256)."""
+    return config.data.batch_size * world_size * config.optim.accumulate_steps
+
+
 def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str, float]:
     """Pretrain `config.model` on `config.data`; returns the last epoch's metrics."""
     run, optim = config.run, config.optim
@@ -187,13 +194,15 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
 
     model = build_method(config.model.name, in_chans=channels, img_size=image_size, **config.model.options)
     model = session.prepare_model(model.to(session.device))
-    lr = optim.blr * config.data.batch_size * session.world_size / 256
-    optimizer = build_optimizer(_unwrap(model), optim, lr)
-    total_steps = optim.epochs * steps_per_epoch
+    optimizer = build_optimizer(_unwrap(model), optim, optim.blr * effective_batch(config, session.world_size) / 256)
+    # A step is an optimizer step: with optim.accumulate_steps > 1, several batches make one.
+    updates = updates_per_epoch(steps_per_epoch, optim.accumulate_steps)
+    total_steps = optim.epochs * updates
     scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=optim.min_lr,
-                                  warmup_t=optim.warmup_epochs * steps_per_epoch, warmup_lr_init=0.0, t_in_epochs=False)
+                                  warmup_t=optim.warmup_epochs * updates, warmup_lr_init=0.0, t_in_epochs=False)
     dtype = amp_dtype(run.precision, session.device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
+    steps = OptimizerSteps(model, optimizer, scaler, accumulate=optim.accumulate_steps, clip_grad=optim.clip_grad)
 
     start_epoch, step = 0, 0
     with session.latest_checkpoint() as ckpt_dir:
@@ -216,25 +225,23 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             wait = DataWait()
             for i, batch in _batches(loader, steps_per_epoch, session.device, wait):
                 skipped += batch["skipped"]
-                with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
-                    terms = model(batch)
-                loss = terms["loss"]
-                if not math.isfinite(loss.item()):
-                    raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step} (batch {i}); stopping")
-                optimizer.zero_grad(set_to_none=True)
-                scaler.scale(loss).backward()
-                if optim.clip_grad:
-                    scaler.unscale_(optimizer)
-                    torch.nn.utils.clip_grad_norm_(model.parameters(), optim.clip_grad)
-                scaler.step(optimizer)
-                scaler.update()
+                with steps.batch(i, steps_per_epoch):  # DDP: no all-reduce but at a group's last batch
+                    with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):
+                        terms = model(batch)
+                    loss = terms["loss"]
+                    if not math.isfinite(loss.item()):
+                        raise FloatingPointError(f"loss is {loss.item()} at epoch {epoch}, step {step} (batch {i}); "
+                                                 "stopping")
+                    stepped = steps.backward(loss)
+                values = {name: float(value.detach()) for name, value in terms.items()}
+                for name, value in values.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                if not stepped:
+                    continue  # gradients summed; the optimizer steps at the group's last batch
                 step += 1
                 scheduler.step_update(step)
                 if hasattr(_unwrap(model), "on_step_end"):  # EMA teachers follow the student here
                     _unwrap(model).on_step_end(step / total_steps)
-                values = {name: float(value.detach()) for name, value in terms.items()}
-                for name, value in values.items():
-                    sums[name] = sums.get(name, 0.0) + value
                 if step % run.log_every_steps == 0:
                     values = mean_over_ranks(values, session.device)  # on every rank, before rank 0 logs
                     if log:
@@ -250,6 +257,9 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                             last_line = now
                 if log and hasattr(_unwrap(model), "reconstruct") and (step % run.images_every_steps == 0 or step == 1):
                     _save_pictures(model, batch, run_dir / "images" / f"step_{step:07d}.png")
+            if steps.finish_epoch():  # a loader that ended early left a group unfinished
+                step += 1
+                scheduler.step_update(step)
             seen = max(1, min(steps_per_epoch, i + 1))
             seconds = time.perf_counter() - started
             means = mean_over_ranks({**{k: v / seen for k, v in sums.items()}, "skipped_samples": skipped,

@@ -29,7 +29,8 @@ from shards.stop_signal import Terminated, sigterm_as_interrupt
 from shards.stream import SampleError
 from shards.atomic_files import atomic_write_bytes, sync_folder
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
-from trainer.loop import DataPlan, check_data, first_batch_terms, train
+from trainer.loop import DataPlan, check_data, effective_batch, first_batch_terms, train
+from trainer.optimizer_steps import updates_per_epoch
 from trainer.registry import build_method, model_config_error
 from trainer.run_log import finished_line
 from trainer.worker_resources import describe, per_worker, scaling_resources, shortfall
@@ -274,18 +275,22 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
         print(f"pretrain: model error: {config.model.name} with options {config.model.options} on this data: "
               f"{type(exc).__name__}: {exc}", file=sys.stderr)
         return 2
-    optim, global_batch = config.optim, config.data.batch_size * world_size
+    optim, global_batch = config.optim, effective_batch(config, world_size)
     where = "Ray Train workers" if config.run.use_ray else "process (run.use_ray=false)"
+    accumulated = (f" x {optim.accumulate_steps} batches accumulated = {global_batch} a step"
+                   if optim.accumulate_steps > 1 else "")
+    updates = updates_per_epoch(plan.steps_per_epoch, optim.accumulate_steps)
     lines = [
         "pretrain --dry-run: the config, its data and its model are usable; nothing was started or written",
         *(f"  data:  {s.name} (weight {s.weight:g}): {len(s.shards)} shards, pixel mean {list(s.mean)} "
           f"std {list(s.std)}" for s in plan.sources),
-        f"  input: {plan.channels} channel(s) x {plan.image_size} px; {plan.steps_per_epoch} step(s) an epoch on each of "
-        f"{world_size} {where}, batch {config.data.batch_size} each (global {global_batch})",
+        f"  input: {plan.channels} channel(s) x {plan.image_size} px; {plan.steps_per_epoch} batch(es) an epoch on each "
+        f"of {world_size} {where}, batch {config.data.batch_size} each (global "
+        f"{config.data.batch_size * world_size}{accumulated})",
         f"  model: {config.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
         f"on 2 samples: " + " ".join(f"{k} {v:.4f}" for k, v in terms.items()),
         f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
-        f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * plan.steps_per_epoch} steps",
+        f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * updates} optimizer steps",
         *([f"  ray:   each of {world_size} worker(s) asks Ray for " + ray_ask(config)] if config.run.use_ray else []),
         f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
         f"{config.run.checkpoint_every_epochs} epoch(s), newest {config.run.keep_checkpoints} kept)",

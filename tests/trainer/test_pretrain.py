@@ -58,6 +58,22 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
+def test_accumulated_batches_make_one_optimizer_step_a_group(lesion_shards, tmp_path):
+    """optim.accumulate_steps=3 over 5 batches an epoch: groups of 3 and 2, so 2 optimizer steps
+    an epoch, each logged once, and the checkpoint's step counts steps, not batches."""
+    from trainer.pretrain import main
+
+    more = {"run.use_ray": "false", "optim.accumulate_steps": "3", "run.max_steps_per_epoch": "5",
+            "run.log_every_steps": "1"}
+    assert main(["--config", str(TINY), *overrides(lesion_shards, tmp_path, 2, **more)]) == 0
+    run_dir = tmp_path / "tiny-cpu"
+    assert [int(float(r["step"])) for r in epoch_rows(run_dir)] == [2, 4]
+    with open(run_dir / "steps.csv", newline="") as fh:
+        assert [int(float(r["step"])) for r in csv.DictReader(fh)] == [1, 2, 3, 4]
+    latest = sorted((run_dir / "checkpoints").glob("epoch_*"))[-1]
+    assert torch.load(latest / "checkpoint.pt", weights_only=True)["step"] == 4
+
+
 @pytest.mark.parametrize("stop, code, said", [(signal.SIGINT, 130, "interrupted"), (signal.SIGTERM, 143, "stopped (SIGTERM)")])
 def test_ctrl_c_or_sigterm_ends_a_one_process_run_saying_how_to_resume_and_resume_goes_on(lesion_shards, tmp_path,
                                                                                          stop, code, said):
@@ -146,6 +162,10 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert "on 2 samples: loss " in said and "loss_fine " in said  # a real batch went through the model
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
     assert "ray:   each of 2 worker(s) asks Ray for 1 CPU\n" in said  # tiny_cpu: use_gpu false
+    assert main(base + ["run.workers=2", "data.batch_size=4", "optim.accumulate_steps=3"]) == 0
+    said = capsys.readouterr().out
+    assert "batch 4 each (global 8 x 3 batches accumulated = 24 a step)" in said
+    assert f"lr {0.1 * 24 / 256:.3g} (blr 0.1 x 24 / 256)" in said
     assert main(base + ["run.use_gpu=auto", "run.cpus_per_worker=5", "run.accelerator_type=A100"]) == 0
     assert ("asks Ray for 5 CPU + 1 GPU (on a node of GPU type A100) where the cluster has GPUs, "
             "else 5 CPU (on a node of GPU type A100)") in capsys.readouterr().out
