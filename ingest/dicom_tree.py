@@ -40,7 +40,8 @@ OBJECT_HEAD = 256 << 10  # bytes of an object-store file read for its header; ne
 # little endian (02 00 / 08 00) or, rarely, big endian (00 08).
 BARE_STARTS = (b"\x02\x00", b"\x08\x00", b"\x00\x08")
 PLAN_TAGS = ["SpecificCharacterSet", "SOPClassUID", "SOPInstanceUID", "Modality", "PatientID",
-             "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns", "NumberOfFrames"]
+             "StudyInstanceUID", "SeriesInstanceUID", "Rows", "Columns", "NumberOfFrames", "BurnedInAnnotation",
+             "RecognizableVisualFeatures"]
 
 
 class DicomTreeError(ValueError):
@@ -61,6 +62,8 @@ class DicomFile:
     study: str
     series: str
     frames: int
+    burned_in: str = ""  # Burned In Annotation (0028,0301): "YES", "NO", or "" where the file does not say
+    recognizable: str = ""  # Recognizable Visual Features (0028,0302): likewise
 
 
 def walk_files(root: str, *, skip: str | None, counts: Counter, problems: list[tuple[str, str]]) -> Iterator[tuple[str, str]]:
@@ -162,6 +165,7 @@ def read_plan_header(rel: str, path: str, how: str, head: bytes | None = None) -
         sop_instance=_text(ds, "SOPInstanceUID"), modality=_text(ds, "Modality") or None,
         patient_id=_text(ds, "PatientID"), study=_text(ds, "StudyInstanceUID"),
         series=_text(ds, "SeriesInstanceUID"), frames=frames,
+        burned_in=_text(ds, "BurnedInAnnotation").upper(), recognizable=_text(ds, "RecognizableVisualFeatures").upper(),
     )
 
 

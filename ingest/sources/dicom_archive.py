@@ -20,6 +20,11 @@ Rules (each also written into the card's notes):
 - one shard set, one pixel format (--color): `gray` (default) makes a colour image grayscale
   (ITU-R BT.601 luma) so everything is 1-channel uint16 on decode_dicom's 0..65535 scale;
   `reject` rejects colour images; `rgb` makes a 3-channel uint8 set and rejects grayscale images;
+- identifying pixels (--burned-in): a file whose header says Burned In Annotation (0028,0301)
+  YES, text such as the patient's name or dates drawn into the pixels (ultrasound, secondary
+  captures, scanned documents), or Recognizable Visual Features (0028,0302) YES (a face), is a
+  reject by default: pseudonyms in the header do not hide what the pixels show. `keep` ingests
+  them (for an archive already scrubbed of it). Files that do not say are kept and counted;
 - crops (--crops): `whole` pads the image to a square with 0 (air), centred, then resizes it to
   --size, so the aspect ratio is kept and crop_box is that padded square in source pixels;
   `random` takes --random-per-image squares of --random-side source pixels inside the foreground
@@ -51,6 +56,7 @@ SOURCE = "dicom"
 CROP_CHOICES = ("whole", "random")
 FRAME_CHOICES = ("middle", "first", "all")
 COLOR_CHOICES = ("gray", "reject", "rgb")
+BURNED_IN_CHOICES = ("reject", "keep")
 
 
 @dataclass(frozen=True)
@@ -94,8 +100,19 @@ def unreadable(exc: OSError) -> str:
     return f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"
 
 
+def identifying_pixels(found: dicom_tree.DicomFile) -> str | None:
+    """A reject's reason for a file whose header says its pixels identify the patient, else None."""
+    said = [what for what, value in (("Burned In Annotation (0028,0301)", found.burned_in),
+                                     ("Recognizable Visual Features (0028,0302)", found.recognizable)) if value == "YES"]
+    if not said:
+        return None
+    return (f"identifying pixels: {' and '.join(said)} YES: the image itself may show patient data (text drawn "
+            "into it, or a face); --burned-in keep ingests such files")
+
+
 def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
-                 test_fraction: float, val_fraction: float, seed: int, progress: bool = False) -> ArchivePlan:
+                 test_fraction: float, val_fraction: float, seed: int, progress: bool = False,
+                 burned_in: str = "reject") -> ArchivePlan:
     """Walk the tree, read headers, keep the images that pass the modality filter, split by patient.
     With progress, a counter of the files looked at and the images kept (a hospital archive's
     walk of a million files is a long wait with no total to show)."""
@@ -138,6 +155,10 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         if modalities is not None and (found.modality or "(none)") not in modalities:
             filtered[found.modality or "(none)"] += 1
             continue
+        if burned_in == "reject" and (reason := identifying_pixels(found)):
+            rejects.append(Reject(rel, reason))
+            continue
+        counts["files_not_saying_whether_text_is_burned_in"] += found.burned_in not in ("YES", "NO")
         if found.sop_instance:
             digest = hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest()
             counts["files_sharing_a_sop_instance_uid"] += digest in sop_seen
@@ -275,10 +296,10 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
               random_side: int = 512, min_foreground: float = 0.9, test_fraction: float = 0.1,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
               id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
-              tool_version: str = "0+unknown") -> IngestJob:
+              tool_version: str = "0+unknown", burned_in: str = "reject") -> IngestJob:
     """Plan an `ingest dicom` job: walk the tree, read headers, split by patient."""
     for name, value, choices in (("--crops", crops, CROP_CHOICES), ("--frames", frames, FRAME_CHOICES),
-                                 ("--color", color, COLOR_CHOICES)):
+                                 ("--color", color, COLOR_CHOICES), ("--burned-in", burned_in, BURNED_IN_CHOICES)):
         if value not in choices:
             raise IngestError(f"{name} must be one of {choices}, got {value!r}")
     if not 0.0 <= test_fraction < 1.0:
@@ -289,7 +310,8 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     salt = pseudonym.resolve_salt(id_salt)
     try:
         plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
-                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress)
+                            test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress,
+                            burned_in=burned_in)
     except OSError as exc:  # the store's listing failed (a file that cannot be read is a reject)
         raise IngestError(str(exc)) from exc
     if not plan.units and not plan.rejects:
@@ -299,7 +321,7 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
                                     "reject": "colour images rejected, 1-channel uint16",
                                     "rgb": "3-channel uint8 set, grayscale images rejected"}[color])
     parameters = {
-        "root": str(root), "crops": crops, "frames": frames, "color": color,
+        "root": str(root), "crops": crops, "frames": frames, "color": color, "burned_in": burned_in,
         "modalities": list(modalities) if modalities else None, "size": size, "test_fraction": test_fraction,
         "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
@@ -331,6 +353,9 @@ def add_arguments(parser) -> None:
     parser.add_argument("--color", choices=COLOR_CHOICES, default="gray",
                         help="colour images: make them grayscale (default), reject them, or make an RGB set (rgb)")
     parser.add_argument("--modality", default=None, help="comma list of modalities to keep, e.g. MG,CR,DX (default: all)")
+    parser.add_argument("--burned-in", choices=BURNED_IN_CHOICES, default="reject",
+                        help="files whose header says their pixels identify the patient (Burned In Annotation or "
+                             "Recognizable Visual Features YES): rejected (default), or kept")
     parser.add_argument("--test-fraction", type=held_out_fraction, default=0.1, help="fraction of patients in test (default 0.1)")
     parser.add_argument("--random-per-image", type=positive_int, default=4, help="random crops per image (default 4)")
     parser.add_argument("--random-side", type=positive_int, default=512, help="random crop side in source pixels (default 512)")
@@ -339,7 +364,7 @@ def add_arguments(parser) -> None:
 
 
 def job_from_args(args, common: dict[str, Any]) -> IngestJob:
-    return build_job(root=args.root, crops=args.crops, frames=args.frames, color=args.color,
+    return build_job(root=args.root, crops=args.crops, frames=args.frames, color=args.color, burned_in=args.burned_in,
                      modalities=parse_modalities(args.modality), test_fraction=args.test_fraction,
                      random_per_image=args.random_per_image, random_side=args.random_side,
                      min_foreground=args.min_foreground, **common)

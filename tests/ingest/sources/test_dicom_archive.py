@@ -320,3 +320,26 @@ def test_object_heads_come_in_order_with_a_missing_object_as_its_error(archive, 
             assert isinstance(head, FileNotFoundError) and "no such object" in str(head)
         else:
             assert head == (archive.root / rel).read_bytes()[:dicom_tree.OBJECT_HEAD]
+
+
+def test_files_whose_pixels_identify_the_patient_are_rejected_unless_kept(tmp_path, dicom_dataset, write_dicom):
+    """Burned In Annotation YES (an ultrasound with the patient's name drawn in) or Recognizable
+    Visual Features YES (a face): pseudonymous headers do not hide what the pixels show."""
+    root = tmp_path / "archive"
+    root.mkdir()
+    pixels = np.arange(64 * 64, dtype=np.uint16).reshape(64, 64)
+    said = {"burned.dcm": {"BurnedInAnnotation": "YES"}, "face.dcm": {"RecognizableVisualFeatures": "YES"},
+            "clean.dcm": {"BurnedInAnnotation": "NO"}, "unsaid.dcm": {}}
+    for i, (name, elements) in enumerate(said.items()):
+        write_dicom(dicom_dataset(pixels, PatientID=f"P{i}", Modality="US", **elements), root / name)
+    summary, out = ingest(root, tmp_path / "out", test_fraction=0.0, val_fraction=0.0)
+    reasons = {r["source_path"]: r["reason"] for r in rejects(out)}
+    assert sorted(reasons) == ["burned.dcm", "face.dcm"] and summary.rejects == 2
+    assert reasons["burned.dcm"].startswith("identifying pixels: Burned In Annotation (0028,0301) YES")
+    assert "Recognizable Visual Features (0028,0302) YES" in reasons["face.dcm"] and "--burned-in keep" in reasons["face.dcm"]
+    card = card_io.read_card(out)
+    assert card["parameters"]["burned_in"] == "reject" and len(samples(out)) == 2
+    assert card["notes"]["files_not_saying_whether_text_is_burned_in"] == 1
+    assert main(["dicom", str(root), "--out", str(tmp_path / "kept"), "--burned-in", "keep", "--no-progress",
+                 "--test-fraction", "0", "--val-fraction", "0"]) == EXIT_OK
+    assert len(samples(tmp_path / "kept")) == 4
