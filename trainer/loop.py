@@ -55,6 +55,16 @@ def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
     return model.module if hasattr(model, "module") else model
 
 
+def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """A checkpoint's optimizer state (moments, step counts) under this config's hyperparameters:
+    torch's load_state_dict also restores each group's lr, weight decay and betas as they were
+    saved, so a resumed run with a new optim.weight_decay or blr would silently keep the old."""
+    configured = [{k: v for k, v in group.items() if k != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(saved)
+    for group, settings in zip(optimizer.param_groups, configured):
+        group.update(settings)
+
+
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
     """timm's optimizer factory (no weight decay on biases and norms); betas for the Adam family,
     momentum for SGD/LARS and the rest."""
@@ -209,10 +219,13 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
         if ckpt_dir is not None:
             state = torch.load(ckpt_dir / CHECKPOINT_FILE, map_location=session.device, weights_only=True)
             _unwrap(model).load_state_dict(state["model"])
-            optimizer.load_state_dict(state["optimizer"])
-            scheduler.load_state_dict(state["scheduler"])
+            load_optimizer_state(optimizer, state["optimizer"])
             scaler.load_state_dict(state["scaler"])
             start_epoch, step = state["epoch"] + 1, state["step"]
+            # The schedule is this config's, at the step reached (MAE's main_pretrain.py computes
+            # lr from its args at every step, resumed or not): the checkpoint's scheduler state
+            # held the old run's length, so `--resume optim.epochs=800` trained on at min_lr.
+            scheduler.step_update(step)
     log = RunLog(run_dir, resumed_at=step) if session.rank == 0 else None
     metrics: dict[str, float] = {}
     try:

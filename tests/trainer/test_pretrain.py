@@ -58,6 +58,34 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
+def test_a_resumed_run_follows_its_new_config_schedule_and_optimizer_settings(lesion_shards, tmp_path):
+    """Resumed with more epochs and another weight decay: the cosine runs over the new length (the
+    checkpoint's scheduler state had the old one, and the added epochs trained at min_lr), and
+    the optimizer takes the new weight decay (torch restores the saved one with the moments)."""
+    from timm.scheduler import CosineLRScheduler
+
+    from trainer.pretrain import main
+
+    more = {"run.use_ray": "false", "run.log_every_steps": "1", "optim.min_lr": "0.0"}
+    args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path, 2, **more)]
+    assert main(args) == 0
+    run_dir = tmp_path / "tiny-cpu"
+    per_epoch = int(float(epoch_rows(run_dir)[0]["step"]))
+    assert main([*args, "--resume", "optim.epochs=4", "optim.weight_decay=0.125"]) == 0
+    with open(run_dir / "steps.csv", newline="") as fh:
+        logged = {int(float(r["step"])): float(r["lr"]) for r in csv.DictReader(fh)}
+    assert sorted(logged) == list(range(1, 4 * per_epoch + 1))
+    probe = torch.optim.SGD([torch.zeros(1, requires_grad=True)], lr=0.1 * 8 / 256)  # tiny_cpu: blr 0.1, batch 8
+    schedule = CosineLRScheduler(probe, t_initial=4 * per_epoch, lr_min=0.0, warmup_t=per_epoch, warmup_lr_init=0.0,
+                                 t_in_epochs=False)
+    for step in range(2 * per_epoch + 1, 4 * per_epoch + 1):  # every step after the resume
+        assert logged[step] == pytest.approx(schedule._get_lr(step)[0], rel=1e-6), step
+    assert logged[3 * per_epoch] > 0
+    latest = sorted((run_dir / "checkpoints").glob("epoch_*"))[-1]
+    groups = torch.load(latest / "checkpoint.pt", weights_only=True)["optimizer"]["param_groups"]
+    assert sorted({g["weight_decay"] for g in groups}) == [0.0, 0.125]  # no decay on norms and biases
+
+
 def test_accumulated_batches_make_one_optimizer_step_a_group(lesion_shards, tmp_path):
     """optim.accumulate_steps=3 over 5 batches an epoch: groups of 3 and 2, so 2 optimizer steps
     an epoch, each logged once, and the checkpoint's step counts steps, not batches."""
