@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from timm.optim import create_optimizer_v2
@@ -173,6 +174,12 @@ def first_batch_terms(config: ExperimentConfig, plan: DataPlan, model: torch.nn.
     return terms
 
 
+def epoch_seed(seed: int, rank: int, epoch: int) -> int:
+    """torch's seed for one rank's epoch: a run resumed at an epoch draws the masks and drop-paths
+    an uninterrupted run drew there (the stream seeds its shuffles and augmentation alike)."""
+    return int(np.random.SeedSequence(seed, spawn_key=(rank, epoch)).generate_state(1)[0])
+
+
 def effective_batch(config: ExperimentConfig, world_size: int) -> int:
     """Samples an optimizer step sees: the batch a worker x workers x accumulated batches (MAE's
     eff_batch_size, which sets lr = blr x it / 256)."""
@@ -231,6 +238,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     try:
         for epoch in range(start_epoch, optim.epochs):
             loader.dataset.set_epoch(epoch)
+            torch.manual_seed(epoch_seed(run.seed, session.rank, epoch))  # masks, drop-path: as if never stopped
             model.train()
             sums: dict[str, float] = {}
             skipped = 0

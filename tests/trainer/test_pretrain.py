@@ -58,6 +58,29 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert state["epoch"] == 5 and state["step"] == 6 * steps_per_epoch and state["config"]["optim"]["epochs"] == 6
 
 
+def test_a_run_resumed_from_a_checkpoint_trains_on_as_the_uninterrupted_run_did(lesion_shards, tmp_path):
+    """4 epochs straight, and the same run resumed from its epoch-2 checkpoint: the last two
+    epochs are the same numbers. Masks and drop-paths draw from torch's generator, seeded anew
+    each epoch from (run.seed, rank, epoch), as the stream seeds its shuffles and augmentation."""
+    import shutil
+
+    from trainer.pretrain import main
+
+    more = {"run.use_ray": "false", "run.keep_checkpoints": "4"}
+    args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path / "straight", 4, **more)]
+    assert main(args) == 0
+    straight = tmp_path / "straight" / "tiny-cpu"
+    resumed = tmp_path / "resumed" / "tiny-cpu"
+    shutil.copytree(straight, resumed)
+    for later in sorted((resumed / "checkpoints").glob("epoch_*"))[2:]:
+        shutil.rmtree(later)
+    args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path / "resumed", 4, **more), "--resume"]
+    assert main(args) == 0
+    columns = ("epoch", "step", "loss", "loss_coarse", "loss_fine", "lr")
+    expected = [{k: r[k] for k in columns} for r in epoch_rows(straight)]
+    assert [{k: r[k] for k in columns} for r in epoch_rows(resumed)] == expected
+
+
 def test_a_resumed_run_follows_its_new_config_schedule_and_optimizer_settings(lesion_shards, tmp_path):
     """Resumed with more epochs and another weight decay: the cosine runs over the new length (the
     checkpoint's scheduler state had the old one, and the added epochs trained at min_lr), and
