@@ -300,6 +300,10 @@ def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size:
         shape = (batch_size, dataset.channels, image_size, image_size)
         lend = 0 if pin_memory else LEND  # pinned batches are copies: no slot is ever lent
         dataset.ring = BatchRing(num_workers, prefetch + 2 + lend, shape, dataset.dtype, lend=lend)
+    # A generator of its own: the DataLoader draws its workers' base seed when it starts them (the
+    # first epoch, or the first after a resume), and from torch's global one that draw shifted
+    # every random mask the training step drew after it; the stream seeds itself per epoch anyway.
     loader = DataLoader(dataset, batch_size=None, collate_fn=_as_made, num_workers=num_workers,
-                        persistent_workers=num_workers > 0, prefetch_factor=prefetch)
+                        persistent_workers=num_workers > 0, prefetch_factor=prefetch,
+                        generator=torch.Generator().manual_seed(seed))
     return StreamLoader(RingLoader(loader, dataset.ring, pin_memory=pin_memory), dataset.steps_per_epoch)

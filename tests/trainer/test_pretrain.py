@@ -60,13 +60,15 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
 
 def test_a_run_resumed_from_a_checkpoint_trains_on_as_the_uninterrupted_run_did(lesion_shards, tmp_path):
     """4 epochs straight, and the same run resumed from its epoch-2 checkpoint: the last two
-    epochs are the same numbers. Masks and drop-paths draw from torch's generator, seeded anew
-    each epoch from (run.seed, rank, epoch), as the stream seeds its shuffles and augmentation."""
+    epochs are the same numbers, with DataLoader workers. Masks and drop-paths draw from torch's
+    generator, seeded anew each epoch from (run.seed, rank, epoch), as the stream seeds its
+    shuffles and augmentation; the DataLoader draws its workers' seed from a generator of its own
+    (from torch's, the resumed run's draw at its first epoch shifted every mask after it)."""
     import shutil
 
     from trainer.pretrain import main
 
-    more = {"run.use_ray": "false", "run.keep_checkpoints": "4"}
+    more = {"run.use_ray": "false", "run.keep_checkpoints": "4", "data.num_workers": "2"}
     args = ["--config", str(TINY), *overrides(lesion_shards, tmp_path / "straight", 4, **more)]
     assert main(args) == 0
     straight = tmp_path / "straight" / "tiny-cpu"
