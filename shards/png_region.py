@@ -115,19 +115,25 @@ def decode_region(data: bytes, top: int = 0, left: int = 0, height: int | None =
     if rows is None:
         return None
     rows = rows.reshape(bottom, stride)
-    filters = rows[:, 0]
-    if filters.max() > _LAST_FILTER:
-        row = int(np.argmax(filters > _LAST_FILTER))
-        raise PngError(f"row {row} has filter type {int(filters[row])} (0 to {_LAST_FILTER} exist)")
-    columns = rows[:, 1 + left * pixel_bytes:1 + (left + width) * pixel_bytes]
+    # The rows' filter bytes as bytes: counted in C, where numpy's reductions of a 224-row
+    # strided column cost ~5 us each in call overhead (4% of a 224 px crop's decode).
+    filters = rows[:, 0].tobytes()
+    later = len(filters) - 1
+    if filters.count(_FILTER_NONE, 1) == later:
+        plain = True
+    elif filters.count(_FILTER_UP, 1) == later:
+        plain = False
+    else:
+        if max(filters) > _LAST_FILTER:
+            row = next(i for i, kind in enumerate(filters) if kind > _LAST_FILTER)
+            raise PngError(f"row {row} has filter type {filters[row]} (0 to {_LAST_FILTER} exist)")
+        return None
+    if filters[0] > _LAST_FILTER:
+        raise PngError(f"row 0 has filter type {filters[0]} (0 to {_LAST_FILTER} exist)")
     if filters[0] not in (_FILTER_NONE, _FILTER_UP):  # on row 0, "up" is "none" (the row above is 0)
         return None
-    if not filters[1:].any():
-        region = columns[top:]
-    elif (filters[1:] == _FILTER_UP).all():
-        region = _unfilter_up(columns, top)
-    else:
-        return None
+    columns = rows[:, 1 + left * pixel_bytes:1 + (left + width) * pixel_bytes]
+    region = columns[top:] if plain else _unfilter_up(columns, top)
     if header.bit_depth == 16:
         region = region.view(">u2")  # rows may be strided: only the last axis must be contiguous
     if header.channels == 3:
