@@ -62,7 +62,8 @@ def shortfall(run: RunConfig, use_gpu: bool, nodes: list[dict[str, float]]) -> s
     fits = workers_that_fit(need, nodes)
     if fits >= run.workers:
         return None
-    there = "; ".join(describe({k: v for k, v in node.items() if k in need}) for node in nodes) or "no node"
+    biggest_first = sorted(nodes, key=lambda node: [-node.get(name, 0.0) for name in need])  # Ray's order varies
+    there = "; ".join(describe({k: v for k, v in node.items() if k in need}) for node in biggest_first) or "no node"
     knobs = ["run.workers"]
     if "CPU" in need:
         knobs.append("run.cpus_per_worker")
@@ -72,3 +73,23 @@ def shortfall(run: RunConfig, use_gpu: bool, nodes: list[dict[str, float]]) -> s
         knobs.append("run.accelerator_type")
     return (f"run.workers={run.workers} workers each need {describe(need)}, and the {len(nodes)} node(s) "
             f"hold {fits:g} such worker(s) (they have: {there}); lower {' or '.join(knobs)}")
+
+
+def gpu_choice(run: RunConfig, cluster_gpus: float, embedded: bool) -> tuple[bool, str | None]:
+    """run.use_gpu resolved, and a warning where `auto` may not mean what the user wants.
+
+    true / false are taken as set. auto means a GPU when the cluster has one now, or when
+    run.accelerator_type names a GPU type (that asks for GPUs whether or not a node has one yet).
+    A cluster whose GPU nodes an autoscaler starts on demand has no GPU before the run asks, so
+    auto there would train on CPUs with gloo: said in the warning. The embedded Ray is this
+    machine, so a CPU run there is what auto is for."""
+    setting = run.use_gpu.lower()
+    if setting in ("true", "false"):
+        return setting == "true", None
+    if run.accelerator_type or cluster_gpus >= 1:
+        return True, None
+    if embedded:
+        return False, None
+    return False, (f"run.use_gpu=auto and the cluster has no GPU now, so the {run.workers} worker(s) train on "
+                   "CPUs (gloo); where an autoscaler adds GPU nodes on demand, set run.use_gpu=true "
+                   "(or run.accelerator_type) so that the run asks for them")

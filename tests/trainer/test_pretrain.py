@@ -219,9 +219,10 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     said = capsys.readouterr().out
     assert "batch 4 each (global 8 x 3 batches accumulated = 24 a step)" in said
     assert f"lr {0.1 * 24 / 256:.3g} (blr 0.1 x 24 / 256)" in said
+    assert main(base + ["run.use_gpu=auto", "run.cpus_per_worker=5"]) == 0
+    assert "asks Ray for 5 CPU + 1 GPU where the cluster has GPUs, else 5 CPU\n" in capsys.readouterr().out
     assert main(base + ["run.use_gpu=auto", "run.cpus_per_worker=5", "run.accelerator_type=A100"]) == 0
-    assert ("asks Ray for 5 CPU + 1 GPU (on a node of GPU type A100) where the cluster has GPUs, "
-            "else 5 CPU (on a node of GPU type A100)") in capsys.readouterr().out
+    assert "asks Ray for 5 CPU + 1 GPU (on a node of GPU type A100)\n" in capsys.readouterr().out  # a GPU type: GPUs
     assert main(base + ["model.options.bogus=1"]) == 2
     err = capsys.readouterr().err
     assert "config error: model.options: 'bogus' not taken by miram_vit_tiny_patch16" in err  # before building it
@@ -305,13 +306,15 @@ def test_workers_this_machine_cannot_hold_are_refused_before_ray_train_waits_for
 def test_a_cluster_short_of_nodes_for_the_workers_is_warned_of_while_ray_train_waits(ray_cluster, lesion_shards,
                                                                                      tmp_path):
     """Head 2 CPUs, second node 1: two workers of 2 CPUs each fit one at a time. On a cluster an
-    autoscaler may add nodes, so the job warns (naming both nodes) and waits; the test stops it."""
+    autoscaler may add nodes, so the job warns (naming both nodes) and waits; the test stops it.
+    run.use_gpu=auto on this cluster without GPUs is warned of too."""
     from ray.job_submission import JobStatus, JobSubmissionClient
 
     from cluster.submit import entrypoint, runtime_env
 
     client = JobSubmissionClient(ray_cluster.dashboard_url)
-    more = overrides(lesion_shards, tmp_path, 1, **{"run.workers": "2", "run.cpus_per_worker": "2"})
+    more = overrides(lesion_shards, tmp_path, 1, **{"run.workers": "2", "run.cpus_per_worker": "2",
+                                                    "run.use_gpu": "auto"})
     job = client.submit_job(entrypoint=entrypoint("trainer/configs/tiny_cpu.yaml", more, resume=False),
                             runtime_env=runtime_env(PROJECT))
     try:
@@ -322,6 +325,7 @@ def test_a_cluster_short_of_nodes_for_the_workers_is_warned_of_while_ray_train_w
             time.sleep(1)
         assert "hold 1 such worker(s) (they have: 2 CPU; 1 CPU)" in logs, logs[-3000:]
         assert "autoscaler" in logs
+        assert "pretrain: warning: run.use_gpu=auto and the cluster has no GPU now" in logs  # a CPU-only cluster
     finally:
         client.stop_job(job)
         deadline = time.monotonic() + 60

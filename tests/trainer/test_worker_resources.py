@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from trainer.config import RunConfig
-from trainer.worker_resources import per_worker, scaling_resources, shortfall, workers_that_fit
+from trainer.worker_resources import gpu_choice, per_worker, scaling_resources, shortfall, workers_that_fit
 
 A100_NODE = {"CPU": 96.0, "GPU": 8.0, "accelerator_type:A100": 1.0, "memory": 1e12}
 V100_NODE = {"CPU": 32.0, "GPU": 4.0, "accelerator_type:V100": 1.0}
@@ -38,3 +38,17 @@ def test_a_run_the_nodes_cannot_hold_is_named_with_its_numbers_and_the_settings_
     assert "each need 3 CPU" in problem and "hold 0 such" in problem and "(they have: 2 CPU)" in problem
     assert "run.cpus_per_worker" in problem and "run.use_gpu" not in problem
     assert "run.use_gpu" in shortfall(RunConfig(workers=1), True, [{"CPU": 2.0}])  # a GPU run on CPU-only nodes
+    assert "(they have: 3 CPU; 2 CPU; 1 CPU)" in shortfall(RunConfig(workers=9), False,
+                                                          [{"CPU": 1.0}, {"CPU": 3.0}, {"CPU": 2.0}])  # biggest first
+
+
+def test_use_gpu_auto_takes_a_gpu_where_there_is_one_and_warns_on_a_cluster_without_one():
+    assert gpu_choice(RunConfig(use_gpu="true"), 0, embedded=False) == (True, None)  # as set: Ray waits for GPUs
+    assert gpu_choice(RunConfig(use_gpu="False"), 8, embedded=False) == (False, None)
+    assert gpu_choice(RunConfig(), 8, embedded=False) == (True, None)
+    assert gpu_choice(RunConfig(), 0, embedded=True) == (False, None)  # a laptop: CPU is what auto is for
+    assert gpu_choice(RunConfig(accelerator_type="A100"), 0, embedded=False) == (True, None)  # a GPU type named
+    use_gpu, warning = gpu_choice(RunConfig(workers=16), 0, embedded=False)  # GPU nodes not started yet
+    assert use_gpu is False
+    assert warning.startswith("run.use_gpu=auto and the cluster has no GPU now, so the 16 worker(s) train on CPUs")
+    assert "set run.use_gpu=true" in warning
