@@ -4,7 +4,7 @@ limit:  for each image, in one process and nothing else: read the file, decode i
         channel (ingest.image_files), the whole-image crop (ingest.radiograph_crops) and the PNG
         encode of the crop;
 ingest: `ingest nih-cxr14 --crops whole` / `ingest chexpert --crops whole` on the same files with
-        one worker process (run_job only: planning excluded, as in ingest_throughput.py).
+        --workers 0, in one process (run_job only: planning excluded, as in ingest_throughput.py).
 writer_ceiling: images/s of the same job whose two workers hand back outputs computed beforehand:
         the rate of the writing process alone (receiving, writing shards, the progress log), which
         caps a job however many cores decode (CheXpert only: an NIH image takes longer to decode
@@ -141,9 +141,9 @@ def main() -> None:
         cx = make_chexpert_sample(tmp / "cx", train_patients=args.chexpert_patients, valid_patients=2, seed=0,
                                   image_shape=tuple(args.chexpert_shape), colour=False)
         runs = [
-            ("ingest_nih_cxr14_whole", lambda out: nih_cxr14.build_job(root=nih.root, out=out, crops="whole", progress=False),
+            ("ingest_nih_cxr14_whole", lambda out: nih_cxr14.build_job(root=nih.root, out=out, crops="whole", workers=0, progress=False),
              [args.nih_side, args.nih_side]),
-            ("ingest_chexpert_whole", lambda out: chexpert.build_job(root=cx.root, out=out, crops="whole", progress=False),
+            ("ingest_chexpert_whole", lambda out: chexpert.build_job(root=cx.root, out=out, crops="whole", workers=0, progress=False),
              list(args.chexpert_shape)),
         ]
         for name, build, shape in runs:

@@ -3,8 +3,8 @@ peak memory on a small and a 10x larger tree. Prints three JSON lines.
 
 limit:  per image, in one process and nothing else: read the file, decode_dicom, the crops, the
         PNG encode (dicom: the whole image padded to a square; cmmd: random tissue crops);
-ingest: the full job (plan included) with 1 worker on the same files. Target ratio >= 0.9.
-memory: peak RSS (the child's own ru_maxrss, from wait4) of `ingest dicom --workers 1` run as a
+ingest: the full job (plan included) in one process (workers 0) on the same files. Target ratio >= 0.9.
+memory: peak RSS (the child's own ru_maxrss, from wait4) of `ingest dicom --workers 0` run as a
         subprocess on a --small-tree and a --large-tree of tiny images. Flat memory means the ratio
         stays near 1: what grows per file is its plan entry and manifest row, never pixels.
 
@@ -98,9 +98,9 @@ def throughput_line(name: str, images: int, rounds: Rounds, **extra) -> str:
 
 
 def peak_rss_mb(root: Path, out: Path) -> tuple[float, float]:
-    """(peak RSS in MB, seconds) of `ingest dicom ROOT --workers 1` in a child process."""
+    """(peak RSS in MB, seconds) of `ingest dicom ROOT --workers 0` in a child process."""
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "dicom", str(root), "--out", str(out), "--workers", "1",
+    proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "dicom", str(root), "--out", str(out), "--workers", "0",
                              "--no-progress", "--size", "64"], cwd=PROJECT, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
@@ -129,7 +129,7 @@ def main() -> None:
         units = dicom_archive.build_job(root=root, out=tmp / "plan", progress=False).units
         rounds = alternate(
             args.repeats, lambda: dicom_limit(units, 224),
-            lambda out: dicom_archive.build_job(root=root, out=out, progress=False), tmp / "dicom-out")
+            lambda out: dicom_archive.build_job(root=root, out=out, workers=0, progress=False), tmp / "dicom-out")
         print(throughput_line("ingest_dicom_whole", len(units), rounds,
                               image_shape=[args.height, args.width]), flush=True)
 
@@ -140,7 +140,7 @@ def main() -> None:
         units = cmmd.build_job(root=root, out=tmp / "plan2", progress=False).units
         rounds = alternate(
             args.repeats, lambda: cmmd_limit(units, params),
-            lambda out: cmmd.build_job(root=root, out=out, progress=False), tmp / "cmmd-out")
+            lambda out: cmmd.build_job(root=root, out=out, workers=0, progress=False), tmp / "cmmd-out")
         print(throughput_line("ingest_cmmd_random", len(units), rounds,
                               image_shape=[args.cmmd_height, args.cmmd_width]), flush=True)
 

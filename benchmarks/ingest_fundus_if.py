@@ -7,7 +7,7 @@ drive limit: for each image, in one process and nothing else: Pillow decode of t
 if limit:    for each work unit (one image here), in one process: the nuclei found tile by tile on
              the nuclear channel, the region of the seven channels read, the cell crops cut, .npy
              encode of each;
-ingest:      the same jobs through `run_job` with 1 worker (planning excluded: for `if` it reads
+ingest:      the same jobs through `run_job` in one process (workers 0; planning excluded: for `if` it reads
              every image once for its fingerprint and nuclear threshold, reported as plan_s), and
              with 2 worker processes (speedup_2proc_over_1proc).
 write:       the job's output bytes (its shards' total size) written to a new file beside the
@@ -21,7 +21,7 @@ Target: ingest >= 0.9 x limit.
 12 immunofluorescence images by default: a job's fixed costs (forking workers, the last shard's
 fsync of everything not yet written back, manifest and card) are a second or so of a 1024 px IF
 job's 40 MB an image. At 4 images they were most of a two-worker run, which then measured no
-faster than one worker (0.98x) where 12 images measured 1.4x.
+faster than one process (0.98x) where 12 images measured 1.4x.
 
     python benchmarks/ingest_fundus_if.py [--drive-images 10] [--if-images 12 --if-side 1024] [--repeats 5]
 """
@@ -119,14 +119,14 @@ def timed_ingest(make_job, out: Path) -> tuple[float, float]:
 
 def measure(name: str, make_job, limit, repeats: int, tmp: Path, extra: dict) -> dict:
     """make_job(out, workers) -> IngestJob."""
-    plan = make_job(tmp / "plan", 1)
+    plan = make_job(tmp / "plan", 0)
     limit(plan)  # warm the page cache and imports
     rounds = Rounds()
     for _ in range(repeats):  # alternate: this VM's speed drifts (see benchmarks/rounds.py)
         os.sync()
         limit_s = limit(plan)
         os.sync()
-        p, r = timed_ingest(lambda out: make_job(out, 1), tmp / "out")
+        p, r = timed_ingest(lambda out: make_job(out, 0), tmp / "out")  # in one process
         os.sync()
         _, r2 = timed_ingest(lambda out: make_job(out, 2), tmp / "out")
         nbytes = output_bytes(tmp / "out")

@@ -3,7 +3,8 @@
 limit:  for each mammogram, in one process and nothing else: reading and decoding the mammogram
         and its ROI mask (the project's decoder: pydicom, uncompressed pixels read in place), the
         lesion crop, and the PNG encode of crop and mask;
-ingest: `ingest cbis --crops lesion` on the same files, with 1 and with 2 worker processes.
+ingest: `ingest cbis --crops lesion` on the same files, in one process (`--workers 0`: decoded
+        in the writing process) and with 2 worker processes.
 limit_2proc: the same limit with the images split over two processes (what two cores allow).
 limit_pydicom: the limit as issue 2 words it, "pydicom decode + crop + PNG encode of the same files,
         nothing else": each file read and decoded by pydicom itself (dcmread, pixel_array), the
@@ -131,7 +132,7 @@ def main() -> None:
             elapsed, nbytes = decode_bound(job)
             limit2 = decode_bound_two_processes(job.units)
             os.sync()
-            one = timed_ingest(root, Path(tmp) / "one", 1)
+            one = timed_ingest(root, Path(tmp) / "one", 0)
             os.sync()
             rounds.add(limit=elapsed, limit2=limit2, one=one, two=timed_ingest(root, Path(tmp) / "two", 2),
                        limit_pydicom=pydicom_bound(job))

@@ -68,8 +68,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val-fraction", type=held_out_fraction, default=0.1,
                    help="fraction of training patients carved out as validation (default 0.1)")
     p.add_argument("--seed", type=non_negative_int, default=0, help="seed for the validation split and random crops")
-    p.add_argument("--workers", type=positive_int, default=None,
-                   help="worker processes (default: the CPUs this process may use, a container's CPU quota included)")
+    p.add_argument("--workers", type=non_negative_int, default=None,
+                   help="worker processes (default: the CPUs this process may use, a container's CPU quota included); "
+                        "0: decode in the writing process itself, for a debugger or profiler (a crashing decoder "
+                        "then ends the job)")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--id-salt", default=None,
                    help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt)")
@@ -82,7 +84,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 def _common(args: argparse.Namespace) -> dict:
     return dict(out=args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed,
-                workers=args.workers or usable_cpus(), shard_size=args.shard_size, id_salt=args.id_salt,
+                workers=usable_cpus() if args.workers is None else args.workers, shard_size=args.shard_size, id_salt=args.id_salt,
                 overwrite=args.overwrite, progress=not args.no_progress, tool_version=tool_version())
 
 

@@ -6,9 +6,10 @@ a memory-bound pass that was a fifth of ingest time and did not scale with worke
 (on a 2-vCPU VM, two processes copying got 1.3x one). A read-only shared mapping costs only its
 page-table entries (MAP_POPULATE fills them in one call, not one fault per page).
 
-A mapping reflects the file: if another program truncates a file while it is mapped, reading past
-the new end kills the process (SIGBUS). Files are mapped one unit at a time, for the unit's
-duration; source archives are not rewritten while they are ingested.
+A mapping reflects the file: if another program truncates a file while it is mapped, or the disk
+fails to read a page of it, reading that page kills the process (SIGBUS). Files are mapped one
+unit at a time, for the unit's duration, in a worker process (ingest.pipeline): such a death costs
+the unit, as a reject, and not the job.
 """
 
 from __future__ import annotations

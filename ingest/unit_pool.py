@@ -156,6 +156,13 @@ def receive_result(conn: Connection) -> Any:
 TRIES = 2
 
 
+_DEATH_HINTS = {
+    signal.SIGKILL: " (out of memory?)",
+    signal.SIGSEGV: " (a decoder that crashes on this file?)",
+    signal.SIGBUS: " (the file cut short while it was read, or a read error of its disk?)",
+}
+
+
 def describe_death(exitcode: int | None, tries: int = 1) -> str:
     times = "" if tries == 1 else f", {tries} times"
     if exitcode is not None and exitcode < 0:
@@ -163,7 +170,7 @@ def describe_death(exitcode: int | None, tries: int = 1) -> str:
             name = signal.Signals(-exitcode).name
         except ValueError:
             name = f"signal {-exitcode}"
-        hint = " (out of memory?)" if -exitcode == signal.SIGKILL else ""
+        hint = _DEATH_HINTS.get(-exitcode, "")
         return f"the worker process died of {name}{hint} while processing it{times}"
     return f"the worker process exited with status {exitcode} while processing it{times}"
 

@@ -39,7 +39,7 @@ def test_an_object_store_out_is_refused_before_anything_is_written(tmp_path, mon
 @pytest.mark.parametrize(("source", "option", "value", "said"), [
     ("cbis", "--size", "0", "must be 1 or more, got 0"),
     ("cbis", "--size", "1.5", "'1.5' is not a whole number"),
-    ("cbis", "--workers", "-2", "must be 1 or more, got -2"),
+    ("cbis", "--workers", "-2", "must be 0 or more, got -2"),
     ("cbis", "--shard-size", "0", "must be 1 or more, got 0"),
     ("cbis", "--val-fraction", "1.5", "must be at least 0 and below 1, got 1.5"),
     ("cbis", "--seed", "-1", "must be 0 or more, got -1"),

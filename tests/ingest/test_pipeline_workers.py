@@ -14,6 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from ingest import pipeline
+from ingest.mapped_files import MAP_AT_LEAST, read_source
 from ingest.pipeline import EncodedSample, IngestJob, UnitOutput, WorkUnit, run_job
 from ingest.pixel_moments import pixel_moments
 from shards import codecs, schema
@@ -36,17 +37,58 @@ def _job(out, workers: int, kill: bool) -> IngestJob:
                      tool_version="0", workers=workers, progress=False)
 
 
-def test_a_dead_worker_becomes_a_reject_and_the_rest_is_written(tmp_path):
-    summary = run_job(_job(tmp_path / "killed", workers=2, kill=True))
+@pytest.mark.parametrize("workers", [1, 2])  # one worker is a process too: its death is not the job's
+def test_a_dead_worker_becomes_a_reject_and_the_rest_is_written(tmp_path, workers):
+    summary = run_job(_job(tmp_path / "killed", workers=workers, kill=True))
     assert summary.rejects == 1
     reject = (tmp_path / "killed" / schema.REJECTS_FILE).read_text()
     assert "image2.png" in reject and "SIGKILL" in reject
     keys = pq.read_table(tmp_path / "killed" / schema.MANIFEST_FILE).column("key").to_pylist()
     assert keys == [f"tu{i}" for i in range(6) if i != 2]
-    run_job(_job(tmp_path / "one", workers=1, kill=False))
-    run_job(_job(tmp_path / "two", workers=2, kill=False))
+    run_job(_job(tmp_path / "here", workers=0, kill=False))
+    run_job(_job(tmp_path / "workers", workers=workers, kill=False))
     shard = "train/shard-000000.tar"
-    assert (tmp_path / "one" / shard).read_bytes() == (tmp_path / "two" / shard).read_bytes()
+    assert (tmp_path / "here" / shard).read_bytes() == (tmp_path / "workers" / shard).read_bytes()
+
+
+def _read_a_file_cut_short(unit: WorkUnit) -> UnitOutput:
+    """For the unit whose payload names a file: map it (as sources read a large input), and read
+    it after it was cut short under the mapping, as a disk failing a page does: a real SIGBUS,
+    on every try."""
+    if unit.payload != "ok":
+        with open(unit.payload, "wb") as fh:
+            fh.truncate(4 * MAP_AT_LEAST)  # mapped, not read: ingest.mapped_files
+        view = read_source(unit.payload)
+        os.truncate(unit.payload, 0)
+        bytes(view[-4096:])
+    return _process(unit)
+
+
+def test_a_file_that_kills_its_reader_with_sigbus_is_a_reject_even_with_one_worker(tmp_path):
+    mammogram = tmp_path / "cut.dcm"
+    units = [WorkUnit(f"u{i}", f"image{i}.dcm", str(mammogram) if i == 1 else "ok") for i in range(3)]
+    job = IngestJob(source="test", out=tmp_path / "out", units=units, process=_read_a_file_cut_short, parameters={},
+                    tool_version="0", workers=1, progress=False)
+    summary = run_job(job)
+    assert summary.rejects == 1 and summary.samples == {"train": 2}
+    reject = (tmp_path / "out" / schema.REJECTS_FILE).read_text()
+    assert "image1.dcm" in reject and "died of SIGBUS (the file cut short while it was read" in reject
+
+
+def _pid(unit: WorkUnit) -> UnitOutput:
+    output = _process(unit)
+    output.notes["in_the_writing_process" if os.getpid() == int(unit.payload) else "in_a_worker"] += 1
+    return output
+
+
+def test_workers_0_decodes_in_the_writing_process_and_1_in_a_worker(tmp_path):
+    def job(out, workers):
+        units = [WorkUnit(f"u{i}", f"image{i}.png", str(os.getpid())) for i in range(3)]
+        return IngestJob(source="test", out=out, units=units, process=_pid, parameters={}, tool_version="0",
+                         workers=workers, progress=False)
+
+    assert run_job(job(tmp_path / "zero", 0)).counts == {"in_the_writing_process": 3}
+    assert run_job(job(tmp_path / "one", 1)).counts == {"in_a_worker": 3}
 
 
 def _opencv_threads(unit: WorkUnit) -> UnitOutput:
@@ -57,12 +99,12 @@ def _opencv_threads(unit: WorkUnit) -> UnitOutput:
 
 def test_worker_processes_run_opencv_on_one_thread_each(tmp_path):
     """--workers N is one process a core: N workers with OpenCV's default (a thread a core) ran
-    N x cores threads. One process alone keeps OpenCV's default, and the parent gets its own back.
-    (Set in a forked worker instead, as first written, the workers hung in OpenCV.)"""
+    N x cores threads. The writing process alone (--workers 0) keeps OpenCV's default, and gets
+    its own back. (Set in a forked worker instead, as first written, the workers hung in OpenCV.)"""
     before = cv2.getNumThreads()
     job = dataclasses.replace(_job(tmp_path / "two", workers=2, kill=False), process=_opencv_threads)
     assert run_job(job).counts == {"opencv_threads_1": 6}
-    job = dataclasses.replace(_job(tmp_path / "one", workers=1, kill=False), process=_opencv_threads)
+    job = dataclasses.replace(_job(tmp_path / "one", workers=0, kill=False), process=_opencv_threads)
     assert run_job(job).counts == {f"opencv_threads_{before}": 6}
     assert cv2.getNumThreads() == before  # the parent's own setting is left alone
 

@@ -89,7 +89,7 @@ def test_an_interrupted_run_is_told_how_far_it_got(cbis_root, tmp_path, capsys):
     args = build_parser().parse_args(["cbis", str(cbis_root), "--out", str(out), *RUN])
     job = cbis.job_from_args(args, _common(args))  # the job the command line makes
     with pytest.raises(KeyboardInterrupt):
-        run_job(dataclasses.replace(job, process=_InterruptedAt(job.process, 2)))
+        run_job(dataclasses.replace(job, process=_InterruptedAt(job.process, 2), workers=0))  # Ctrl-C in this process
     code, report = dry_run(cbis_root, out, capsys)
     assert code == EXIT_OK and f"the run would resume after 2 of {len(job.units)} work units" in report
     code, report = dry_run(cbis_root, out, capsys, "--seed", "1")

@@ -124,7 +124,9 @@ def test_no_unit_starts_more_than_window_ahead():
     assert any(started < finished_first for unit, started in outputs if 0 < unit < 3)
 
 
-@pytest.mark.parametrize(("code", "words"), [(-signal.SIGSEGV, "SIGSEGV while"), (3, "status 3")])
+@pytest.mark.parametrize(("code", "words"), [(-signal.SIGSEGV, "SIGSEGV (a decoder that crashes on this file?) while"),
+                                             (-signal.SIGBUS, "SIGBUS (the file cut short while it was read"),
+                                             (-signal.SIGTERM, "SIGTERM while"), (3, "status 3")])
 def test_deaths_are_described(code, words):
     assert words in describe_death(code)
 
