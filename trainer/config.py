@@ -98,11 +98,24 @@ class RunConfig:
 
 
 @dataclass
+class ValidationConfig:
+    """The method's loss on held-out shards after training epochs (trainer/validation.py): the
+    same sources' `split` split, read in the same order and masked and augmented alike at every
+    pass, so that its curve shows over- or underfitting rather than sampling noise."""
+
+    every_epochs: int = 0  # 0: no validation; else after every this many epochs, and after the last
+    split: str = "val"
+    batch_size: int | None = None  # per worker; null: data.batch_size (a split smaller than a global batch needs less)
+    max_batches: int | None = None  # per worker and pass; null: the whole split
+
+
+@dataclass
 class ExperimentConfig:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    validation: ValidationConfig = field(default_factory=ValidationConfig)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -210,6 +223,10 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("run.images_every_steps", _positive, "1 or more"),
     ("run.max_steps_per_epoch", lambda v: v is None or v >= 1, "null (whole epochs) or 1 or more"),
     ("run.max_failures", lambda v: v >= -1, "-1 (retry forever), 0 or more"),
+    ("validation.every_epochs", _non_negative, "0 (no validation) or more"),
+    ("validation.split", lambda v: v.strip() != "", "a split name such as val"),
+    ("validation.batch_size", lambda v: v is None or v >= 1, "null (data.batch_size) or 1 or more"),
+    ("validation.max_batches", lambda v: v is None or v >= 1, "null (the whole split) or 1 or more"),
 )
 
 

@@ -27,6 +27,8 @@ from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
 from trainer.run_log import RunLog, epoch_line, step_line
+from trainer.validation import (ValidationPlan, is_due, make_validation_loader, plan_validation, val_metrics,
+                                validate)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -139,14 +141,15 @@ class DataPlan(NamedTuple):
     image_size: int
     steps_per_epoch: int
     sources: list[OpenSource]
+    validation: ValidationPlan | None = None  # None: no validation passes
 
 
 def check_data(config: ExperimentConfig, world_size: int) -> DataPlan:
     """What every worker will open, checked once before any starts (the driver, under Ray): every
     source's card, split, crop kinds and pixel statistics, one (channels, size) for all, the
     augmentation, and an epoch plan for `world_size` ranks of data.num_workers DataLoader workers
-    each (enough shards for every reader). Raises ValueError or OSError naming what is wrong.
-    Reads cards and manifests only."""
+    each (enough shards for every reader), and the val stream when validation is on. Raises
+    ValueError or OSError naming what is wrong. Reads cards and manifests only."""
     sources = stream_sources(config)
     channels, image_size = data_shape(sources, config.data.image_size)
     stream = ShardStream(sources, batch_size=config.data.batch_size, image_size=image_size, world_size=world_size,
@@ -154,7 +157,8 @@ def check_data(config: ExperimentConfig, world_size: int) -> DataPlan:
     steps = stream.steps_per_epoch
     if config.run.max_steps_per_epoch:
         steps = min(steps, config.run.max_steps_per_epoch)
-    return DataPlan(channels, image_size, steps, stream.sources)
+    validation = plan_validation(config, sources, image_size) if config.validation.every_epochs else None
+    return DataPlan(channels, image_size, steps, stream.sources, validation)
 
 
 def first_batch_terms(config: ExperimentConfig, plan: DataPlan, model: torch.nn.Module,
@@ -233,6 +237,8 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             # lr from its args at every step, resumed or not): the checkpoint's scheduler state
             # held the old run's length, so `--resume optim.epochs=800` trained on at min_lr.
             scheduler.step_update(step)
+    val_plan = plan_validation(config, sources, image_size) if config.validation.every_epochs else None
+    val_loader = None  # made at the first pass
     log = RunLog(run_dir, resumed_at=step) if session.rank == 0 else None
     metrics: dict[str, float] = {}
     try:
@@ -288,6 +294,13 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             means["skipped_samples"] = round(means["skipped_samples"] * session.world_size)  # all ranks' total
             metrics = {"epoch": epoch, **means, "step": step, "lr": optimizer.param_groups[0]["lr"],
                         "samples_per_s": seen * config.data.batch_size * session.world_size / seconds}
+            if val_plan is not None and is_due(config, epoch):
+                if val_loader is None:
+                    val_loader = make_validation_loader(config, val_plan, image_size, session.device)
+                # every rank runs the same whole pass (trainer/validation.py): the same figure, no collective
+                terms, val_skipped = validate(_unwrap(model), val_loader, val_plan.steps, seed=run.seed,
+                                              device=session.device, dtype=dtype)
+                metrics |= val_metrics({**terms, "skipped": val_skipped})
             if log:
                 log.epoch(step, metrics)
                 print(epoch_line(metrics, optim.epochs, seconds), flush=True)

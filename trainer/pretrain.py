@@ -264,6 +264,16 @@ def ray_ask(config: ExperimentConfig) -> str:
             f"else {describe(per_worker(config.run, False))}")
 
 
+def validation_line(config: ExperimentConfig, plan: DataPlan) -> str:
+    """The dry run's word on validation passes."""
+    val = plan.validation
+    if val is None:
+        return "  val:   none (validation.every_epochs=0)"
+    return (f"  val:   split {config.validation.split!r}, {val.steps} batch(es) of {val.batch_size}, the whole pass on "
+            f"each worker, after every {config.validation.every_epochs} epoch(s) and the last "
+            f"({val.num_workers} loader process(es))")
+
+
 def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
     """`--dry-run`: the model built for the data and run on two of its samples, and the run the
     config describes; nothing started or written. Both happen here on the CPU (a ViT-B takes a few
@@ -294,6 +304,7 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
         f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
         f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * updates} optimizer steps",
         *([f"  ray:   each of {world_size} worker(s) asks Ray for " + ray_ask(config)] if config.run.use_ray else []),
+        validation_line(config, plan),
         f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
         f"{config.run.checkpoint_every_epochs} epoch(s), newest {config.run.keep_checkpoints} kept)",
     ]

@@ -17,8 +17,10 @@ from shards.atomic_files import atomic_write_bytes
 
 
 class _CsvTable:
-    """Appends rows under a header fixed by the first row (kept when a resumed run reopens it);
-    rows past `resumed_at` (a step) are dropped when it is opened."""
+    """Appends rows under the header of the first row (kept when a resumed run reopens it); a row
+    with columns the header lacks (a validation pass after epochs without one, a resumed run with a
+    new metric) widens it, the rows before left blank there. Rows past `resumed_at` (a step) are
+    dropped when it is opened."""
 
     def __init__(self, path: Path, resumed_at: int = 0):
         self.path = path
@@ -40,8 +42,21 @@ class _CsvTable:
             self.fields = list(row)
             with open(self.path, "w", newline="") as fh:
                 csv.writer(fh).writerow(self.fields)
+        elif new := [name for name in row if name not in self.fields]:
+            self._widen(self.fields + new)
         with open(self.path, "a", newline="") as fh:
             csv.DictWriter(fh, self.fields, extrasaction="ignore").writerow(row)
+
+    def _widen(self, fields: list[str]) -> None:
+        """The table rewritten (atomically) under `fields`, its rows blank in the new columns."""
+        with open(self.path, newline="") as fh:
+            rows = list(csv.DictReader(fh))
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fields)
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.path, text.getvalue().encode())
+        self.fields = fields
 
 
 def _step(text: str) -> float:
@@ -96,7 +111,8 @@ def epoch_line(metrics: dict[str, Any], epochs: int, epoch_seconds: float) -> st
     when there were any."""
     epoch = int(metrics["epoch"])
     eta = _duration(epoch_seconds * (epochs - epoch - 1))
-    return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)} lr {metrics['lr']:.3g} "
+    return (f"epoch {epoch + 1}/{epochs} step {int(metrics['step'])} {_losses(metrics)}{_val(metrics)} "
+            f"lr {metrics['lr']:.3g} "
             f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{_skipped(metrics)} "
             f"{_duration(epoch_seconds)}/epoch, eta {eta}")
 
@@ -105,8 +121,14 @@ def finished_line(metrics: dict[str, Any], epochs: int) -> str:
     """The run's last report, for the console: 'finished after epoch 400/400, step 480000: loss
     0.4123 loss_coarse ... 2450 samples/s (data wait 4%)', with the skipped samples when there
     were any (worded apart from the epoch lines, which a reader of the log counts)."""
-    return (f"finished after epoch {int(metrics['epoch']) + 1}/{epochs}, step {int(metrics['step'])}: {_losses(metrics)} "
+    return (f"finished after epoch {int(metrics['epoch']) + 1}/{epochs}, step {int(metrics['step'])}: "
+            f"{_losses(metrics)}{_val(metrics)} "
             f"{metrics['samples_per_s']:.0f} samples/s{_waited(metrics.get('data_wait'))}{_skipped(metrics)}")
+
+
+def _val(metrics: dict[str, Any]) -> str:
+    """' val_loss 0.5311': the validation pass's loss, after the epochs that had one."""
+    return f" val_loss {metrics['val_loss']:.4f}" if "val_loss" in metrics else ""
 
 
 def _skipped(metrics: dict[str, Any]) -> str:

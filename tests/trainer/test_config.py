@@ -41,6 +41,8 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("run.checkpoint_every_epochs=0", r"run.checkpoint_every_epochs: must be 1 or more"),
     ("run.precision=fp8", r"run.precision: must be auto, bf16, fp16 or fp32, got 'fp8'"),
     ("run.use_gpu=maybe", r"run.use_gpu: must be auto, true or false, got 'maybe'"),
+    ("validation.every_epochs=-1", r"validation.every_epochs: must be 0 \(no validation\) or more, got -1"),
+    ("validation.batch_size=0", r"validation.batch_size: must be null \(data.batch_size\) or 1 or more, got 0"),
     ("run.workers=0", r"run.workers: must be 1 or more, got 0"),
     ("optim.blr=-0.001", r"optim.blr: must be a number above 0, got -0.001"),
     ("optim.betas=[0.9, 1.5]", r"optim.betas: must be two numbers in \[0, 1\)"),

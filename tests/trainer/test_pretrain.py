@@ -215,6 +215,12 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert "on 2 samples: loss " in said and "loss_fine " in said  # a real batch went through the model
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
     assert "ray:   each of 2 worker(s) asks Ray for 1 CPU\n" in said  # tiny_cpu: use_gpu false
+    assert "val:   none (validation.every_epochs=0)" in said
+    assert main(base + ["run.workers=2", "validation.every_epochs=2", "validation.batch_size=2"]) == 0
+    assert "val:   split 'val', 2 batch(es) of 2, the whole pass on each worker, after every 2 epoch(s)" in \
+        capsys.readouterr().out
+    assert main(base + ["data.batch_size=8", "validation.every_epochs=1"]) == 2  # the 5 val samples make no batch of 8
+    assert "pretrain: data error: validation on split 'val': 5 samples" in capsys.readouterr().err
     assert main(base + ["run.workers=2", "data.batch_size=4", "optim.accumulate_steps=3"]) == 0
     said = capsys.readouterr().out
     assert "batch 4 each (global 8 x 3 batches accumulated = 24 a step)" in said
@@ -341,7 +347,8 @@ def submit(cluster, args: list[str]) -> subprocess.CompletedProcess:
 
 
 def test_ray_job_submit_two_workers_checkpoints_and_resumes(ray_cluster, lesion_shards, tmp_path):
-    args = ["--config", "trainer/configs/tiny_cpu.yaml", *overrides(lesion_shards, tmp_path, 3, **{"run.workers": "2"})]
+    more = {"run.workers": "2", "validation.every_epochs": "1", "validation.batch_size": "2"}
+    args = ["--config", "trainer/configs/tiny_cpu.yaml", *overrides(lesion_shards, tmp_path, 3, **more)]
     done = submit(ray_cluster, args)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     run_dir = tmp_path / "tiny-cpu"
@@ -358,6 +365,7 @@ def test_ray_job_submit_two_workers_checkpoints_and_resumes(ray_cluster, lesion_
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3, 4]
     assert int(float(rows[3]["step"])) == 4 * steps_per_epoch
+    assert all(float(r["val_loss"]) > 0 for r in rows)  # both ranks ran each pass (no collective to hang on)
     # Over the whole run, first two epochs against the last two: an epoch here is 3 steps of 16
     # crops, lesion and background mixed, so one epoch's loss against another's is mostly which
     # crops it drew (the 3-epoch run alone went 0.67, 0.84, 0.85 with one draw of crops and fell

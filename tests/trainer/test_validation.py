@@ -1,0 +1,82 @@
+"""trainer/validation.py: the loss on the val split after training epochs, the same measurement at
+every pass, without disturbing training; and through pretrain.py, into epochs.csv."""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.config import load_config
+from trainer.loop import data_shape, stream_sources
+from trainer.registry import build_method
+from trainer.validation import is_due, make_validation_loader, plan_validation, validate
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
+
+
+def _config(shards: Path, storage: Path, *extra: str):
+    return load_config(TINY, [f"data.sources=[{{root: {shards}}}]", f"run.storage_path={storage}",
+                              "validation.every_epochs=1", "validation.batch_size=2", *extra])
+
+
+def _epoch_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "epochs.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def test_passes_come_every_n_epochs_and_after_the_last():
+    config = load_config(TINY, ["optim.epochs=5", "validation.every_epochs=2"])
+    assert [is_due(config, epoch) for epoch in range(5)] == [False, True, False, True, True]
+    config = load_config(TINY, ["optim.epochs=5"])  # every_epochs 0: none
+    assert not any(is_due(config, epoch) for epoch in range(5))
+
+
+def test_a_pass_measures_alike_every_time_and_leaves_the_training_randomness_alone(lesion_shards, tmp_path):
+    config = _config(lesion_shards, tmp_path)
+    sources = stream_sources(config)
+    channels, size = data_shape(sources, config.data.image_size)
+    plan = plan_validation(config, sources, size)
+    assert plan.batch_size == 2 and plan.steps == 5 // 2  # the val split's 5 samples, in whole batches
+    loader = make_validation_loader(config, plan, size, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_method(config.model.name, in_chans=channels, img_size=size, **config.model.options)
+    state = torch.get_rng_state()
+    first, skipped = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
+    assert torch.equal(torch.get_rng_state(), state)  # training draws on as if no pass had run
+    assert model.training and skipped == 0
+    again, _ = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
+    assert again == first and set(first) == {"loss", "loss_coarse", "loss_fine"}
+    other_masks, _ = validate(model, loader, plan.steps, seed=1, device=torch.device("cpu"), dtype=None)
+    assert other_masks["loss"] != first["loss"]  # the seed is what holds the masks still
+
+
+def test_a_val_split_that_cannot_fill_a_batch_or_is_missing_is_named(lesion_shards, tmp_path):
+    config = _config(lesion_shards, tmp_path, "validation.batch_size=8")
+    sources = stream_sources(config)
+    with pytest.raises(ValueError, match=r"validation on split 'val': 5 samples per epoch cannot fill one batch"):
+        plan_validation(config, sources, 64)
+    config = _config(lesion_shards, tmp_path, "validation.split=holdout")
+    with pytest.raises(ValueError, match=r"validation on split 'holdout': .*no 'holdout' split"):
+        plan_validation(config, sources, 64)
+
+
+def test_pretrain_logs_val_losses_after_the_due_epochs_and_trains_as_without(lesion_shards, tmp_path, capsys):
+    from trainer.pretrain import main
+
+    base = ["--config", str(TINY), f"data.sources=[{{root: {lesion_shards}}}]", "run.use_ray=false",
+            "optim.epochs=3", "data.batch_size=8"]
+    assert main([*base, f"run.storage_path={tmp_path / 'plain'}"]) == 0
+    assert main([*base, f"run.storage_path={tmp_path / 'val'}", "validation.every_epochs=2",
+                 "validation.batch_size=2"]) == 0
+    said = capsys.readouterr().out
+    plain, val = (_epoch_rows(tmp_path / name / "tiny-cpu") for name in ("plain", "val"))
+    assert [r["loss"] for r in val] == [r["loss"] for r in plain]  # training is as without the passes
+    assert [r["val_loss"] == "" for r in val] == [True, False, False]  # after epochs 2 and 3 (the last)
+    assert all(math.isfinite(float(r["val_loss"])) and float(r["val_skipped"]) == 0 for r in val[1:])
+    assert "val_loss" not in plain[0]
+    assert f"val_loss {float(val[2]['val_loss']):.4f}" in said
