@@ -16,8 +16,10 @@ fi
 "$bin/shards" preview "$shards" --split train -n 16 --out "$demo/cbis-lesion-preview.png"
 # A short MIRAM pretraining on those shards with an embedded local Ray (2 CPU workers).
 rm -rf "$demo/runs/tiny-cpu"
+# Every other epoch and after the last, the loss on the val split (a single batch of its 2 samples here).
 "$bin/python" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml \
-    "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs"
+    "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs" \
+    validation.every_epochs=2 validation.batch_size=2
 # The pretrained encoder, for fine-tuning with timm.
 "$bin/python" trainer/export_encoder.py "$demo/runs/tiny-cpu" --out "$demo/encoder/miram-tiny.safetensors"
 # How well its frozen features predict MIRAM's 4-class target (a linear probe; a few minutes of
@@ -28,6 +30,6 @@ echo
 echo "shards:      $shards/{train,val,test}/shard-*.tar  (manifest.parquet, dataset.json beside them)"
 echo "preview:     $demo/cbis-lesion-preview.png"
 echo "inspect:     $bin/shards ls $shards"
-echo "pretraining: $demo/runs/tiny-cpu/  (checkpoint_*/, epochs.csv, steps.csv, tensorboard/, images/*.png)"
+echo "pretraining: $demo/runs/tiny-cpu/  (checkpoint_*/, epochs.csv with val_loss, steps.csv, tensorboard/, images/*.png)"
 echo "encoder:     $demo/encoder/miram-tiny.safetensors  (timm weights; miram-tiny.json says how to load them)"
 echo "probe:       $demo/probe-class4.json  (linear probe of the frozen encoder on class4)"

@@ -27,8 +27,8 @@ from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
 from trainer.run_log import RunLog, epoch_line, step_line
-from trainer.validation import (ValidationPlan, is_due, make_validation_loader, plan_validation, val_metrics,
-                                validate)
+from trainer.validation import (ValidationPlan, is_due, make_validation_loader, plan_validation, save_val_pictures,
+                                val_metrics, validate)
 
 CHECKPOINT_FILE = "checkpoint.pt"
 
@@ -298,9 +298,13 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 if val_loader is None:
                     val_loader = make_validation_loader(config, val_plan, image_size, session.device)
                 # every rank runs the same whole pass (trainer/validation.py): the same figure, no collective
-                terms, val_skipped = validate(_unwrap(model), val_loader, val_plan.steps, seed=run.seed,
-                                              device=session.device, dtype=dtype)
-                metrics |= val_metrics({**terms, "skipped": val_skipped})
+                checked = validate(_unwrap(model), val_loader, val_plan.steps, seed=run.seed, device=session.device,
+                                   dtype=dtype)
+                metrics |= val_metrics({**checked.terms, "skipped": checked.skipped})
+                if log and hasattr(_unwrap(model), "reconstruct") and checked.first_batch is not None:
+                    save_val_pictures(_unwrap(model), checked.first_batch,
+                                      run_dir / "images" / f"val_epoch_{epoch + 1:04d}.png", seed=run.seed,
+                                      device=session.device)
             if log:
                 log.epoch(step, metrics)
                 print(epoch_line(metrics, optim.epochs, seconds), flush=True)

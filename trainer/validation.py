@@ -25,7 +25,10 @@ are comparable between passes, and with the training figures only at the same ba
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
@@ -34,6 +37,7 @@ import torch
 from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamLoader, StreamSource, make_loader, to_device
 from shards.stream_plan import StreamPlanError
 from trainer.config import ExperimentConfig
+from trainer.pictures import reconstruction_grid, write_png
 
 AUGMENT = "none"
 # Loader processes for the val stream (fewer where the split has too few shards for them): a
@@ -94,31 +98,56 @@ def pass_seed(seed: int) -> int:
     return int(np.random.SeedSequence(seed, spawn_key=(2**31,)).generate_state(1)[0])
 
 
-@torch.no_grad()
-def validate(net: torch.nn.Module, loader: StreamLoader, steps: int, *, seed: int, device: torch.device,
-             dtype: torch.dtype | None) -> tuple[dict[str, float], int]:
-    """(the loss terms' means over `steps` val batches, samples skipped as unreadable). `net` is
-    the bare model (not DDP's wrapper); its train/eval mode is restored afterwards."""
+class ValidationPass(NamedTuple):
+    terms: dict[str, float]  # each loss term's mean over the pass's batches
+    skipped: int  # samples left out as unreadable (data.bad_samples=skip)
+    first_batch: dict[str, Any] | None  # the pass's first batch, on the device: the same samples every pass
+
+
+@contextlib.contextmanager
+def _held_still(net: torch.nn.Module, seed: int, device: torch.device) -> Iterator[None]:
+    """Eval mode and torch's generators seeded from `seed` for the block; afterwards the model's
+    mode and the generators' states (CPU, and the GPU's) are as they were."""
     was_training = net.training
     net.eval()
-    sums: dict[str, float] = {}
-    skipped = seen = 0
     cuda = [torch.cuda.current_device()] if device.type == "cuda" else []
     try:
-        with torch.random.fork_rng(devices=cuda):  # CPU's generator, and the GPU's when there is one
+        with torch.random.fork_rng(devices=cuda):
             torch.manual_seed(pass_seed(seed))
-            loader.dataset.set_epoch(0)  # the same samples, in the same order, every pass
-            for batch in _take(loader, steps):
-                batch = to_device(batch, device)
-                skipped += batch["skipped"]
-                with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-                    terms = net(batch)
-                for name, value in terms.items():
-                    sums[name] = sums.get(name, 0.0) + float(value)
-                seen += 1
+            yield
     finally:
         net.train(was_training)
-    return {name: total / max(seen, 1) for name, total in sums.items()}, skipped
+
+
+@torch.no_grad()
+def validate(net: torch.nn.Module, loader: StreamLoader, steps: int, *, seed: int, device: torch.device,
+             dtype: torch.dtype | None) -> ValidationPass:
+    """One pass over `steps` val batches. `net` is the bare model (not DDP's wrapper)."""
+    sums: dict[str, float] = {}
+    skipped = seen = 0
+    first = None
+    with _held_still(net, seed, device):
+        loader.dataset.set_epoch(0)  # the same samples, in the same order, every pass
+        for batch in _take(loader, steps):
+            batch = to_device(batch, device)
+            first = batch if first is None else first
+            skipped += batch["skipped"]
+            with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+                terms = net(batch)
+            for name, value in terms.items():
+                sums[name] = sums.get(name, 0.0) + float(value)
+            seen += 1
+    return ValidationPass({name: total / max(seen, 1) for name, total in sums.items()}, skipped, first)
+
+
+@torch.no_grad()
+def save_val_pictures(net: torch.nn.Module, batch: dict[str, Any], path: Path, *, seed: int,
+                      device: torch.device) -> None:
+    """The method's reconstructions of the pass's first four samples, under the same masks every
+    pass: one picture per pass shows how the same images come back as training goes on."""
+    with _held_still(net, seed, device):
+        columns = net.reconstruct(batch["image"][:4])
+    write_png(path, reconstruction_grid(columns))
 
 
 def _take(loader: StreamLoader, steps: int):

@@ -13,7 +13,7 @@ import torch
 from trainer.config import load_config
 from trainer.loop import data_shape, stream_sources
 from trainer.registry import build_method
-from trainer.validation import is_due, make_validation_loader, plan_validation, validate
+from trainer.validation import is_due, make_validation_loader, plan_validation, save_val_pictures, validate
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
@@ -46,13 +46,18 @@ def test_a_pass_measures_alike_every_time_and_leaves_the_training_randomness_alo
     torch.manual_seed(0)
     model = build_method(config.model.name, in_chans=channels, img_size=size, **config.model.options)
     state = torch.get_rng_state()
-    first, skipped = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
+    first = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
     assert torch.equal(torch.get_rng_state(), state)  # training draws on as if no pass had run
-    assert model.training and skipped == 0
-    again, _ = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
-    assert again == first and set(first) == {"loss", "loss_coarse", "loss_fine"}
-    other_masks, _ = validate(model, loader, plan.steps, seed=1, device=torch.device("cpu"), dtype=None)
-    assert other_masks["loss"] != first["loss"]  # the seed is what holds the masks still
+    assert model.training and first.skipped == 0
+    again = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
+    assert again.terms == first.terms and set(first.terms) == {"loss", "loss_coarse", "loss_fine"}
+    assert torch.equal(again.first_batch["image"], first.first_batch["image"])  # the same samples
+    other_masks = validate(model, loader, plan.steps, seed=1, device=torch.device("cpu"), dtype=None)
+    assert other_masks.terms["loss"] != first.terms["loss"]  # the seed is what holds the masks still
+    for name in ("a.png", "b.png"):
+        save_val_pictures(model, first.first_batch, tmp_path / name, seed=0, device=torch.device("cpu"))
+    assert (tmp_path / "a.png").read_bytes() == (tmp_path / "b.png").read_bytes()  # same samples, same masks
+    assert torch.equal(torch.get_rng_state(), state) and model.training
 
 
 def test_a_val_split_that_cannot_fill_a_batch_or_is_missing_is_named(lesion_shards, tmp_path):
@@ -80,3 +85,5 @@ def test_pretrain_logs_val_losses_after_the_due_epochs_and_trains_as_without(les
     assert all(math.isfinite(float(r["val_loss"])) and float(r["val_skipped"]) == 0 for r in val[1:])
     assert "val_loss" not in plain[0]
     assert f"val_loss {float(val[2]['val_loss']):.4f}" in said
+    pictures = sorted(p.name for p in (tmp_path / "val" / "tiny-cpu" / "images").glob("val_*.png"))
+    assert pictures == ["val_epoch_0002.png", "val_epoch_0003.png"]
