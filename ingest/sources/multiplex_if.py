@@ -30,7 +30,6 @@ from __future__ import annotations
 import csv
 import random
 from collections import defaultdict
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -40,13 +39,13 @@ import numpy as np
 from ingest import crops, nuclei, pseudonym, splits
 from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from ingest.cell_tables import Cell, CellTableError, match_images, read_cell_table
+from ingest.if_plan_reads import measure_images
 from ingest.multiplex_tiff import (
-    TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, files_fingerprint, image_files, image_stem,
+    TIFF_SUFFIXES, ChannelIndex, MultiplexTiffError, Plane, RegionReader, image_files, image_stem,
     read_channel_folder, read_channel_index,
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from shards import codecs, schema
-from shards.progress_bar import progress_bar
 
 SOURCE = "if"
 DAMA_CHANNELS = ("DAPI", "Histones", "NeuN", "S100", "Olig2", "Iba1", "RECA1")  # DAMA's 128x128x7 crops
@@ -211,28 +210,23 @@ def plan_images(root: Path, *, channels: tuple[str, ...], crops_kind: str, cells
     return plans, rejects, dict(notes)
 
 
-def _measure(plan: ImagePlan) -> tuple[str, int | None]:
-    """(fingerprint, nuclear threshold or None): the two whole-image reads of planning."""
-    threshold = None
-    if plan.nuclear is not None:
-        with RegionReader() as reader:
-            threshold = nuclei.nuclear_threshold(reader.sample_chunks(plan.nuclear, THRESHOLD_CHUNKS))
-    return files_fingerprint(plan.path), threshold
-
-
 def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], salt: str, side: int, block: int,
                crops_kind: str, random_per_image: int, test_fraction: float, val_fraction: float, seed: int,
-               workers: int, progress: bool = False) -> list[WorkUnit]:
-    """One unit per block of every image holding work, sorted by pseudonymous id. Each image is read
-    whole twice here (fingerprint, nuclear threshold); with progress, a bar counts them."""
+               workers: int, progress: bool = False) -> tuple[list[WorkUnit], list[Reject]]:
+    """One unit per block of every image holding work, sorted by pseudonymous id, and the images
+    that could not be read through. Each image is read whole twice here (fingerprint, nuclear
+    threshold: ingest.if_plan_reads); with progress, a bar counts them."""
     raw_patient = {image_id: patients.get(image_id, image_id) for image_id, _ in plans}
     split_of = assign_splits(set(raw_patient.values()), test_fraction=test_fraction, val_fraction=val_fraction,
                              seed=seed)
-    with ThreadPoolExecutor(max(1, workers), thread_name_prefix="if-plan") as pool:  # hashing releases the GIL
-        measured = list(progress_bar(pool.map(_measure, [plan for _, plan in plans]), total=len(plans), unit="img",
-                                     desc="plan if (fingerprint, nuclear threshold)", enabled=progress))
-    units = []
-    for (image_id, plan), (fingerprint, threshold) in zip(plans, measured):
+    measured = list(measure_images([plan for _, plan in plans], THRESHOLD_CHUNKS, workers=workers,
+                                   progress=progress))
+    units, rejects = [], []
+    for (image_id, plan), result in zip(plans, measured):
+        if isinstance(result, str):
+            rejects.append(Reject(plan.rel, result))
+            continue
+        fingerprint, threshold = result
         patient = pseudonym.pseudonym(salt, f"if:{raw_patient[image_id]}")
         rng = random.Random(f"{seed}:{pseudonym.pseudonym(salt, f'if-image:{plan.rel}')}")
         randoms = random_boxes(plan.index.shape, side, random_per_image, rng) if crops_kind != "cell" else []
@@ -254,7 +248,7 @@ def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], 
             unit_id = pseudonym.pseudonym(salt, f"if-image:{plan.rel}:{box[0]},{box[1]}")
             units.append(WorkUnit(unit_id, plan.rel, payload))
     units.sort(key=lambda u: u.unit_id)
-    return units
+    return units, rejects
 
 
 @dataclass(frozen=True)
@@ -345,9 +339,10 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
     salt = pseudonym.resolve_salt(id_salt)
     plans, rejects, notes = plan_images(root, channels=channels, crops_kind=crops, cells_table=cells,
                                         nuclear_channel=nuclear_channel)
-    units = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block, crops_kind=crops,
-                       random_per_image=random_per_image, test_fraction=test_fraction, val_fraction=val_fraction,
-                       seed=seed, workers=workers, progress=progress)
+    units, unread = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block,
+                               crops_kind=crops, random_per_image=random_per_image, test_fraction=test_fraction,
+                               val_fraction=val_fraction, seed=seed, workers=workers, progress=progress)
+    rejects = sorted(rejects + unread, key=lambda r: r.source_path)
     parameters = {
         "root": str(root), "channels": list(channels), "crops": crops, "cells": cells.name if cells else None,
         "nuclear_channel": nuclear_channel, "patients": patients.name if patients else None, "size": size,

@@ -3,7 +3,6 @@ generated 8-channel brain-cell images in three TIFF layouts (made-up pixels, rea
 
 from __future__ import annotations
 
-import _thread
 import csv
 import hashlib
 import json
@@ -21,7 +20,7 @@ import pytest
 import tifffile
 import webdataset as wds
 
-from ingest import pipeline
+from ingest import if_plan_reads, pipeline
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.multiplex_tiff import files_fingerprint
 from ingest.pipeline import run_job
@@ -299,20 +298,21 @@ def test_a_killed_two_worker_run_of_large_units_resumes_to_the_same_shards(tmp_p
 
 
 def test_ctrl_c_while_planning_reads_no_further_image(tmp_path, monkeypatch):
-    """Planning reads every image whole (fingerprint, nuclear threshold) on a few threads; on Ctrl-C
-    or SIGTERM the images not yet started must not be read: a slide collection takes hours. (The
-    executor's map cancels what it has not started when its results stop being read.)"""
+    """Planning reads every image whole (fingerprint, nuclear threshold) in worker processes; on
+    Ctrl-C or SIGTERM the images not yet started must not be read: a slide collection takes hours."""
     made = make_if_sample(tmp_path / "src", images=16, seed=3, layout="ome", tables="none")
-    measure, measured = multiplex_if._measure, []
+    measure, started = if_plan_reads.measure_image, tmp_path / "started"
+    started.mkdir()
 
-    def slow_measure(plan):
-        measured.append(plan)
-        if len(measured) == 3:
-            _thread.interrupt_main()  # KeyboardInterrupt in the main thread, as Ctrl-C (and ingest's SIGTERM) raise
+    def slow_measure(image, chunks):  # in a worker process: what it started is counted in files
+        (started / image.path.name).touch()
+        if len(list(started.iterdir())) == 3:
+            os.kill(os.getppid(), signal.SIGINT)  # Ctrl-C reaches the writing process (workers ignore it)
         time.sleep(0.05)
-        return measure(plan)
+        return measure(image, chunks)
 
-    monkeypatch.setattr(multiplex_if, "_measure", slow_measure)
+    monkeypatch.setattr(if_plan_reads, "measure_image", slow_measure)
     with pytest.raises(KeyboardInterrupt):
         multiplex_if.build_job(root=made.root, out=tmp_path / "out", workers=2, progress=False)
-    assert len(measured) < 8  # the 2 threads' images in hand when it came; not the other ten or so
+    time.sleep(0.2)  # any worker left would go on reading
+    assert len(list(started.iterdir())) < 8  # the images the 2 workers had in hand; not the other ten or so
