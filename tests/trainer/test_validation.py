@@ -87,3 +87,18 @@ def test_pretrain_logs_val_losses_after_the_due_epochs_and_trains_as_without(les
     assert f"val_loss {float(val[2]['val_loss']):.4f}" in said
     pictures = sorted(p.name for p in (tmp_path / "val" / "tiny-cpu" / "images").glob("val_*.png"))
     assert pictures == ["val_epoch_0002.png", "val_epoch_0003.png"]
+
+
+def test_a_pass_leaves_batchnorm_statistics_as_training_left_them(lesion_shards, tmp_path):
+    """Eval mode: a BatchNorm method's running statistics (what an exported encoder normalises
+    with) are read by the pass, not moved by it."""
+    config = _config(lesion_shards, tmp_path, "model.name=simsiam_resnet18_tiny", "model.options={}")
+    sources = stream_sources(config)
+    channels, size = data_shape(sources, config.data.image_size)
+    plan = plan_validation(config, sources, size)
+    loader = make_validation_loader(config, plan, size, torch.device("cpu"))
+    model = build_method(config.model.name, in_chans=channels, img_size=size)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    checked = validate(model, loader, plan.steps, seed=0, device=torch.device("cpu"), dtype=None)
+    assert math.isfinite(checked.terms["loss"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())  # running means, counts too
