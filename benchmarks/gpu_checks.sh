@@ -10,7 +10,8 @@
 #
 # 1. CUDA smoke run: the tiny MIRAM config in one process (run.use_ray=false: LocalSession takes
 #    the GPU, autocast in bf16 where the GPU has it) on freshly ingested sample CBIS shards; passes
-#    when every epoch's loss is finite and a checkpoint was written.
+#    when every epoch's loss is finite, a checkpoint was written, and the validation passes (every
+#    2nd epoch and the last: autocast, the GPU's generator forked) gave finite losses and pictures.
 # 2. to_device on the GPU gives the CPU's normalisation and crop resizing (float32), and a
 #    2-worker loader with pin_memory (what the trainer asks for on a GPU) hands over pinned batches.
 # 3. benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp: a whole
@@ -38,7 +39,8 @@ if [ "$device" != cuda ]; then
     export CUDA_VISIBLE_DEVICES=""  # LocalSession takes a GPU whenever torch sees one
 fi
 "$py" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml "data.sources=[{root: $out/shards}]" \
-    "run.storage_path=$out/runs" run.use_ray=false "run.use_gpu=\"$gpu\"" 2>&1 | tee "$out/smoke.log"
+    "run.storage_path=$out/runs" run.use_ray=false "run.use_gpu=\"$gpu\"" \
+    validation.every_epochs=2 validation.batch_size=2 2>&1 | tee "$out/smoke.log"
 "$py" - "$out" "$device" <<'EOF'
 import csv, json, math, sys
 from pathlib import Path
@@ -50,9 +52,13 @@ from shards.stream_stages import to_device
 
 out, device = Path(sys.argv[1]), sys.argv[2]
 run = out / "runs" / "tiny-cpu"
-losses = [float(row["loss"]) for row in csv.DictReader(open(run / "epochs.csv"))]
+rows = list(csv.DictReader(open(run / "epochs.csv")))
+losses = [float(row["loss"]) for row in rows]
+val_losses = [float(row["val_loss"]) for row in rows if row.get("val_loss")]  # every 2nd epoch and the last
 checkpoints = sorted((run / "checkpoints").glob("epoch_*"))
 assert losses and all(math.isfinite(x) for x in losses), losses
+assert len(val_losses) == 2 and all(math.isfinite(x) for x in val_losses), val_losses
+assert sorted(p.name for p in (run / "images").glob("val_epoch_*.png")) == ["val_epoch_0002.png", "val_epoch_0004.png"]
 assert checkpoints, f"no checkpoint under {run}"
 if device == "cuda":
     assert torch.cuda.is_available(), "GPU_CHECKS_DEVICE=cuda but torch sees no GPU"
@@ -80,7 +86,8 @@ if device == "cuda":  # the trainer's GPU path: worker batches copied out of the
     torch.cuda.synchronize()
 print(json.dumps({"check": "gpu_smoke", "device": device,
                   "gpu": torch.cuda.get_device_name(0) if device == "cuda" else None,
-                  "epoch_losses": [round(x, 4) for x in losses], "checkpoints": len(checkpoints),
+                  "epoch_losses": [round(x, 4) for x in losses], "val_losses": [round(x, 4) for x in val_losses],
+                  "checkpoints": len(checkpoints),
                   "to_device_matches_cpu": True, "loader_batches_pinned": pinned}))
 EOF
 if [ "$device" = cuda ]; then
