@@ -239,6 +239,9 @@ def check_ranges(config: ExperimentConfig) -> None:
     for i, source in enumerate(config.data.sources):
         if not (source.weight > 0 and math.isfinite(source.weight)):
             raise ConfigError(f"data.sources[{i}].weight: must be a number above 0, got {source.weight!r}")
+        if config.validation.every_epochs and source.split == config.validation.split:
+            raise ConfigError(f"validation.split: {source.split!r} is what data.sources[{i}] trains on; a loss on "
+                              "the training samples says nothing of overfitting (val, the held-out patients, is the default)")
 
 
 def load_config(path: str | Path | None, overrides: list[str] = ()) -> ExperimentConfig:

@@ -61,3 +61,12 @@ def test_a_config_without_data_is_refused(tmp_path):
     path.write_text("optim: {epochs: 1}\n")
     with pytest.raises(ConfigError, match="data.sources"):
         load_config(path)
+
+
+def test_validating_on_the_split_a_source_trains_on_is_refused(tmp_path):
+    path = tmp_path / "x.yaml"
+    path.write_text("data:\n  sources:\n    - root: /s\n    - {root: /t, split: val}\n")
+    with pytest.raises(ConfigError, match=r"validation.split: 'val' is what data.sources\[1\] trains on"):
+        load_config(path, ["validation.every_epochs=1"])
+    assert load_config(path, ["validation.every_epochs=1", "validation.split=test"]).validation.split == "test"
+    assert load_config(path).validation.every_epochs == 0  # no validation: nothing to refuse
