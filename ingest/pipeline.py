@@ -30,7 +30,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import cv2
 import numpy as np
 
 from ingest.job_summary import JobSummary
@@ -120,22 +119,6 @@ def _init_worker(process: Callable[[WorkUnit], UnitOutput]) -> None:
     global _PROCESS
     _PROCESS = process
     keep_buffers_in_heap()
-
-
-@contextlib.contextmanager
-def one_opencv_thread_in_workers() -> Iterator[None]:
-    """OpenCV on one thread in the worker processes forked meanwhile: `--workers N` is one process
-    a core, and OpenCV's own threads (one a core by default, for blurs, resizes, morphology) had
-    N workers run N x cores threads; with one each, two `ingest if` workers on two cores ran 4%
-    faster (median of 12 alternating runs; 7 of the 12 pairs). Set here in the parent, before the fork, and restored after: a forked
-    child that resizes the thread pool it inherited hangs (the parent's pool threads are not in
-    the child, and their condition variables never clear)."""
-    threads = cv2.getNumThreads()
-    cv2.setNumThreads(1)
-    try:
-        yield
-    finally:
-        cv2.setNumThreads(threads)
 
 
 def _run_unit(unit: WorkUnit) -> UnitOutput:
@@ -247,9 +230,8 @@ def _unit_outputs(job: IngestJob, pending: list[WorkUnit]) -> Iterator[UnitOutpu
         _init_worker(job.process)
         yield from map(_run_unit, pending)
         return
-    with one_opencv_thread_in_workers():
-        yield from map_units(pending, _run_pooled_unit, workers=job.workers,
-                             init=functools.partial(_init_worker, job.process), died=_died)
+    yield from map_units(pending, _run_pooled_unit, workers=job.workers,
+                         init=functools.partial(_init_worker, job.process), died=_died)
 
 
 def _run_pooled_unit(unit: WorkUnit) -> UnitOutput:
