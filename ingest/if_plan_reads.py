@@ -11,6 +11,7 @@ read. workers=0 reads them here, in order (a debugger, a profiler).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Protocol
@@ -50,23 +51,10 @@ def measure_images(images: Sequence[PlannedImage], chunks: int, *, workers: int,
     if workers <= 0:
         results = (measure_image(image, chunks) for image in images)
     else:
-        results = map_units(list(images), _Measure(chunks), workers=workers, init=_nothing, died=_died_reading)
+        results = map_units(list(images), functools.partial(measure_image, chunks=chunks), workers=workers,
+                            died=_died_reading)
     yield from progress_bar(results, total=len(images), unit="img", desc="plan if (fingerprint, nuclear threshold)",
                             enabled=progress)
-
-
-class _Measure:
-    """measure_image with its chunk count, picklable for spawned workers."""
-
-    def __init__(self, chunks: int):
-        self.chunks = chunks
-
-    def __call__(self, image: PlannedImage) -> Measured | str:
-        return measure_image(image, self.chunks)
-
-
-def _nothing() -> None:
-    pass
 
 
 def _died_reading(image: PlannedImage, reason: str) -> str:

@@ -77,7 +77,7 @@ def _die_with_parent(parent: int) -> None:
         os._exit(0)
 
 
-def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any], Any],
+def _worker_main(conn: Connection, init: Callable[[], None] | None, run: Callable[[Any], Any],
                  units: Sequence[Any] | None, parent: int) -> None:
     """Runs tasks until an empty message, or until the parent is gone. With `units` (inherited
     when forked) a task is a unit's index; without, the pickled (index, unit)."""
@@ -88,7 +88,8 @@ def _worker_main(conn: Connection, init: Callable[[], None], run: Callable[[Any]
     for stop in _STOP_SIGNALS:
         signal.signal(stop, signal.SIG_IGN)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS)  # blocked by the parent over the fork
-    init()
+    if init is not None:
+        init()
     while message := _next_task(conn):
         if units is None:  # from the parent over this private pipe, never from a shard
             tasks = pickle.loads(message)
@@ -187,7 +188,7 @@ def describe_death(exitcode: int | None, tries: int = 1) -> str:
 
 
 class _Worker:
-    def __init__(self, ctx, init: Callable[[], None], run: Callable[[Any], Any], units: Sequence[Any]):
+    def __init__(self, ctx, init: Callable[[], None] | None, run: Callable[[Any], Any], units: Sequence[Any]):
         self.conn, child = ctx.Pipe(duplex=True)
         # Forked, the worker has the units already (copy-on-write); spawned, it would get a pickle of them all.
         self.inherits = ctx.get_start_method() == "fork"
@@ -230,12 +231,12 @@ class _Worker:
         self.conn.close()
 
 
-def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, init: Callable[[], None],
-              died: Callable[[Any, str], Any], in_flight: int = 4, window: int | None = None,
+def map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, died: Callable[[Any, str], Any],
+              init: Callable[[], None] | None = None, in_flight: int = 4, window: int | None = None,
               start_method: str | None = None) -> Iterator[Any]:
-    """run(unit) for every unit in `workers` processes (each calls init() first), yielded in unit
-    order. A unit whose worker dies is run again in a new one; when that dies too (TRIES in all),
-    it yields died(unit, reason) instead. The other units are unaffected.
+    """run(unit) for every unit in `workers` processes (each calls init() first, if given),
+    yielded in unit order. A unit whose worker dies is run again in a new one; when that dies too
+    (TRIES in all), it yields died(unit, reason) instead. The other units are unaffected.
     Workers are forked on Linux, spawned elsewhere (`start_method` chooses); where they are
     spawned, `run`, `init` and `died` must be module-level and the units picklable.
     Workers run OpenCV on one thread each (one_opencv_thread_in_workers)."""
@@ -260,7 +261,7 @@ def one_opencv_thread_in_workers() -> Iterator[None]:
         cv2.setNumThreads(threads)
 
 
-def _map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, init: Callable[[], None],
+def _map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int, init: Callable[[], None] | None,
                died: Callable[[Any, str], Any], in_flight: int, window: int | None,
                start_method: str | None) -> Iterator[Any]:
     window = window or 8 * workers
