@@ -9,7 +9,6 @@ import contextlib
 import math
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -23,6 +22,7 @@ from shards import schema, storage
 from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamSource, make_loader, open_source,
                            to_device)
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
+from trainer.device_batches import DataWait, device_batches
 from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -74,27 +74,6 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> to
     name = optim.name.lower()
     extra = {"betas": optim.betas} if "adam" in name or name in ("lamb", "lion") else {"momentum": optim.momentum}
     return create_optimizer_v2(model, name, lr=lr, weight_decay=optim.weight_decay, **extra)
-
-
-class DataWait:
-    """Seconds the training loop spent blocked on the loader for its next batch: with a step that
-    waits for its loss (`.item()`), time the device sat idle for want of input. Its share of an
-    epoch says whether a run is input-bound (more DataLoader workers or CPU cores per GPU help)
-    or compute-bound (they do not)."""
-
-    def __init__(self) -> None:
-        self.seconds = 0.0
-
-
-def _batches(loader, steps: int, device: torch.device, wait: DataWait) -> Iterator[tuple[int, dict[str, Any]]]:
-    batches = iter(loader)
-    for step in range(steps):
-        asked = time.perf_counter()
-        batch = next(batches, None)
-        wait.seconds += time.perf_counter() - asked
-        if batch is None:
-            return
-        yield step, to_device(batch, device)
 
 
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -250,7 +229,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             skipped = 0
             started = last_line = time.perf_counter()
             wait = DataWait()
-            for i, batch in _batches(loader, steps_per_epoch, session.device, wait):
+            for i, batch in device_batches(loader, steps_per_epoch, session.device, wait):
                 skipped += batch["skipped"]
                 with steps.batch(i, steps_per_epoch):  # DDP: no all-reduce but at a group's last batch
                     with torch.autocast(session.device.type, dtype=dtype, enabled=dtype is not None):

@@ -137,7 +137,7 @@ def _skipped(metrics: dict[str, Any]) -> str:
 
 
 def _waited(share: float | None) -> str:
-    """' (data wait 12%)': the share of the time the step waited for its batch (trainer.loop.DataWait)."""
+    """' (data wait 12%)': the share of the time the step waited for its batch (trainer.device_batches.DataWait)."""
     return "" if share is None else f" (data wait {share:.0%})"
 
 

@@ -34,9 +34,10 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamLoader, StreamSource, make_loader, to_device
+from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamLoader, StreamSource, make_loader
 from shards.stream_plan import StreamPlanError
 from trainer.config import ExperimentConfig
+from trainer.device_batches import device_batches
 from trainer.pictures import reconstruction_grid, write_png
 
 AUGMENT = "none"
@@ -65,21 +66,19 @@ def plan_validation(config: ExperimentConfig, sources: list[StreamSource], image
     val = config.validation
     batch_size = val.batch_size or config.data.batch_size
     held_out = [dataclasses.replace(s, split=val.split) for s in sources]
-    workers = min(config.data.num_workers, MAX_WORKERS)
-    while True:
+    for workers in range(min(config.data.num_workers, MAX_WORKERS), -1, -1):  # fewer readers for fewer shards
         try:
             stream = ShardStream(held_out, batch_size=batch_size, image_size=image_size, num_workers=workers,
                                  seed=config.run.seed, augment=AUGMENT, labels=False)
-            break
         except StreamPlanError as exc:
-            if workers == 0:
-                raise ValueError(f"validation on split {val.split!r}: {exc}; set validation.batch_size lower, "
-                                 "or validation.every_epochs=0 for none") from exc
-            workers -= 1  # too few shards for that many readers: fewer loader processes
+            short = exc
+            continue
         except (FileNotFoundError, ValueError) as exc:
             raise ValueError(f"validation on split {val.split!r}: {exc} (validation.every_epochs=0 for none)") from exc
-    steps = min(stream.steps_per_epoch, val.max_batches or stream.steps_per_epoch)
-    return ValidationPlan(held_out, batch_size, workers, steps)
+        steps = min(stream.steps_per_epoch, val.max_batches or stream.steps_per_epoch)
+        return ValidationPlan(held_out, batch_size, workers, steps)
+    raise ValueError(f"validation on split {val.split!r}: {short}; set validation.batch_size lower, "
+                     "or validation.every_epochs=0 for none") from short
 
 
 def make_validation_loader(config: ExperimentConfig, plan: ValidationPlan, image_size: int,
@@ -128,8 +127,7 @@ def validate(net: torch.nn.Module, loader: StreamLoader, steps: int, *, seed: in
     first = None
     with _held_still(net, seed, device):
         loader.dataset.set_epoch(0)  # the same samples, in the same order, every pass
-        for batch in _take(loader, steps):
-            batch = to_device(batch, device)
+        for _, batch in device_batches(loader, steps, device):
             first = batch if first is None else first
             skipped += batch["skipped"]
             with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -148,15 +146,6 @@ def save_val_pictures(net: torch.nn.Module, batch: dict[str, Any], path: Path, *
     with _held_still(net, seed, device):
         columns = net.reconstruct(batch["image"][:4])
     write_png(path, reconstruction_grid(columns))
-
-
-def _take(loader: StreamLoader, steps: int):
-    batches = iter(loader)
-    for _ in range(steps):
-        batch = next(batches, None)
-        if batch is None:
-            return
-        yield batch
 
 
 def val_metrics(terms: dict[str, Any]) -> dict[str, float]:
