@@ -33,7 +33,8 @@ from trainer.loop import DataPlan, check_data, effective_batch, first_batch_term
 from trainer.optimizer_steps import updates_per_epoch
 from trainer.registry import build_method, model_config_error
 from trainer.run_log import finished_line
-from trainer.worker_resources import describe, gpu_choice, per_worker, scaling_resources, shortfall
+from trainer.worker_resources import (configured_gpu, describe, gpu_choice, per_worker, scaling_resources,
+                                      shortfall)
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -255,9 +256,7 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
 
 def ray_ask(config: ExperimentConfig) -> str:
     """What one worker asks Ray for, for --dry-run (run.use_gpu=auto decides on the cluster)."""
-    gpu = {"true": True, "false": False}.get(config.run.use_gpu.lower())
-    if gpu is None and config.run.accelerator_type:
-        gpu = True  # a GPU type named: auto asks for GPUs (trainer/worker_resources.py gpu_choice)
+    gpu = configured_gpu(config.run)
     if gpu is not None:
         return describe(per_worker(config.run, gpu))
     return (f"{describe(per_worker(config.run, True))} where the cluster has GPUs, "

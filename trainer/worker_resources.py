@@ -75,6 +75,15 @@ def shortfall(run: RunConfig, use_gpu: bool, nodes: list[dict[str, float]]) -> s
             f"hold {fits:g} such worker(s) (they have: {there}); lower {' or '.join(knobs)}")
 
 
+def configured_gpu(run: RunConfig) -> bool | None:
+    """Whether the workers take GPUs as far as the config alone says: run.use_gpu true / false, or
+    auto with run.accelerator_type naming a GPU type (True); None when auto leaves it to the cluster."""
+    setting = run.use_gpu.lower()
+    if setting in ("true", "false"):
+        return setting == "true"
+    return True if run.accelerator_type else None
+
+
 def gpu_choice(run: RunConfig, cluster_gpus: float, embedded: bool) -> tuple[bool, str | None]:
     """run.use_gpu resolved, and a warning where `auto` may not mean what the user wants.
 
@@ -83,10 +92,10 @@ def gpu_choice(run: RunConfig, cluster_gpus: float, embedded: bool) -> tuple[boo
     A cluster whose GPU nodes an autoscaler starts on demand has no GPU before the run asks, so
     auto there would train on CPUs with gloo: said in the warning. The embedded Ray is this
     machine, so a CPU run there is what auto is for."""
-    setting = run.use_gpu.lower()
-    if setting in ("true", "false"):
-        return setting == "true", None
-    if run.accelerator_type or cluster_gpus >= 1:
+    configured = configured_gpu(run)
+    if configured is not None:
+        return configured, None
+    if cluster_gpus >= 1:
         return True, None
     if embedded:
         return False, None
