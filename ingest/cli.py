@@ -83,9 +83,10 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _common(args: argparse.Namespace) -> dict:
-    return dict(out=args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed,
-                workers=usable_cpus() if args.workers is None else args.workers, shard_size=args.shard_size, id_salt=args.id_salt,
-                overwrite=args.overwrite, progress=not args.no_progress, tool_version=tool_version())
+    workers = usable_cpus() if args.workers is None else args.workers  # 0 is a choice: in this process
+    return dict(out=args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=workers,
+                shard_size=args.shard_size, id_salt=args.id_salt, overwrite=args.overwrite,
+                progress=not args.no_progress, tool_version=tool_version())
 
 
 # kind -> (module, function): each writes a dataset under OUT and returns an object whose .root is
