@@ -16,12 +16,13 @@ fi
 "$bin/shards" preview "$shards" --split train -n 16 --out "$demo/cbis-lesion-preview.png"
 # A short MIRAM pretraining on those shards with an embedded local Ray (2 CPU workers).
 rm -rf "$demo/runs/tiny-cpu"
-# Every other epoch and after the last, the loss on the val split (a single batch of its 2 samples here).
+# Every other epoch and after the last, the loss on the val split (a single batch of its 2 samples
+# here); the checkpoints kept are those of the lowest val_loss, and the newest.
 "$bin/python" trainer/pretrain.py --config trainer/configs/tiny_cpu.yaml \
     "data.sources=[{root: $PWD/$shards}]" "run.storage_path=$PWD/$demo/runs" \
-    validation.every_epochs=2 validation.batch_size=2
-# The pretrained encoder, for fine-tuning with timm.
-"$bin/python" trainer/export_encoder.py "$demo/runs/tiny-cpu" --out "$demo/encoder/miram-tiny.safetensors"
+    validation.every_epochs=2 validation.batch_size=2 run.keep_by=val_loss
+# The pretrained encoder of the checkpoint with the lowest val_loss, for fine-tuning with timm.
+"$bin/python" trainer/export_encoder.py "$demo/runs/tiny-cpu" --best --out "$demo/encoder/miram-tiny.safetensors"
 # How well its frozen features predict MIRAM's 4-class target (a linear probe; a few minutes of
 # pretraining on 12 made-up patients says little, a real run's probe says how pretraining went).
 "$bin/python" trainer/linear_probe.py "$demo/encoder/miram-tiny.safetensors" --data "$shards" --label class4 \

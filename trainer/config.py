@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+KEEP_BY = ("newest", "val_loss")  # run.keep_by: which checkpoints a run keeps (trainer/checkpoints.py)
+
 
 class ConfigError(ValueError):
     pass
@@ -89,6 +91,9 @@ class RunConfig:
     precision: str = "auto"  # auto (bf16 on GPUs that have it, else fp16; fp32 on CPU) | bf16 | fp16 | fp32
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 3
+    # newest: the newest keep_checkpoints; val_loss: the keep_checkpoints with the lowest val_loss,
+    # and the newest (trainer/checkpoints.py); needs validation passes
+    keep_by: str = "newest"
     log_every_steps: int = 20
     progress_every_s: float = 60.0  # within an epoch, a step line at most this often (at logging steps)
     images_every_steps: int = 500
@@ -218,6 +223,7 @@ _RANGES: tuple[tuple[str, Any, str], ...] = (
     ("run.precision", lambda v: v in ("auto", "bf16", "fp16", "fp32"), "auto, bf16, fp16 or fp32"),
     ("run.checkpoint_every_epochs", _positive, "1 or more"),
     ("run.keep_checkpoints", _positive, "1 or more"),
+    ("run.keep_by", lambda v: v in KEEP_BY, " or ".join(KEEP_BY)),
     ("run.log_every_steps", _positive, "1 or more"),
     ("run.progress_every_s", _non_negative, "0 (every logging step) or more"),
     ("run.images_every_steps", _positive, "1 or more"),
@@ -236,6 +242,9 @@ def check_ranges(config: ExperimentConfig) -> None:
         value = functools.reduce(getattr, dotted.split("."), config)
         if not test(value):
             raise ConfigError(f"{dotted}: must be {wanted}, got {value!r}")
+    if config.run.keep_by == "val_loss" and not config.validation.every_epochs:
+        raise ConfigError("run.keep_by: val_loss ranks checkpoints by their validation pass, and "
+                          "validation.every_epochs is 0 (none); set it, e.g. validation.every_epochs=10")
     for i, source in enumerate(config.data.sources):
         if not (source.weight > 0 and math.isfinite(source.weight)):
             raise ConfigError(f"data.sources[{i}].weight: must be a number above 0, got {source.weight!r}")

@@ -1,10 +1,11 @@
 """Export a pretraining run's encoder for fine-tuning with timm.
 
-    python trainer/export_encoder.py RUN_OR_CHECKPOINT [--out encoder.safetensors]
+    python trainer/export_encoder.py RUN_OR_CHECKPOINT [--best] [--out encoder.safetensors]
 
 RUN_OR_CHECKPOINT: a run folder (its newest checkpoint: Ray Train's checkpoint_*/ or a one-process
-run's checkpoints/epoch_*/), one checkpoint folder, or its checkpoint.pt; a URI (s3://...) names a
-checkpoint folder or file in a bucket. Writes OUT, the encoder's weights under timm's parameter
+run's checkpoints/epoch_*/; with --best, the one with the lowest val_loss), one checkpoint folder,
+or its checkpoint.pt; a URI (s3://...) names a checkpoint folder or file in a bucket, or with
+--best a run's prefix. Writes OUT, the encoder's weights under timm's parameter
 names (safetensors: no pickle), and beside it the same name with .json, the recipe: the
 timm.create_model name and keyword arguments, the method, the checkpoint's epoch and step, and the
 normalisation the encoder was pretrained with (per channel mean and std in stored pixel units, for
@@ -42,7 +43,8 @@ from shards import storage
 from shards.atomic_files import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
-from trainer.pretrain import LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, local_checkpoints
+from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, best_checkpoint, local_checkpoints,
+                                 run_checkpoints)
 from trainer.layers.timm_export import TimmEncoder
 from trainer.registry import build_method
 
@@ -53,8 +55,11 @@ class ExportError(ValueError):
     """No encoder can be exported from this location; says which file and why."""
 
 
-def find_checkpoint(location: str | Path) -> str | Path:
-    """The checkpoint.pt that `location` names (see the module docstring)."""
+def find_checkpoint(location: str | Path, best: bool = False) -> str | Path:
+    """The checkpoint.pt that `location` names (see the module docstring); with `best`, a run's
+    checkpoint with the lowest val_loss (trainer/checkpoints.py)."""
+    if best:
+        return _best_checkpoint(location)
     if storage.is_uri(str(location)):
         location = str(location)
         return location if location.split("?")[0].endswith(".pt") else storage.join(location, CHECKPOINT_FILE)
@@ -70,6 +75,18 @@ def find_checkpoint(location: str | Path) -> str | Path:
                 else f"holds no {CHECKPOINT_FILE}, {RAY_CHECKPOINT_PREFIX}*/ or {LOCAL_CHECKPOINTS}/")
         raise ExportError(f"{path}: {what}")
     return max(candidates, key=lambda p: (p.stat().st_mtime, str(p)))  # the newest written
+
+
+def _best_checkpoint(location: str | Path) -> str | Path:
+    found = best_checkpoint(location)
+    if found is None:
+        folders = run_checkpoints(location)
+        what = (f"none of its {len(folders)} checkpoint(s) has a val_loss (validation.every_epochs was 0, or "
+                "no checkpoint was written at a validation pass)" if folders
+                else f"holds no {RAY_CHECKPOINT_PREFIX}*/ or {LOCAL_CHECKPOINTS}/ of a run")
+        raise ExportError(f"{location}: --best needs a run folder whose checkpoints have a val_loss; {what}")
+    folder, _ = found
+    return storage.join(folder, CHECKPOINT_FILE) if storage.is_uri(str(folder)) else Path(folder) / CHECKPOINT_FILE
 
 
 def load_checkpoint(checkpoint: str | Path) -> dict[str, Any]:
@@ -138,11 +155,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("location", help="a run folder, a checkpoint folder, or a checkpoint.pt (or a URI of one)")
     parser.add_argument("--out", type=Path, default=Path("encoder.safetensors"), help="default: ./encoder.safetensors")
+    parser.add_argument("--best", action="store_true",
+                        help="of a run folder, the checkpoint with the lowest val_loss (default: the newest)")
     args = parser.parse_args(argv)
     if args.out.suffix != ".safetensors":
         parser.error(f"--out {args.out} must end in .safetensors (the recipe goes beside it, as .json)")
     try:
-        checkpoint = find_checkpoint(args.location)
+        checkpoint = find_checkpoint(args.location, best=args.best)
         weights, recipe = export_encoder(load_checkpoint(checkpoint), str(checkpoint))
     except ExportError as exc:
         print(f"export_encoder: {exc}", file=sys.stderr)
@@ -154,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         print(f"export_encoder: cannot write {args.out}: {exc.strerror or exc}", file=sys.stderr)
         return 2
-    print(f"encoder: {args.out} ({recipe['timm_model']}, {recipe['method']} at epoch {recipe['epoch']}, "
+    print(f"encoder: {args.out} ({recipe['timm_model']}, {recipe['method']} after epoch {recipe['epoch'] + 1}, "
           f"step {recipe['step']}, from {checkpoint})\nrecipe:  {recipe_path(args.out)}", flush=True)
     return 0
 

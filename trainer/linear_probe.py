@@ -74,7 +74,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
     device = torch.device(args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu"))
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ProbeError(f"--device {args.device}: this machine has no CUDA device")
-    encoder = load_encoder(args.encoder, device)
+    encoder = load_encoder(args.encoder, device, best=args.best)
     kinds = tuple(args.crop_kinds.split(",")) if args.crop_kinds else None
     if kinds is not None and not set(kinds) <= set(schema.CROP_KINDS):
         raise ProbeError(f"--crop-kinds {args.crop_kinds}: each must be one of {list(schema.CROP_KINDS)}")
@@ -143,7 +143,8 @@ def _summary(report: dict[str, Any], splits: list[str]) -> str:
         return "n/a" if value is None else f"{value:.4f}"
 
     train = report["train"]
-    lines = [f"probe: {report['method']} (epoch {report['epoch']}) on {report['data']}, {report['task']} "
+    trained = "epoch unknown" if report["epoch"] is None else f"after epoch {report['epoch'] + 1}"
+    lines = [f"probe: {report['method']} ({trained}) on {report['data']}, {report['task']} "
              f"{','.join(report['labels'])}: {train['samples']} training samples of {train['patients']} patients "
              f"(fraction {report['label_fraction']} of {train['patients_labelled']})"]
     for split in splits:
@@ -162,6 +163,8 @@ def _summary(report: dict[str, Any], splits: list[str]) -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("encoder", help="ENCODER.safetensors (recipe beside it), a run folder or a checkpoint")
+    parser.add_argument("--best", action="store_true",
+                        help="of a run folder, the checkpoint with the lowest val_loss (default: the newest)")
     parser.add_argument("--data", required=True, help="the labelled shard set (a folder or a URI)")
     parser.add_argument("--label", required=True,
                         help=f"one label name (multi-class), several binary ones (true/false, 0/1) comma-separated (multi-label), "

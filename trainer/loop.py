@@ -21,6 +21,7 @@ from timm.scheduler import CosineLRScheduler
 from shards import schema, storage
 from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamSource, make_loader, open_source,
                            to_device)
+from trainer.checkpoints import METRICS_FILE, metrics_json
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.device_batches import DataWait, device_batches
 from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
@@ -301,7 +302,8 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
 def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config,
                             data) -> None:
     """Rank 0 writes the checkpoint (model, optimizer, scheduler, scaler, step, epoch, resolved
-    config, the data's shape and normalisation); every rank reports, as Ray Train requires."""
+    config, the data's shape and normalisation) and the epoch's metrics beside it; every rank
+    reports, as Ray Train requires."""
     if session.rank != 0:
         session.report(metrics, None)
         return
@@ -317,6 +319,7 @@ def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scale
             "config_yaml": dump_config(config),
             "data": data,
         }, Path(tmp) / CHECKPOINT_FILE)
+        (Path(tmp) / METRICS_FILE).write_bytes(metrics_json(metrics))  # its rank (trainer/checkpoints.py)
         session.report(metrics, Path(tmp))
 
 

@@ -28,6 +28,8 @@ from shards import storage
 from shards.stop_signal import Terminated, sigterm_as_interrupt
 from shards.stream import SampleError
 from shards.atomic_files import atomic_write_bytes, sync_folder
+from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, SCORE, best_checkpoint, kept,
+                                 local_checkpoints, read_metrics, score)
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, effective_batch, first_batch_terms, train
 from trainer.optimizer_steps import updates_per_epoch
@@ -44,27 +46,15 @@ def run_folder(config: ExperimentConfig) -> Path:
     return (base / config.run.name).resolve()
 
 
-# Where a run's checkpoints are: Ray Train's storage_path/NAME/checkpoint_*/ (a folder or a bucket
-# prefix), or a one-process run's RUN/checkpoints/epoch_NNNN/; each holds loop.CHECKPOINT_FILE.
-RAY_CHECKPOINT_PREFIX = "checkpoint_"
-LOCAL_CHECKPOINTS = "checkpoints"
-_LOCAL_EPOCH_GLOB = "epoch_[0-9][0-9][0-9][0-9]"  # not epoch_NNNN.tmp, a copy cut short
-
-
-def local_checkpoints(run_dir: Path) -> list[Path]:
-    """A one-process run's complete checkpoint folders, oldest first."""
-    return sorted((run_dir / LOCAL_CHECKPOINTS).glob(_LOCAL_EPOCH_GLOB))
-
-
 class LocalSession:
-    """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, the newest kept ones."""
+    """One process, no Ray: checkpoints in RUN/checkpoints/epoch_NNNN, those run.keep_by keeps."""
 
     rank, world_size = 0, 1
 
-    def __init__(self, run_dir: Path, keep: int):
+    def __init__(self, run_dir: Path, keep: int, keep_by: str = "newest"):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.run_dir, self.folder = run_dir, run_dir / LOCAL_CHECKPOINTS
-        self.keep = keep
+        self.keep, self.keep_by = keep, keep_by
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         return model
@@ -82,7 +72,9 @@ class LocalSession:
             atomic_write_bytes(tmp / item.name, item.read_bytes())
         tmp.rename(target)
         sync_folder(self.folder)
-        for old in local_checkpoints(self.run_dir)[: -self.keep]:
+        found = local_checkpoints(self.run_dir)
+        keeping = kept([score(read_metrics(folder)) for folder in found], self.keep, self.keep_by)
+        for old in (folder for folder, keep in zip(found, keeping, strict=True) if not keep):
             for item in old.iterdir():
                 item.unlink()
             old.rmdir()
@@ -96,7 +88,7 @@ class LocalSession:
 class RaySession:
     """RAY: the few places the loop meets Ray Train: rank, device, DDP, report, restore."""
 
-    def __init__(self):
+    def __init__(self, keep_by: str = "newest"):
         import ray.train
         import ray.train.torch
 
@@ -105,6 +97,7 @@ class RaySession:
         self.world_size = context.get_world_size()
         self.device = ray.train.torch.get_device()
         self._train = ray.train
+        self._scored = keep_by == SCORE
 
     def prepare_model(self, model: torch.nn.Module) -> torch.nn.Module:
         """DDP across workers. BatchNorm statistics are synchronised across GPUs (SimCLR/VICReg
@@ -119,6 +112,8 @@ class RaySession:
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
         checkpoint = self._train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
+        if self._scored and checkpoint is not None:  # Ray ranks a checkpoint without the metric highest
+            metrics = {SCORE: float("nan"), **metrics}
         self._train.report(metrics, checkpoint=checkpoint)
 
     @contextlib.contextmanager
@@ -154,7 +149,8 @@ def train_loop_per_worker(loop_config: dict) -> None:
     """RAY: what each Ray Train worker runs."""
     os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
     quiet_per_report_logging()
-    train(config_from_dict(loop_config["config"]), RaySession(), Path(loop_config["run_dir"]))
+    config = config_from_dict(loop_config["config"])
+    train(config, RaySession(config.run.keep_by), Path(loop_config["run_dir"]))
 
 
 def start_embedded_ray() -> None:
@@ -234,7 +230,9 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
         run_config=RunConfig(
             name=config.run.name,
             storage_path=where if storage.is_uri(where) else str(Path(where).resolve()),
-            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints),
+            checkpoint_config=CheckpointConfig(num_to_keep=config.run.keep_checkpoints, **(
+                {"checkpoint_score_attribute": SCORE, "checkpoint_score_order": "min"}
+                if config.run.keep_by == SCORE else {})),
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
     )
@@ -243,6 +241,14 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
           flush=True)
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}", flush=True)
+
+
+def checkpoints_of(config: ExperimentConfig, run_dir: Path) -> str | Path:
+    """Where the run's checkpoint folders are: Ray Train's storage_path/NAME (a folder or a URI),
+    or the one-process run's folder."""
+    if not config.run.use_ray:
+        return run_dir
+    return storage.join(config.run.storage_path, config.run.name)
 
 
 def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
@@ -261,6 +267,13 @@ def ray_ask(config: ExperimentConfig) -> str:
         return describe(per_worker(config.run, gpu))
     return (f"{describe(per_worker(config.run, True))} where the cluster has GPUs, "
             f"else {describe(per_worker(config.run, False))}")
+
+
+def kept_line(run) -> str:
+    """The dry run's word on which checkpoints stay (trainer/checkpoints.py)."""
+    if run.keep_by == SCORE:
+        return f"the {run.keep_checkpoints} with the lowest val_loss and the newest kept"
+    return f"newest {run.keep_checkpoints} kept"
 
 
 def validation_line(config: ExperimentConfig, plan: DataPlan) -> str:
@@ -305,7 +318,7 @@ def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
         *([f"  ray:   each of {world_size} worker(s) asks Ray for " + ray_ask(config)] if config.run.use_ray else []),
         validation_line(config, plan),
         f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
-        f"{config.run.checkpoint_every_epochs} epoch(s), newest {config.run.keep_checkpoints} kept)",
+        f"{config.run.checkpoint_every_epochs} epoch(s), {kept_line(config.run)})",
     ]
     print("\n".join(lines))
     return 0
@@ -348,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
             fit_on_ray(config, run_dir)
         else:
             with sigterm_as_interrupt():  # a scheduler's stop, as Ctrl-C (a run on Ray is Ray's to stop)
-                train(config, LocalSession(run_dir, config.run.keep_checkpoints), run_dir)
+                train(config, LocalSession(run_dir, config.run.keep_checkpoints, config.run.keep_by), run_dir)
     except ResourcesError as exc:
         print(f"pretrain: resources: {exc}", file=sys.stderr)
         return 2
@@ -365,6 +378,10 @@ def main(argv: list[str] | None = None) -> int:
         return 143 if stopped else 130
     print(f"metrics: {run_dir / 'epochs.csv'}, {run_dir / 'steps.csv'}, {run_dir / 'tensorboard'}\n"
           f"pictures: {run_dir / 'images'}", flush=True)
+    if config.validation.every_epochs and (best := best_checkpoint(checkpoints_of(config, run_dir))):
+        folder, metrics = best
+        print(f"best checkpoint: {folder} (after epoch {int(metrics['epoch']) + 1}, val_loss {metrics[SCORE]:.4f}; "
+              "export it with trainer/export_encoder.py RUN --best)", flush=True)
     return 0
 
 

@@ -1,3 +1,4 @@
+import re
 from pathlib import Path
 
 import pytest
@@ -44,6 +45,9 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("validation.every_epochs=-1", r"validation.every_epochs: must be 0 \(no validation\) or more, got -1"),
     ("validation.batch_size=0", r"validation.batch_size: must be null \(data.batch_size\) or 1 or more, got 0"),
     ("run.workers=0", r"run.workers: must be 1 or more, got 0"),
+    ("run.keep_by=best", r"run.keep_by: must be newest or val_loss, got 'best'"),
+    ("run.keep_by=val_loss", r"run.keep_by: val_loss ranks checkpoints by their validation pass, and "
+                             r"validation.every_epochs is 0"),
     ("optim.blr=-0.001", r"optim.blr: must be a number above 0, got -0.001"),
     ("optim.betas=[0.9, 1.5]", r"optim.betas: must be two numbers in \[0, 1\)"),
     ("optim.warmup_epochs=-1", r"optim.warmup_epochs: must be 0 or more, got -1"),
@@ -70,3 +74,15 @@ def test_validating_on_the_split_a_source_trains_on_is_refused(tmp_path):
         load_config(path, ["validation.every_epochs=1"])
     assert load_config(path, ["validation.every_epochs=1", "validation.split=test"]).validation.split == "test"
     assert load_config(path).validation.every_epochs == 0  # no validation: nothing to refuse
+
+
+@pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)
+def test_a_shipped_config_validates_only_on_shards_its_ingest_command_gives_a_val_split(path):
+    """Each config names the ingest command of its shards in its header; --val-fraction 0 there
+    leaves no val split, and validating on one that is not there is refused before training."""
+    header = "".join(line for line in path.read_text().splitlines(keepends=True) if line.startswith("#"))
+    config = load_config(path)
+    if re.search(r"--val-fraction 0(\.0*)?\s", header):
+        assert config.validation.every_epochs == 0
+    if config.run.keep_by == "val_loss":
+        assert config.validation.every_epochs > 0

@@ -57,14 +57,17 @@ def _read_exported(path: Path) -> tuple[TimmEncoder, dict[str, Any]]:
     return TimmEncoder(recipe["timm_model"], dict(recipe["timm_kwargs"]), state_dict, recipe.get("context_blocks")), recipe
 
 
-def load_encoder(location: str | Path, device: torch.device) -> Encoder:
-    """The encoder at `location` (see the module docstring), on `device`, in eval mode."""
+def load_encoder(location: str | Path, device: torch.device, best: bool = False) -> Encoder:
+    """The encoder at `location` (see the module docstring), on `device`, in eval mode; with
+    `best`, a run's checkpoint with the lowest val_loss."""
     location = str(location)
+    if best and location.endswith(".safetensors"):
+        raise ProbeError(f"{location}: --best picks a run's checkpoint, and this is one exported encoder")
     if location.endswith(".safetensors"):
         timm_encoder, recipe = _read_exported(Path(location))
     else:
         try:
-            checkpoint = find_checkpoint(location)
+            checkpoint = find_checkpoint(location, best=best)
             timm_encoder, recipe = encoder_and_recipe(load_checkpoint(checkpoint), str(checkpoint))
         except ExportError as exc:
             raise ProbeError(str(exc)) from exc

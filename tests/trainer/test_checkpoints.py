@@ -1,0 +1,123 @@
+"""trainer/checkpoints.py: which checkpoints run.keep_by keeps, and a run's best one, in one
+process and as Ray Train keeps them; export_encoder --best."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from trainer.checkpoints import best_checkpoint, kept, metrics_json, read_metrics, score
+
+PROJECT = Path(__file__).resolve().parents[2]
+TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
+
+
+def test_newest_keeps_the_last_ones():
+    assert kept([0.5, None, 0.1, None], 2, "newest") == [False, False, True, True]
+    assert kept([0.5], 3, "newest") == [True]
+
+
+def test_val_loss_keeps_the_lowest_and_always_the_newest():
+    # epochs without a pass rank below every scored one; the newest stays whatever its score
+    assert kept([0.5, None, 0.1, 0.9, None], 2, "val_loss") == [True, False, True, False, True]
+    assert kept([0.3, 0.2, 0.4], 1, "val_loss") == [False, True, True]
+    assert kept([0.2, 0.2, 0.2, 0.9], 2, "val_loss") == [False, True, True, True]  # equals: the older goes
+    assert kept([None, None, None], 1, "val_loss") == [False, False, True]
+    assert kept([], 2, "val_loss") == []
+    with pytest.raises(ValueError, match="keep_by must be one of"):
+        kept([0.1], 1, "best")
+
+
+def test_metrics_are_strict_json_and_a_missing_pass_has_no_score(tmp_path):
+    assert json.loads(metrics_json({"epoch": 3, "loss": 0.25, "val_loss": math.nan})) == {
+        "epoch": 3, "loss": 0.25, "val_loss": None}
+    assert score({"val_loss": 0.5}) == 0.5 and score({"loss": 0.5}) is None and score(None) is None
+    assert score({"val_loss": None}) is None
+    assert read_metrics(tmp_path) is None  # a checkpoint written before metrics.json existed
+    (tmp_path / "metrics.json").write_text("{cut sh")
+    assert read_metrics(tmp_path) is None
+
+
+def _checkpoint(folder: Path, epoch: int, val_loss: float | None) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "checkpoint.pt").write_bytes(b"")
+    (folder / "metrics.json").write_bytes(metrics_json({"epoch": epoch, **({"val_loss": val_loss} if val_loss else {})}))
+    return folder
+
+
+def test_the_best_is_the_lowest_val_loss_the_later_among_equals(tmp_path):
+    ray_run = tmp_path / "ray-run"
+    _checkpoint(ray_run / "checkpoint_2026-12-03_10-00-00.000001", 0, None)
+    _checkpoint(ray_run / "checkpoint_2026-12-03_10-00-01.000001", 1, 0.4)
+    wanted = _checkpoint(ray_run / "checkpoint_2026-12-03_10-00-02.000001", 3, 0.3)
+    _checkpoint(ray_run / "checkpoint_2026-12-03_10-00-03.000001", 2, 0.3)  # equal, earlier epoch
+    folder, metrics = best_checkpoint(ray_run)
+    assert folder == wanted and metrics["epoch"] == 3
+    one_process = tmp_path / "local-run"
+    _checkpoint(one_process / "checkpoints" / "epoch_0001", 1, None)
+    assert best_checkpoint(one_process) is None
+    wanted = _checkpoint(one_process / "checkpoints" / "epoch_0002", 2, 0.7)
+    assert best_checkpoint(one_process)[0] == wanted
+
+
+def _epochs(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "epochs.csv", newline="") as fh:
+        return list(csv.DictReader(fh))
+
+
+def _kept_epochs(folders) -> list[int]:
+    return sorted(int(read_metrics(folder)["epoch"]) for folder in folders)
+
+
+# 4 epochs, a checkpoint each, a pass after the 2nd and 4th (0-based 1 and 3): keep 2 by val_loss
+# keeps those two, where the newest 2 would be epochs 2 and 3, whatever the losses come out as.
+RANKED = ["optim.epochs=4", "optim.warmup_epochs=1", "data.batch_size=8", "validation.every_epochs=2",
+          "validation.batch_size=2", "run.keep_checkpoints=2", "run.keep_by=val_loss"]
+
+
+def test_a_one_process_run_keeps_the_lowest_val_losses_and_exports_the_best(lesion_shards, tmp_path, capsys):
+    from trainer.export_encoder import main as export_main
+    from trainer.pretrain import main
+
+    args = ["--config", str(TINY), f"data.sources=[{{root: {lesion_shards}}}]", f"run.storage_path={tmp_path}",
+            "run.use_ray=false", *RANKED]
+    assert main(args) == 0
+    run_dir = tmp_path / "tiny-cpu"
+    assert _kept_epochs((run_dir / "checkpoints").iterdir()) == [1, 3]
+    rows = _epochs(run_dir)
+    best = min((1, 3), key=lambda e: (float(rows[e]["val_loss"]), -e))
+    out = capsys.readouterr().out
+    assert f"best checkpoint: {run_dir / 'checkpoints' / f'epoch_{best:04d}'} (after epoch {best + 1}, " in out
+    assert export_main([str(run_dir), "--best", "--out", str(tmp_path / "best.safetensors")]) == 0
+    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == best
+    state = torch.load(run_dir / "checkpoints" / f"epoch_{best:04d}" / "checkpoint.pt", weights_only=True)
+    assert state["epoch"] == best
+
+
+def test_export_best_of_a_run_without_val_losses_is_refused(exported_encoder, tmp_path, capsys):
+    from trainer.export_encoder import main as export_main
+
+    out = tmp_path / "e.safetensors"
+    assert export_main([str(exported_encoder.parent / "tiny-cpu"), "--best", "--out", str(out)]) == 2
+    assert "none of its 1 checkpoint(s) has a val_loss" in capsys.readouterr().err and not out.exists()
+
+
+def test_a_ray_run_keeps_the_same_checkpoints_as_one_process(lesion_shards, ray_env, tmp_path):
+    """Ray Train keeps them (CheckpointConfig with val_loss as the score): the epochs without a
+    pass are reported with a NaN val_loss, which Ray ranks lowest (left out, it ranks highest)."""
+    args = ["--config", str(TINY), f"data.sources=[{{root: {lesion_shards}}}]", f"run.storage_path={tmp_path}",
+            "run.workers=1", *RANKED]
+    done = subprocess.run([sys.executable, "trainer/pretrain.py", *args], cwd=PROJECT, env=ray_env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, (done.stdout + done.stderr)[-3000:]
+    run_dir = tmp_path / "tiny-cpu"
+    assert _kept_epochs(p for p in run_dir.glob("checkpoint_*") if p.is_dir()) == [1, 3]
+    folder, metrics = best_checkpoint(run_dir)
+    assert f"best checkpoint: {folder} (after epoch {int(metrics['epoch']) + 1}, " in done.stdout
