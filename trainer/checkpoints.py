@@ -25,6 +25,7 @@ import json
 import math
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from shards import storage
 from trainer.config import KEEP_BY
@@ -73,6 +74,17 @@ def read_metrics(folder: str | Path) -> dict[str, Any] | None:
         return json.loads(storage.read_bytes(storage.join(folder, METRICS_FILE)))
     except (OSError, ValueError):
         return None
+
+
+def checkpoint_val_loss(checkpoint_file: str | Path) -> float | None:
+    """The val_loss of the epoch a checkpoint.pt (a path or a URI) was written at, from the
+    METRICS_FILE beside it; None without a pass, or a checkpoint older than METRICS_FILE."""
+    if storage.is_uri(str(checkpoint_file)):
+        parts = urlsplit(str(checkpoint_file))
+        folder = urlunsplit(parts._replace(path=parts.path.rsplit("/", 1)[0]))
+    else:
+        folder = Path(checkpoint_file).parent
+    return score(read_metrics(folder))
 
 
 def run_checkpoints(location: str | Path) -> list[str | Path]:

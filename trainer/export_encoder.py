@@ -7,9 +7,9 @@ run's checkpoints/epoch_*/; with --best, the one with the lowest val_loss), one 
 or its checkpoint.pt; a URI (s3://...) names a checkpoint folder or file in a bucket, or with
 --best a run's prefix. Writes OUT, the encoder's weights under timm's parameter
 names (safetensors: no pickle), and beside it the same name with .json, the recipe: the
-timm.create_model name and keyword arguments, the method, the checkpoint's epoch and step, and the
-normalisation the encoder was pretrained with (per channel mean and std in stored pixel units, for
-each shard set). Both are written atomically. Fine-tuning then starts from
+timm.create_model name and keyword arguments, the method, the checkpoint's epoch, step and
+val_loss (null without a pass), and the normalisation the encoder was pretrained with (per
+channel mean and std in stored pixel units, for each shard set). Both are written atomically. Fine-tuning then starts from
 
     encoder = timm.create_model(recipe["timm_model"], pretrained=False, **recipe["timm_kwargs"])
     encoder.load_state_dict(safetensors.torch.load_file(OUT))
@@ -43,8 +43,8 @@ from shards import storage
 from shards.atomic_files import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
-from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, best_checkpoint, local_checkpoints,
-                                 run_checkpoints)
+from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, best_checkpoint, checkpoint_val_loss,
+                                 local_checkpoints, run_checkpoints)
 from trainer.layers.timm_export import TimmEncoder
 from trainer.registry import build_method
 
@@ -133,6 +133,7 @@ def encoder_and_recipe(state: dict[str, Any], source: str) -> tuple[TimmEncoder,
         "checkpoint": source,
         "epoch": state.get("epoch"),
         "step": state.get("step"),
+        "val_loss": checkpoint_val_loss(source),  # null: no validation pass at that epoch
         "pretrained_on": {"in_chans": data["in_chans"], "img_size": data["img_size"]},
         # fine-tuning inputs need the same (x - mean) / std, x in stored units (uint8 / uint16)
         "normalisation": data["sources"],

@@ -114,6 +114,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
 
     report: dict[str, Any] = {
         "encoder": encoder.source, "method": encoder.recipe.get("method"), "epoch": encoder.recipe.get("epoch"),
+        "val_loss": encoder.recipe.get("val_loss"),
         "data": str(args.data), "crop_kinds": list(kinds) if kinds else None,
         "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
         "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule), **probed(0),

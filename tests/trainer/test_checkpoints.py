@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainer.checkpoints import best_checkpoint, kept, metrics_json, read_metrics, score
+from shards import storage
+from trainer.checkpoints import best_checkpoint, checkpoint_val_loss, kept, metrics_json, read_metrics, score
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
@@ -67,6 +68,19 @@ def test_the_best_is_the_lowest_val_loss_the_later_among_equals(tmp_path):
     assert best_checkpoint(one_process)[0] == wanted
 
 
+def test_the_best_of_a_run_in_a_bucket_and_a_checkpoints_val_loss(s3_endpoint, tmp_path):
+    run = tmp_path / "run"
+    _checkpoint(run / "checkpoint_2026-12-03_10-00-00.000001", 1, 0.6)
+    _checkpoint(run / "checkpoint_2026-12-03_10-00-01.000001", 2, 0.5)
+    _checkpoint(run / "checkpoint_2026-12-03_10-00-02.000001", 3, None)
+    uri = s3_endpoint.upload(run, "runs/x")
+    folder, metrics = best_checkpoint(uri)
+    assert folder == storage.join(uri, "checkpoint_2026-12-03_10-00-01.000001") and metrics["epoch"] == 2
+    assert checkpoint_val_loss(storage.join(folder, "checkpoint.pt")) == 0.5
+    assert checkpoint_val_loss(storage.join(uri, "checkpoint_2026-12-03_10-00-02.000001", "checkpoint.pt")) is None
+    assert checkpoint_val_loss(run / "checkpoint_2026-12-03_10-00-00.000001" / "checkpoint.pt") == 0.6
+
+
 def _epochs(run_dir: Path) -> list[dict[str, str]]:
     with open(run_dir / "epochs.csv", newline="") as fh:
         return list(csv.DictReader(fh))
@@ -96,7 +110,8 @@ def test_a_one_process_run_keeps_the_lowest_val_losses_and_exports_the_best(lesi
     out = capsys.readouterr().out
     assert f"best checkpoint: {run_dir / 'checkpoints' / f'epoch_{best:04d}'} (after epoch {best + 1}, " in out
     assert export_main([str(run_dir), "--best", "--out", str(tmp_path / "best.safetensors")]) == 0
-    assert json.loads((tmp_path / "best.json").read_text())["epoch"] == best
+    recipe = json.loads((tmp_path / "best.json").read_text())
+    assert recipe["epoch"] == best and recipe["val_loss"] == pytest.approx(float(rows[best]["val_loss"]))
     state = torch.load(run_dir / "checkpoints" / f"epoch_{best:04d}" / "checkpoint.pt", weights_only=True)
     assert state["epoch"] == best
 
