@@ -7,7 +7,10 @@ from collections.abc import Iterable
 
 
 def carve_validation(train_patients: Iterable[str], *, fraction: float, seed: int) -> set[str]:
-    """Pick round(fraction * n) of the distinct training patients for validation.
+    """Pick round(fraction * n) of the distinct training patients for validation, and at least one
+    when a fraction above 0 was asked for and there are two or more: a small set (DRIVE's 20
+    images; a first export of an archive) asked for a split and, with fewer than 5 patients at
+    0.1, silently got none, which a pretraining run's validation then found missing.
 
     The choice depends only on the set of patients, the fraction and the seed (patients are sorted
     before a seeded shuffle), never on file order or worker count.
@@ -16,7 +19,10 @@ def carve_validation(train_patients: Iterable[str], *, fraction: float, seed: in
         raise ValueError(f"validation fraction must be in [0, 1), got {fraction}")
     patients = sorted(set(train_patients))
     random.Random(seed).shuffle(patients)
-    return set(patients[: round(fraction * len(patients))])
+    count = round(fraction * len(patients))
+    if fraction > 0 and count == 0 and len(patients) >= 2:
+        count = 1
+    return set(patients[:count])
 
 
 def split_patients(patients: Iterable[str], *, test_fraction: float, val_fraction: float, seed: int) -> dict[str, str]:

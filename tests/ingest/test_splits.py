@@ -18,3 +18,12 @@ def test_patient_split_without_an_official_one_is_seeded_and_disjoint():
     assert Counter(split.values()) == {"test": 10, "val": 10, "train": 30}  # val: 0.25 of the 40 left
     assert split_patients(reversed(patients), test_fraction=0.2, val_fraction=0.25, seed=3) == split
     assert split_patients(patients, test_fraction=0.2, val_fraction=0.25, seed=4) != split
+
+
+def test_a_fraction_asked_for_carves_at_least_one_patient_of_two_or_more():
+    assert len(carve_validation(["a", "b", "c", "d"], fraction=0.1, seed=0)) == 1  # round(0.4) would be none
+    assert len(carve_validation(["a", "b"], fraction=0.1, seed=0)) == 1
+    assert carve_validation(["a"], fraction=0.1, seed=0) == set()  # the one patient stays in train
+    assert carve_validation(["a", "b", "c", "d"], fraction=0.0, seed=0) == set()  # none asked for
+    split = split_patients(["a", "b", "c"], test_fraction=0.2, val_fraction=0.1, seed=0)
+    assert Counter(split.values()) == {"test": 1, "val": 1, "train": 1}

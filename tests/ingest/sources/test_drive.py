@@ -61,7 +61,7 @@ def test_real_drive_whole_images_keep_rgb_and_masks_exactly(shared_data, tmp_pat
     masks (0/255), padded to square. ROOT may be DRIVE's parent."""
     real = shared_data / "drive"
     summary, out = ingest(real, tmp_path / "out", size=584)
-    assert summary.rejects == 0 and summary.samples == {"train": 2, "test": 1}
+    assert summary.rejects == 0 and summary.samples == {"train": 1, "val": 1, "test": 1}  # val: one of the two
     found = samples(out)
     for s in found:
         meta = s["meta"]
