@@ -71,9 +71,10 @@ def read_metrics(folder: str | Path) -> dict[str, Any] | None:
     """A checkpoint folder's METRICS_FILE; None where it has none (written before it existed) or
     it cannot be read."""
     try:
-        return json.loads(storage.read_bytes(storage.join(folder, METRICS_FILE)))
+        metrics = json.loads(storage.read_bytes(storage.join(folder, METRICS_FILE)))
     except (OSError, ValueError):
         return None
+    return metrics if isinstance(metrics, dict) else None
 
 
 def checkpoint_val_loss(checkpoint_file: str | Path) -> float | None:

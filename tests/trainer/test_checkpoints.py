@@ -44,6 +44,8 @@ def test_metrics_are_strict_json_and_a_missing_pass_has_no_score(tmp_path):
     assert read_metrics(tmp_path) is None  # a checkpoint written before metrics.json existed
     (tmp_path / "metrics.json").write_text("{cut sh")
     assert read_metrics(tmp_path) is None
+    (tmp_path / "metrics.json").write_text("[0.5]")
+    assert read_metrics(tmp_path) is None
 
 
 def _checkpoint(folder: Path, epoch: int, val_loss: float | None) -> Path:
