@@ -128,3 +128,42 @@ def test_under_ddp_gradients_are_all_reduced_once_a_group_and_match_one_batch(tm
         assert saved["reductions"] == 1
         for a, b in zip(reference.parameters(), saved["params"]):
             torch.testing.assert_close(a.detach(), b, rtol=1e-5, atol=1e-6)
+
+
+def _scaled_steps(model, accumulate, clip, init_scale):
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    scaler = torch.amp.GradScaler("cpu", init_scale=init_scale)  # fp16 training's scaler (on a GPU: "cuda")
+    return OptimizerSteps(model, optimizer, scaler, accumulate=accumulate, clip_grad=clip)
+
+
+def test_a_scaled_loss_steps_as_the_unscaled_one_clipping_the_true_gradient():
+    """With fp16's GradScaler the gradients are unscaled before clipping: clipped while scaled
+    (by 2**10 here), every step would have been cut to clip_grad's norm of 1024x the gradient."""
+    x, y = torch.randn(8, 6, generator=torch.Generator().manual_seed(3)), torch.randn(8, 3)
+    plain, scaled = _model(), _model()
+    one, other = _steps(plain, 2, clip=0.05), _scaled_steps(scaled, 2, clip=0.05, init_scale=2.0**10)
+    for i in range(0, 8, 2):
+        _add(one, plain, x[i:i + 2], y[i:i + 2], i // 2, 4)
+        _add(other, scaled, x[i:i + 2], y[i:i + 2], i // 2, 4)
+    for a, b in zip(plain.parameters(), scaled.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_an_overflowing_step_is_skipped_and_leaves_no_gradient_behind():
+    """An fp16 overflow (inf in the scaled gradients, the loss itself finite) skips the step and
+    lowers the scale; the next group trains on its own gradients only."""
+    x, y = torch.randn(4, 6, generator=torch.Generator().manual_seed(4)), torch.randn(4, 3)
+    model = _model()
+    steps = _scaled_steps(model, 1, clip=None, init_scale=2.0**100)
+    before = [p.detach().clone() for p in model.parameters()]
+    assert _add(steps, model, x[:2], y[:2] * 1e15, 0, 2)  # a loss of ~1e30, finite; x 2**100: beyond float32
+    assert all(torch.equal(a, b) for a, b in zip(before, model.parameters()))  # skipped
+    assert steps.scaler.get_scale() < 2.0**100 and all(p.grad is None for p in model.parameters())
+    reference = _model()
+    reference.load_state_dict(model.state_dict())
+    ref_steps = _steps(reference, 1)
+    steps.scaler.update(2.0**4)  # a scale that fits, for the next group
+    _add(steps, model, x[2:], y[2:], 1, 2)
+    _add(ref_steps, reference, x[2:], y[2:], 0, 1)
+    for a, b in zip(reference.parameters(), model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
