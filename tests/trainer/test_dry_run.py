@@ -20,9 +20,11 @@ def test_dry_run_checks_config_data_and_model_and_starts_nothing(lesion_shards, 
     assert "on each of 2 Ray Train workers, batch 4 each (global 8)" in said
     assert "ray:   each of 2 worker(s) asks Ray for 1 CPU\n" in said  # tiny_cpu: use_gpu false
     assert "val:   none (validation.every_epochs=0)" in said
-    assert main(base + ["run.workers=2", "validation.every_epochs=2", "validation.batch_size=2"]) == 0
-    assert "val:   split 'val', 2 batch(es) of 2, the whole pass on each worker, after every 2 epoch(s)" in \
-        capsys.readouterr().out
+    assert "every 1 epoch(s), newest 3 kept)" in said
+    assert main(base + ["run.workers=2", "validation.every_epochs=2", "validation.batch_size=2", "run.keep_by=val_loss"]) == 0
+    said = capsys.readouterr().out
+    assert "val:   split 'val', 2 batch(es) of 2, the whole pass on each worker, after every 2 epoch(s)" in said
+    assert "every 1 epoch(s), the 3 with the lowest val_loss and the newest kept)" in said
     assert main(base + ["data.batch_size=8", "validation.every_epochs=1"]) == 2  # the 5 val samples make no batch of 8
     assert "pretrain: data error: validation on split 'val': 5 samples" in capsys.readouterr().err
     assert main(base + ["run.workers=2", "data.batch_size=4", "optim.accumulate_steps=3"]) == 0
