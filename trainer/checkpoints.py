@@ -27,6 +27,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
+import yaml
+
 from shards import storage
 from trainer.config import KEEP_BY
 
@@ -110,3 +112,19 @@ def best_checkpoint(location: str | Path) -> tuple[str | Path, dict[str, Any]] |
         return None
     *_, folder, metrics = min(scored)
     return folder, metrics
+
+
+def keep_by_change(run_dir: Path, keep_by: str) -> str | None:
+    """Why a Ray run cannot be resumed under this run.keep_by (None: it can): Ray Train restores
+    its ranking of the checkpoints kept so far and goes on inserting into it, so a ranking by time
+    continued by val_loss (or the other way) keeps the wrong ones, and checkpoints reported
+    without a val_loss would rank above every one with. The run's saved config.yaml says what it
+    kept by; a run folder without one (its config elsewhere) is not checked."""
+    try:
+        before = yaml.safe_load((run_dir / "config.yaml").read_text())["run"].get("keep_by", "newest")
+    except (OSError, yaml.YAMLError, KeyError, TypeError, AttributeError):
+        return None
+    if before == keep_by:
+        return None
+    return (f"run.keep_by: this run kept its checkpoints by {before}, and Ray Train would go on ranking them "
+            f"by that; resume it with run.keep_by={before}, or start a new run.name to keep by {keep_by}")

@@ -28,8 +28,8 @@ from shards import storage
 from shards.stop_signal import Terminated, sigterm_as_interrupt
 from shards.stream import SampleError
 from shards.atomic_files import atomic_write_bytes, sync_folder
-from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, SCORE, best_checkpoint, kept,
-                                 local_checkpoints, read_metrics, score)
+from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, SCORE, best_checkpoint, keep_by_change,
+                                 kept, local_checkpoints, read_metrics, score)
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
 from trainer.loop import DataPlan, check_data, effective_batch, first_batch_terms, train
 from trainer.optimizer_steps import updates_per_epoch
@@ -344,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     if has_checkpoints(config, run_dir) and not args.resume:
         print(f"pretrain: run {config.run.name!r} already has checkpoints in {run_dir}; pass --resume to continue "
               "it, or choose another run.name", file=sys.stderr)
+        return 2
+    if args.resume and config.run.use_ray and (problem := keep_by_change(run_dir, config.run.keep_by)):
+        print(f"pretrain: config error: {problem}", file=sys.stderr)
         return 2
     world_size = config.run.workers if config.run.use_ray else 1
     try:  # here, once: not in every worker after the cluster has started, as a traceback each

@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from shards import storage
-from trainer.checkpoints import best_checkpoint, checkpoint_val_loss, kept, metrics_json, read_metrics, score
+from trainer.checkpoints import (best_checkpoint, checkpoint_val_loss, keep_by_change, kept, metrics_json, read_metrics,
+                                 score)
 
 PROJECT = Path(__file__).resolve().parents[2]
 TINY = PROJECT / "trainer" / "configs" / "tiny_cpu.yaml"
@@ -138,3 +139,19 @@ def test_a_ray_run_keeps_the_same_checkpoints_as_one_process(lesion_shards, ray_
     assert _kept_epochs(p for p in run_dir.glob("checkpoint_*") if p.is_dir()) == [1, 3]
     folder, metrics = best_checkpoint(run_dir)
     assert f"best checkpoint: {folder} (after epoch {int(metrics['epoch']) + 1}, " in done.stdout
+
+
+def test_a_ray_run_resumed_under_another_keep_by_is_refused_before_ray_starts(lesion_shards, tmp_path, capsys):
+    from trainer.pretrain import main
+
+    run_dir = tmp_path / "tiny-cpu"
+    (run_dir / "checkpoint_2026-12-03_10-00-00.000001").mkdir(parents=True)  # an earlier Ray run's
+    args = ["--config", str(TINY), f"data.sources=[{{root: {lesion_shards}}}]", f"run.storage_path={tmp_path}",
+            "validation.every_epochs=2", "--resume"]
+    assert keep_by_change(run_dir, "val_loss") is None  # no saved config: nothing to compare
+    (run_dir / "config.yaml").write_text("run:\n  name: tiny-cpu\n  keep_by: newest\n")
+    assert keep_by_change(run_dir, "newest") is None
+    assert main([*args, "run.keep_by=val_loss"]) == 2
+    assert "run.keep_by: this run kept its checkpoints by newest" in capsys.readouterr().err
+    (run_dir / "config.yaml").write_text("run:\n  name: tiny-cpu\n")  # saved before keep_by existed: newest
+    assert "by newest" in keep_by_change(run_dir, "val_loss")
