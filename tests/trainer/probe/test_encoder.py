@@ -30,6 +30,10 @@ def test_unusable_encoders_are_named(exported_encoder, tmp_path):
         load_encoder(tmp_path / "foreign.safetensors", torch.device("cpu"))
     with pytest.raises(ProbeError, match="does not exist"):
         load_encoder(tmp_path / "no-run", torch.device("cpu"))
+    with pytest.raises(ProbeError, match="--best picks a run's checkpoint, and this is one exported encoder"):
+        load_encoder(exported_encoder, torch.device("cpu"), best=True)
+    with pytest.raises(ProbeError, match=r"none of its 1 checkpoint\(s\) has a val_loss"):  # a run without passes
+        load_encoder(exported_encoder.parent / "tiny-cpu", torch.device("cpu"), best=True)
 
 
 def test_the_random_init_baseline_is_the_same_architecture_without_the_pretrained_weights(exported_encoder):
