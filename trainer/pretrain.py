@@ -60,8 +60,7 @@ class LocalSession:
         return model
 
     def report(self, metrics: dict[str, float], checkpoint_dir: Path | None) -> None:
-        print({k: round(v, 5) if isinstance(v, float) else v for k, v in metrics.items()}, flush=True)
-        if checkpoint_dir is None:
+        if checkpoint_dir is None:  # the epoch line said it (and epochs.csv has it)
             return
         target = self.folder / f"epoch_{int(metrics['epoch']):04d}"
         self.folder.mkdir(parents=True, exist_ok=True)
@@ -237,10 +236,15 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
         ),
     )
     result = trainer.fit()
-    print(finished_line(result.metrics, config.optim.epochs) if result.metrics else "finished without an epoch reported",
-          flush=True)
+    print(finished_line(result.metrics, config.optim.epochs) if result.metrics else nothing_left(config), flush=True)
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}", flush=True)
+
+
+def nothing_left(config: ExperimentConfig) -> str:
+    """The last line of a resumed run that had no epoch left to train."""
+    return (f"nothing left to train: the run had finished its {config.optim.epochs} epochs "
+            "(a higher optim.epochs with --resume trains on)")
 
 
 def checkpoints_of(config: ExperimentConfig, run_dir: Path) -> str | Path:
@@ -364,7 +368,10 @@ def main(argv: list[str] | None = None) -> int:
             fit_on_ray(config, run_dir)
         else:
             with sigterm_as_interrupt():  # a scheduler's stop, as Ctrl-C (a run on Ray is Ray's to stop)
-                train(config, LocalSession(run_dir, config.run.keep_checkpoints, config.run.keep_by), run_dir)
+                last = train(config, LocalSession(run_dir, config.run.keep_checkpoints, config.run.keep_by), run_dir)
+            print(finished_line(last, config.optim.epochs) if last else nothing_left(config), flush=True)
+            if found := local_checkpoints(run_dir):
+                print(f"last checkpoint: {found[-1]}", flush=True)
     except ResourcesError as exc:
         print(f"pretrain: resources: {exc}", file=sys.stderr)
         return 2

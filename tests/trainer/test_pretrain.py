@@ -39,8 +39,12 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     run_dir = tmp_path / "tiny-cpu"
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3]
-    progress = [line for line in capsys.readouterr().out.splitlines() if line.startswith("epoch ")]
+    said = capsys.readouterr().out.splitlines()
+    progress = [line for line in said if line.startswith("epoch ")]
     assert [line.split()[1] for line in progress] == ["1/4", "2/4", "3/4", "4/4"]
+    assert not any(line.startswith("{") for line in said)  # the epoch line once, not the metrics again
+    assert f"last checkpoint: {run_dir / 'checkpoints' / 'epoch_0003'}" in said
+    assert any(line.startswith("finished after epoch 4/4, step ") for line in said)
     assert f"loss {float(rows[0]['loss']):.4f}" in progress[0] and progress[-1].endswith("eta 0m00s")
     assert float(rows[-1]["loss"]) < float(rows[0]["loss"])
     # One process, DataLoader workers decoding beside the step on 2 cores: some waiting for batches, not all of it
@@ -49,6 +53,9 @@ def test_one_process_run_lowers_loss_checkpoints_and_resumes(lesion_shards, tmp_
     assert (run_dir / "config.yaml").exists() and list((run_dir / "images").glob("step_*.png"))
     assert main(args) == 2  # an existing run is not silently continued
     steps_per_epoch = int(float(rows[0]["step"]))
+    assert main([*args, "--resume"]) == 0  # finished: nothing trained, said so
+    assert "nothing left to train: the run had finished its 4 epochs" in capsys.readouterr().out
+    assert len(epoch_rows(run_dir)) == 4
     assert main([*args, "--resume", "optim.epochs=6"]) == 0
     rows = epoch_rows(run_dir)
     assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3, 4, 5]
