@@ -245,6 +245,11 @@ def check_ranges(config: ExperimentConfig) -> None:
     if config.run.keep_by == "val_loss" and not config.validation.every_epochs:
         raise ConfigError("run.keep_by: val_loss ranks checkpoints by their validation pass, and "
                           "validation.every_epochs is 0 (none); set it, e.g. validation.every_epochs=10")
+    if config.run.keep_by == "val_loss" and config.validation.every_epochs % config.run.checkpoint_every_epochs:
+        raise ConfigError(f"run.keep_by: val_loss ranks the checkpoints written after a validation pass, and with "
+                          f"validation.every_epochs={config.validation.every_epochs} and run.checkpoint_every_epochs="
+                          f"{config.run.checkpoint_every_epochs} most passes have none; make every_epochs a multiple "
+                          "of checkpoint_every_epochs")
     for i, source in enumerate(config.data.sources):
         if not (source.weight > 0 and math.isfinite(source.weight)):
             raise ConfigError(f"data.sources[{i}].weight: must be a number above 0, got {source.weight!r}")

@@ -48,6 +48,8 @@ def test_dotted_overrides_are_typed(tmp_path):
     ("run.keep_by=best", r"run.keep_by: must be newest or val_loss, got 'best'"),
     ("run.keep_by=val_loss", r"run.keep_by: val_loss ranks checkpoints by their validation pass, and "
                              r"validation.every_epochs is 0"),
+    (("run.keep_by=val_loss", "validation.every_epochs=4", "run.checkpoint_every_epochs=3"),
+     r"with validation.every_epochs=4 and run.checkpoint_every_epochs=3 most passes have none"),
     ("optim.blr=-0.001", r"optim.blr: must be a number above 0, got -0.001"),
     ("optim.betas=[0.9, 1.5]", r"optim.betas: must be two numbers in \[0, 1\)"),
     ("optim.warmup_epochs=-1", r"optim.warmup_epochs: must be 0 or more, got -1"),
@@ -57,7 +59,7 @@ def test_bad_overrides_say_what_is_wrong(tmp_path, override, message):
     path = tmp_path / "x.yaml"
     path.write_text("data:\n  sources:\n    - root: /s\n")
     with pytest.raises(ConfigError, match=message):
-        load_config(path, [override])
+        load_config(path, list(override) if isinstance(override, tuple) else [override])  # a tuple: several
 
 
 def test_a_config_without_data_is_refused(tmp_path):
