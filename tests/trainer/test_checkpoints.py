@@ -37,6 +37,40 @@ def test_val_loss_keeps_the_lowest_and_always_the_newest():
         kept([0.1], 1, "best")
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # Ray's own snapshot writing (pydantic's .json())
+def test_the_rule_is_ray_trains_own_on_random_runs(tmp_path):
+    """kept() against Ray Train's checkpoint manager itself (the one a Ray run's controller uses),
+    fed the same reports: NaN where an epoch had no pass, ties, keep 1 to 4."""
+    import asyncio
+    import random
+
+    internals = pytest.importorskip("ray.train.v2._internal.execution.checkpoint.checkpoint_manager",
+                                    reason="Ray Train's checkpoint manager moved (a Ray other than constraints.txt's)")
+    from ray.train import Checkpoint, CheckpointConfig
+    from ray.train.v2._internal.execution.context import StorageContext
+    from ray.train.v2._internal.execution.training_report import _TrainingReport
+
+    async def ray_keeps(scores: list[float | None], keep: int, folder: Path) -> list[bool]:
+        manager = internals.CheckpointManager(
+            CheckpointConfig(num_to_keep=keep, checkpoint_score_attribute="val_loss", checkpoint_score_order="min"),
+            StorageContext(str(folder), "run"))
+        reported = []
+        for epoch, value in enumerate(scores):
+            reported.append(folder / "run" / f"checkpoint_{epoch:03d}")
+            reported[-1].mkdir(parents=True)
+            (reported[-1] / "checkpoint.pt").write_bytes(b"")
+            metrics = {"epoch": epoch, "val_loss": math.nan if value is None else value}
+            manager.register_checkpoint(_TrainingReport(Checkpoint(str(reported[-1])), metrics, False))
+        return [path.exists() for path in reported]
+
+    rng = random.Random(0)
+    for trial in range(100):
+        scores = [rng.choice([None, round(rng.uniform(0, 1), 1)]) for _ in range(rng.randint(1, 12))]
+        keep = rng.randint(1, 4)
+        assert asyncio.run(ray_keeps(scores, keep, tmp_path / str(trial))) == kept(scores, keep, "val_loss"), \
+            (scores, keep)
+
+
 def test_metrics_are_strict_json_and_a_missing_pass_has_no_score(tmp_path):
     assert json.loads(metrics_json({"epoch": 3, "loss": 0.25, "val_loss": math.nan})) == {
         "epoch": 3, "loss": 0.25, "val_loss": None}
