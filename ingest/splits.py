@@ -8,9 +8,9 @@ from collections.abc import Iterable
 
 def carve_validation(train_patients: Iterable[str], *, fraction: float, seed: int) -> set[str]:
     """Pick round(fraction * n) of the distinct training patients for validation, and at least one
-    when a fraction above 0 was asked for and there are two or more: a small set (DRIVE's 20
-    images; a first export of an archive) asked for a split and, with fewer than 5 patients at
-    0.1, silently got none, which a pretraining run's validation then found missing.
+    when a fraction above 0 was asked for and there are two or more: a small set (a pilot export
+    of an archive, a handful of sample images) asked for a split and, with fewer than 5 patients
+    at 0.1, silently got none, which a pretraining run's validation then found missing.
 
     The choice depends only on the set of patients, the fraction and the seed (patients are sorted
     before a seeded shuffle), never on file order or worker count.

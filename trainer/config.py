@@ -92,7 +92,7 @@ class RunConfig:
     checkpoint_every_epochs: int = 1
     keep_checkpoints: int = 3
     # newest: the newest keep_checkpoints; val_loss: the keep_checkpoints with the lowest val_loss,
-    # and the newest (trainer/checkpoints.py); needs validation passes
+    # and the newest (trainer/checkpoints.py); needs validation passes, each with a checkpoint
     keep_by: str = "newest"
     log_every_steps: int = 20
     progress_every_s: float = 60.0  # within an epoch, a step line at most this often (at logging steps)
