@@ -29,7 +29,7 @@ import random
 import warnings
 from collections import Counter
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from itertools import islice
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -106,10 +106,14 @@ def _samples_per_shard(root: str, split: str, crop_kinds: frozenset[str]) -> Cou
                    if row["split"] == split and row["crop_kind"] in crop_kinds)
 
 
-def open_source(source: StreamSource, *, by_index: bool = True) -> OpenSource:
+def open_source(source: StreamSource | OpenSource, *, by_index: bool = True) -> OpenSource:
     """The source's shards, sample counts and normalisation from its card; with by_index, and a
     local set whose manifest has member spans, each shard's samples by where they lie
-    (shards.indexed_read), checked against the card's counts."""
+    (shards.indexed_read), checked against the card's counts. A source opened already is taken as
+    it is (without its index for by_index=False): a caller that plans several streams over the
+    same sources reads each card and manifest once."""
+    if isinstance(source, OpenSource):
+        return source if by_index or source.index is None else replace(source, index=None)
     root = storage.shard_root(source.root)
     card = read_card(root)
     if source.split not in card["splits"]:
@@ -150,8 +154,8 @@ class ShardStream(IterableDataset):
     needs none, and reads faster without). by_index: read local sets whose manifest has member
     spans at those spans (shards.indexed_read); False reads every set through its tars."""
 
-    def __init__(self, sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
-                 world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
+    def __init__(self, sources: Sequence[StreamSource | OpenSource], *, batch_size: int, image_size: int,
+                 rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                  shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
                  handler: reading.Handler = raise_sample_error, resize_on_device: bool = False,
                  labels: bool = True, by_index: bool = True):
@@ -268,8 +272,8 @@ def pinning_available() -> bool:
     return accelerator.is_available() if accelerator is not None else torch.cuda.is_available()
 
 
-def make_loader(sources: Sequence[StreamSource], *, batch_size: int, image_size: int, rank: int = 0,
-                world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
+def make_loader(sources: Sequence[StreamSource | OpenSource], *, batch_size: int, image_size: int,
+                rank: int = 0, world_size: int = 1, num_workers: int = 0, seed: int = 0, augment: str = "mae",
                 shuffle_buffer: int = 1000, samples_per_epoch: int | None = None,
                 handler: reading.Handler = raise_sample_error, pin_memory: bool = False,
                 prefetch_factor: int | None = None, resize_on_device: bool = False, labels: bool = True,

@@ -34,7 +34,8 @@ from typing import Any, NamedTuple
 import numpy as np
 import torch
 
-from shards.stream import BAD_SAMPLE_HANDLERS, ShardStream, StreamLoader, StreamSource, make_loader
+from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamLoader, StreamSource, make_loader,
+                           open_source)
 from shards.stream_plan import StreamPlanError
 from trainer.config import ExperimentConfig
 from trainer.device_batches import device_batches
@@ -47,7 +48,7 @@ MAX_WORKERS = 2
 
 
 class ValidationPlan(NamedTuple):
-    sources: list[StreamSource]
+    sources: list[OpenSource]  # opened: the loader reads no card or manifest again
     batch_size: int
     num_workers: int
     steps: int  # batches a rank runs a pass
@@ -65,7 +66,10 @@ def plan_validation(config: ExperimentConfig, sources: list[StreamSource], image
     naming the split and what to change where it cannot fill one batch."""
     val = config.validation
     batch_size = val.batch_size or config.data.batch_size
-    held_out = [dataclasses.replace(s, split=val.split) for s in sources]
+    try:  # each card and manifest read once, for every loader count tried below and for the loader
+        held_out = [open_source(dataclasses.replace(s, split=val.split)) for s in sources]
+    except (FileNotFoundError, ValueError) as exc:
+        raise ValueError(f"validation on split {val.split!r}: {exc} (validation.every_epochs=0 for none)") from exc
     for workers in range(min(config.data.num_workers, MAX_WORKERS), -1, -1):  # fewer readers for fewer shards
         try:
             stream = ShardStream(held_out, batch_size=batch_size, image_size=image_size, num_workers=workers,
@@ -84,9 +88,9 @@ def plan_validation(config: ExperimentConfig, sources: list[StreamSource], image
 def make_validation_loader(config: ExperimentConfig, plan: ValidationPlan, image_size: int,
                            device: torch.device) -> StreamLoader:
     """A worker's val loader, the whole split (made once: its processes persist across passes)."""
-    loader, _ = make_loader(plan.sources, batch_size=plan.batch_size, num_workers=plan.num_workers, seed=config.run.seed, augment=AUGMENT,
-                            image_size=image_size, pin_memory=device.type == "cuda",
-                            resize_on_device=device.type == "cuda",
+    loader, _ = make_loader(plan.sources, batch_size=plan.batch_size, num_workers=plan.num_workers,
+                            seed=config.run.seed, augment=AUGMENT, image_size=image_size,
+                            pin_memory=device.type == "cuda", resize_on_device=device.type == "cuda",
                             handler=BAD_SAMPLE_HANDLERS[config.data.bad_samples], labels=False)
     return loader
 

@@ -21,8 +21,8 @@ from shards import sample_stages as reading
 from shards.batch_ring import LEND
 from shards.card import build_card, read_card, write_card
 from shards.manifest import read_manifest, write_manifest
-from shards.stream import (SampleError, ShardStream, StreamSource, make_loader, pinning_available, to_device,
-                           warn_and_skip)
+from shards.stream import (SampleError, ShardStream, StreamSource, make_loader, open_source, pinning_available,
+                           to_device, warn_and_skip)
 from shards.stream_plan import StreamPlanError
 from shards.writer import ShardWriter
 
@@ -99,6 +99,16 @@ def test_impossible_plans_fail_with_the_numbers(uneven):
     stream = ShardStream([StreamSource(uneven)], batch_size=1, image_size=8, num_workers=2)
     with pytest.raises(StreamPlanError, match=r"planned for num_workers=2, running in 1"):
         next(iter(stream))
+
+
+def test_a_source_opened_once_streams_as_the_source_named_again(uneven):
+    """A caller planning several streams over the same sets (trainer.validation) opens them once."""
+    opened = open_source(StreamSource(uneven))
+    assert open_source(opened) is opened
+    assert opened.index is not None and open_source(opened, by_index=False).index is None
+    again, _ = make_loader([opened], batch_size=2, image_size=8, augment="none")
+    named, _ = make_loader([StreamSource(uneven)], batch_size=2, image_size=8, augment="none")
+    assert keys_of(again) == keys_of(named)
 
 
 def test_shuffle_changes_every_epoch_and_repeats_with_the_seed(uneven):
