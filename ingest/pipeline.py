@@ -329,8 +329,9 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
     # Units are committed (shards, then the progress log) in order. From worker processes, a unit
     # of LARGE_UNIT_BYTES or more is committed on a thread while the next unit is received: hashing
     # and writing its members releases the GIL. Smaller ones are committed here, where the hand-over
-    # would cost more than it hides, and so is every unit decoded in this process (workers=0). Leaving the `with`, even on an error, waits for the unit being committed, so
-    # the log is whole before the writers are suspended.
+    # would cost more than it hides, and so is every unit decoded in this process (workers=0).
+    # Leaving the `with`, even on an error, waits for the unit being committed, so the log is whole
+    # before the writers are suspended.
     try:
         with ProgressLog(staging, good) as log, ThreadPoolExecutor(1, thread_name_prefix="commit") as committer:
             for unit, output in zip(pending, _unit_outputs(job, pending)):

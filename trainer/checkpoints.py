@@ -106,8 +106,8 @@ def best_checkpoint(location: str | Path) -> tuple[str | Path, dict[str, Any]] |
     scored = []
     for folder in run_checkpoints(location):
         metrics = read_metrics(folder)
-        if score(metrics) is not None:
-            scored.append((score(metrics), -int(metrics.get("epoch", 0)), str(folder), folder, metrics))
+        if (value := score(metrics)) is not None:
+            scored.append((value, -int(metrics.get("epoch", 0)), str(folder), folder, metrics))
     if not scored:
         return None
     *_, folder, metrics = min(scored)

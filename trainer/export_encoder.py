@@ -44,7 +44,7 @@ from shards.atomic_files import atomic_write_bytes
 from trainer.config import config_from_dict
 from trainer.loop import CHECKPOINT_FILE
 from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, best_checkpoint, checkpoint_val_loss,
-                                 local_checkpoints, run_checkpoints)
+                                 run_checkpoints)
 from trainer.layers.timm_export import TimmEncoder
 from trainer.registry import build_method
 
@@ -68,8 +68,7 @@ def find_checkpoint(location: str | Path, best: bool = False) -> str | Path:
         return path
     if (path / CHECKPOINT_FILE).is_file():
         return path / CHECKPOINT_FILE
-    candidates = [folder / CHECKPOINT_FILE for folder in (*path.glob(f"{RAY_CHECKPOINT_PREFIX}*"), *local_checkpoints(path))
-                  if (folder / CHECKPOINT_FILE).is_file()]
+    candidates = [folder / CHECKPOINT_FILE for folder in run_checkpoints(path) if (folder / CHECKPOINT_FILE).is_file()]
     if not candidates:
         what = ("does not exist" if not path.exists()
                 else f"holds no {CHECKPOINT_FILE}, {RAY_CHECKPOINT_PREFIX}*/ or {LOCAL_CHECKPOINTS}/")

@@ -247,12 +247,14 @@ def nothing_left(config: ExperimentConfig) -> str:
             "(a higher optim.epochs with --resume trains on)")
 
 
-def checkpoints_of(config: ExperimentConfig, run_dir: Path) -> str | Path:
-    """Where the run's checkpoint folders are: Ray Train's storage_path/NAME (a folder or a URI),
-    or the one-process run's folder."""
-    if not config.run.use_ray:
-        return run_dir
+def ray_run_location(config: ExperimentConfig) -> str:
+    """Where Ray Train keeps the run's checkpoint_* folders: storage_path/NAME (a folder or a URI)."""
     return storage.join(config.run.storage_path, config.run.name)
+
+
+def checkpoints_of(config: ExperimentConfig, run_dir: Path) -> str | Path:
+    """Where the run's checkpoint folders are: Ray Train's, or the one-process run's folder."""
+    return ray_run_location(config) if config.run.use_ray else run_dir
 
 
 def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
@@ -260,8 +262,7 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
     Train (checkpoint_* under storage_path/NAME, a folder or an object store's prefix)."""
     if (run_dir / LOCAL_CHECKPOINTS).is_dir() and any((run_dir / LOCAL_CHECKPOINTS).iterdir()):
         return True
-    ray_run = storage.join(config.run.storage_path, config.run.name)
-    return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run))
+    return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run_location(config)))
 
 
 def ray_ask(config: ExperimentConfig) -> str:
