@@ -21,14 +21,14 @@ class MaskedTokens(NamedTuple):
 
 
 def num_visible(length: int, mask_ratio: float) -> int:
-    """Tokens kept out of `length`: round(length * (1 - mask_ratio)).
-
-    MAE truncates with int(); rounding only differs when length * (1 - ratio) is not an integer
-    (e.g. 49 patches of a 112 crop at ratio 0.6: 20 kept, not 19).
+    """Tokens kept out of `length`: int(length * (1 - mask_ratio)), truncated as MAE's released
+    random_masking and DAMA's Algorithm 1 (line 9, len_keep) compute it: 64 patches of a 128 crop
+    at DAMA's ratio 0.8 keep 12, 49 of a 112 crop at ratio 0.6 keep 19. The 1e-9 keeps a product
+    that float arithmetic puts just under an integer on it (100 * (1 - 0.71) = 28.999...).
     """
     if not 0.0 <= mask_ratio < 1.0:
         raise ValueError(f"mask_ratio must be in [0, 1), got {mask_ratio}")
-    return round(length * (1.0 - mask_ratio))
+    return int(length * (1.0 - mask_ratio) + 1e-9)
 
 
 def random_masking(tokens: torch.Tensor, mask_ratio: float, generator: torch.Generator | None = None) -> MaskedTokens:

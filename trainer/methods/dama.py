@@ -4,8 +4,8 @@ Brain Images Analysis"; paper 004 is its supplement: §1.2, Algorithm 1, Table 2
 
 Two MAE students (trainer.methods.mae) see the same image:
 - student 1 masks a random 80% of the patches, reconstructs them and scores every patch (J_P, MAE's
-  per-patch MSE). It sees K = round(L * 0.2) patches, the project's MAE masking (trainer.layers.
-  masking); Algorithm 1 line 9 truncates, int(L * 0.2): at 128 px (L = 64) 13 here, 12 there;
+  per-patch MSE). It sees K = int(L * 0.2) patches (Algorithm 1 line 9, the project's MAE
+  masking, trainer.layers.masking): 12 of L = 64 at 128 px;
 - student 2's mask is adaptive (Algorithm 1, trainer.layers.adaptive_mask, per sample): it also
   sees K patches, floor(K * overlap_ratio) of them shared with student 1, the others the patches
   student 1 masked and reconstructed best; the ones student 1 reconstructed worst stay masked, so

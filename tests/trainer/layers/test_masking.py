@@ -4,11 +4,11 @@ import torch
 from trainer.layers.masking import num_visible, random_masking, unshuffle_with_mask_tokens
 
 
-@pytest.mark.parametrize("length,ratio", [(196, 0.75), (49, 0.75), (49, 0.6), (4, 0.5), (10, 0.0)])
-def test_keeps_exactly_round_of_the_unmasked_share(length, ratio):
+@pytest.mark.parametrize("length,ratio,keep", [(196, 0.75, 49), (49, 0.75, 12), (49, 0.6, 19), (64, 0.8, 12),
+                                               (100, 0.71, 29), (4, 0.5, 2), (10, 0.0, 10)])
+def test_keeps_the_truncated_unmasked_share_as_mae_and_dama_do(length, ratio, keep):
     tokens = torch.randn(5, length, 8)
     out = random_masking(tokens, ratio)
-    keep = round(length * (1 - ratio))
     assert num_visible(length, ratio) == keep
     assert out.visible.shape == (5, keep, 8)
     assert torch.equal(out.mask.sum(dim=1), torch.full((5,), float(length - keep)))
