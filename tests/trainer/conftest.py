@@ -58,6 +58,29 @@ def ray_env() -> dict[str, str]:
     return _ray_env()
 
 
+def _gloo_rank(rank: int, port: int, world: int, target, args: tuple) -> None:
+    import torch.distributed as dist
+
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
+    try:
+        target(rank, *args)
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.fixture
+def gloo_ranks():
+    """run(target, *args, world=2): target(rank, *args) in `world` forked processes that form a gloo
+    process group on 127.0.0.1 (what DistributedDataParallel on CPU workers runs on); it returns
+    when all have, and raises if any failed. Results come back through files the target writes."""
+    import torch.multiprocessing as mp
+
+    def run(target, *args, world: int = 2) -> None:
+        mp.start_processes(_gloo_rank, args=(_free_port(), world, target, args), nprocs=world, start_method="fork")
+
+    return run
+
+
 def _alive_nodes(dashboard_url: str) -> int:
     try:
         with urllib.request.urlopen(f"{dashboard_url}/nodes?view=summary", timeout=5) as resp:

@@ -78,11 +78,10 @@ def test_an_epoch_cut_short_steps_on_what_it_summed():
     assert not all(torch.equal(a, b) for a, b in zip(before, model.parameters()))
 
 
-def _ddp_rank(rank: int, port: int, out: str) -> None:
+def _ddp_rank(rank: int, out: str) -> None:
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=2)
     torch.set_num_threads(1)
     model = DistributedDataParallel(_model())
     reductions = []
@@ -101,7 +100,6 @@ def _ddp_rank(rank: int, port: int, out: str) -> None:
         _add(steps, model, xs[2 * i:2 * i + 2], ys[2 * i:2 * i + 2], i, 2)
     torch.save({"params": [p.detach() for p in model.module.parameters()], "reductions": len(reductions)},
                f"{out}/rank{rank}.pt")
-    dist.destroy_process_group()
 
 
 def _data():
@@ -109,17 +107,10 @@ def _data():
     return torch.randn(8, 6, generator=g), torch.randn(8, 3, generator=g)
 
 
-def test_under_ddp_gradients_are_all_reduced_once_a_group_and_match_one_batch(tmp_path):
+def test_under_ddp_gradients_are_all_reduced_once_a_group_and_match_one_batch(tmp_path, gloo_ranks):
     """Two gloo ranks, each accumulating two batches of 2 samples: one all-reduce per optimizer
     step (no_sync before a group's last batch), and the weights one batch of all 8 samples gives."""
-    import socket
-
-    import torch.multiprocessing as mp
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    mp.start_processes(_ddp_rank, args=(port, str(tmp_path)), nprocs=2, start_method="fork")
+    gloo_ranks(_ddp_rank, str(tmp_path))
     reference = _model()
     x, y = _data()
     _add(_steps(reference, 1), reference, x, y, 0, 1)

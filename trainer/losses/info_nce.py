@@ -8,6 +8,9 @@ The anchors are the images only (one direction, image -> view), and the negative
 remaining samples in this batch and their transformed views" (§3.3.1, Fig. 5): z_m and z_m^+ for every
 m != n, 2 (N - 1) of them. tau = 0.1 (§3.3.1, after SimCLR).
 
+In data-parallel training the negatives come from the global batch (trainer.losses.global_batch):
+each rank's anchors meet every rank's images and views, as the paper's one-machine batch of 128 did.
+
 SimCLR's NT-Xent (trainer.losses.nt_xent) is the average of this loss in both directions.
 Computed in float32 whatever the autocast dtype: the logits are exponentiated at 1 / tau = 10.
 """
@@ -17,6 +20,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.losses.global_batch import gather_rows
 
 
 class InfoNCELoss(nn.Module):
@@ -35,9 +40,13 @@ class InfoNCELoss(nn.Module):
         with torch.autocast(anchors.device.type, enabled=False):
             a = F.normalize(anchors.float(), dim=1)
             p = F.normalize(positives.float(), dim=1)
-            n = a.shape[0]
-            to_views = a @ p.T / self.temperature  # diagonal: the positives; elsewhere: other views
-            to_images = a @ a.T / self.temperature  # off the diagonal: other images (the anchor itself is no negative)
-            self_pairs = torch.eye(n, dtype=torch.bool, device=a.device)
+            every_a, first = gather_rows(a, training=self.training)
+            every_p, _ = gather_rows(p, training=self.training)
+            n, mine = a.shape[0], torch.arange(first, first + a.shape[0], device=a.device)
+            # Column first + i of to_views is anchor i's positive; of to_images, the anchor itself (no negative).
+            to_views = a @ every_p.T / self.temperature
+            to_images = a @ every_a.T / self.temperature
+            self_pairs = torch.zeros(n, every_a.shape[0], dtype=torch.bool, device=a.device)
+            self_pairs[torch.arange(n, device=a.device), mine] = True
             logits = torch.cat([to_views, to_images.masked_fill(self_pairs, float("-inf"))], dim=1)
-            return F.cross_entropy(logits, torch.arange(n, device=a.device))
+            return F.cross_entropy(logits, mine)

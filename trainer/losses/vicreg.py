@@ -18,6 +18,10 @@ compute them:
 The variance terms of the two branches are summed as eq. 3 and VICReg's eq. 6 write; VICReg's
 released main_vicreg.py (and the MLVICX authors' copy of it) halves that sum: std_coeff = 12.5 here.
 
+In data-parallel training the variance and covariance are those of the global batch
+(trainer.losses.global_batch), as main_vicreg.py computes them over every GPU's rows; the
+invariance compares each rank's own pairs.
+
 The terms are computed in float32 whatever the autocast dtype: a bf16 covariance of thousands of
 dimensions loses the small off-diagonal entries the covariance term is made of.
 """
@@ -29,6 +33,8 @@ from typing import NamedTuple
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from trainer.losses.global_batch import gather_rows
 
 
 class VICRegTerms(NamedTuple):
@@ -72,8 +78,10 @@ class VICRegLoss(nn.Module):
             raise ValueError("the variance and covariance terms need a batch of at least 2 embeddings")
         with torch.autocast(z_a.device.type, enabled=False):
             z_a, z_b = z_a.float(), z_b.float()
+            invariance = F.mse_loss(z_a, z_b)
+            z_a, z_b = gather_rows(z_a, training=self.training)[0], gather_rows(z_b, training=self.training)[0]
             return VICRegTerms(
-                invariance=F.mse_loss(z_a, z_b),
+                invariance=invariance,
                 variance=variance_hinge(z_a, self.gamma, self.eps) + variance_hinge(z_b, self.gamma, self.eps),
                 covariance=off_diagonal_covariance(z_a) + off_diagonal_covariance(z_b),
             )
