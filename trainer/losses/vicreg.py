@@ -6,17 +6,18 @@ For two batches of embeddings Z, Z' (b rows, d dimensions) of the same images un
     inv(Z, Z') = 1/(b d) sum_i ||z_i - z'_i||^2                                 (mean squared error)
     var(Z)     = 1/d sum_j max(0, gamma - sqrt(Var(z_:j) + eps))                (eq. 7)
     cov(Z)     = 1/d sum_{l != q} C(Z)_lq^2,  C(Z) = 1/(b-1) sum_i (z_i - z̄)(z_i - z̄)^T   (eq. 8)
-    loss       = sim_coeff inv(Z, Z') + std_coeff [var(Z) + var(Z')] + cov_coeff [cov(Z) + cov(Z')]   (eq. 3)
+    loss       = sim_coeff inv(Z, Z') + std_coeff [var(Z) + var(Z')] / 2 + cov_coeff [cov(Z) + cov(Z')]   (eq. 3)
 with Var the unbiased variance over the batch, gamma = 1, eps = 1e-4 and coefficients 25, 25, 1
 (VICReg §4.1; MLVICX §IV-C adopts them).
 
-Two readings differ from the text of paper 002, both as VICReg's pseudo-code and released code
-compute them:
+Three readings differ from the text of paper 002, each as VICReg's released code computes it:
 - the invariance is the MSE (mean over b and d), while eq. 6 writes the squared norm averaged over b
   only (d times larger); VICReg's coefficients were tuned for the MSE;
-- eps sits under the square root (VICReg eq. 1), where eq. 7 adds it to the standard deviation.
-The variance terms of the two branches are summed as eq. 3 and VICReg's eq. 6 write; VICReg's
-released main_vicreg.py (and the MLVICX authors' copy of it) halves that sum: std_coeff = 12.5 here.
+- eps sits under the square root (VICReg eq. 1), where eq. 7 adds it to the standard deviation;
+- the two branches' variance terms are averaged, where eq. 3 (and VICReg's own eq. 6) sum them:
+  main_vicreg.py's std_loss, and the MLVICX authors' copy of it, is their mean, and VICReg's
+  std_coeff of 25 (which MLVICX adopts, §IV-C) was tuned on that mean; the covariance terms are
+  summed, as there.
 
 In data-parallel training the variance and covariance are those of the global batch
 (trainer.losses.global_batch), as main_vicreg.py computes them over every GPU's rows; the
@@ -38,7 +39,7 @@ from trainer.losses.global_batch import gather_rows
 
 
 class VICRegTerms(NamedTuple):
-    """The unweighted terms, each a 0-dim tensor; variance and covariance summed over both branches."""
+    """The unweighted terms, each a 0-dim tensor: variance the mean of both branches', covariance their sum."""
 
     invariance: torch.Tensor
     variance: torch.Tensor
@@ -82,7 +83,7 @@ class VICRegLoss(nn.Module):
             z_a, z_b = gather_rows(z_a, training=self.training)[0], gather_rows(z_b, training=self.training)[0]
             return VICRegTerms(
                 invariance=invariance,
-                variance=variance_hinge(z_a, self.gamma, self.eps) + variance_hinge(z_b, self.gamma, self.eps),
+                variance=(variance_hinge(z_a, self.gamma, self.eps) + variance_hinge(z_b, self.gamma, self.eps)) / 2,
                 covariance=off_diagonal_covariance(z_a) + off_diagonal_covariance(z_b),
             )
 

@@ -8,7 +8,8 @@ from trainer.losses.vicreg import VICRegLoss, VICRegTerms
 
 def terms_by_loops(za: torch.Tensor, zb: torch.Tensor, gamma: float = 1.0, eps: float = 1e-4) -> tuple[float, float, float]:
     """Eq. 6-8 of paper 002 written out element by element (invariance as VICReg's mean squared
-    error, eps under the root as VICReg eq. 1), for both branches."""
+    error, eps under the root as VICReg eq. 1), for both branches: their variance terms averaged
+    and covariance terms summed, as main_vicreg.py computes them."""
     b, d = len(za), len(za[0])
     za, zb = za.tolist(), zb.tolist()
     invariance = sum((za[i][j] - zb[i][j]) ** 2 for i in range(b) for j in range(d)) / (b * d)
@@ -31,7 +32,7 @@ def terms_by_loops(za: torch.Tensor, zb: torch.Tensor, gamma: float = 1.0, eps: 
                     total += c * c
         return total / d
 
-    return invariance, variance(za) + variance(zb), covariance(za) + covariance(zb)
+    return invariance, (variance(za) + variance(zb)) / 2, covariance(za) + covariance(zb)
 
 
 def test_terms_and_total_match_the_equations_written_with_loops():
@@ -74,7 +75,7 @@ def test_variance_term_is_zero_when_every_dimension_has_std_above_the_threshold(
 def test_collapsed_batch_pays_the_whole_variance_hinge():
     z = torch.ones(8, 4) * torch.tensor([1.0, -2.0, 3.0, 0.5])  # every row the same
     terms = VICRegLoss().terms(z, z)
-    assert terms.variance.item() == pytest.approx(2 * (1 - math.sqrt(1e-4)))
+    assert terms.variance.item() == pytest.approx(1 - math.sqrt(1e-4))  # each branch's, averaged
     assert terms.covariance.item() == 0.0
 
 
