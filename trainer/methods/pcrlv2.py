@@ -31,6 +31,8 @@ The level is drawn from its own generator, seeded alike on every DDP rank, so al
 same level in a step. Levels are drawn as shuffled rounds of all five: uniform at every step as
 "randomly choose a feature scale" asks, and every level's heads are trained within five steps.
 `forward(batch, level=i)` forces level i in 1..5 (1 = coarsest, stride 16; 5 = full resolution).
+Out of training (a validation pass) the loss is the mean of eq. 10 over all five levels, on the
+same views: what training's draw gives in expectation, the same measure at every pass.
 """
 
 from __future__ import annotations
@@ -151,10 +153,14 @@ class PCRLv2(nn.Module):
         local = torch.stack(local) if local else images.new_zeros(0, n, c, self.local_size, self.local_size)
         return MultiCropViews(targets, inputs, local)
 
+    def pyramid(self, images: torch.Tensor, depth: int) -> list[torch.Tensor]:
+        """(N, C, H, W) -> [F_1, ..., F_depth], F_i (N, decoder_channels[i-1], H * 2^i / 32,
+        W * 2^i / 32); the decoder runs only as far as depth."""
+        return self.decoder(self.encoder(images)[-1], depth=depth)
+
     def features(self, images: torch.Tensor, level: int) -> torch.Tensor:
-        """(N, C, H, W) -> F_level (N, decoder_channels[level-1], H * 2^level / 32, W * 2^level / 32);
-        the decoder runs only as far as the level."""
-        return self.decoder(self.encoder(images)[-1], depth=level)[-1]
+        """(N, C, H, W) -> F_level."""
+        return self.pyramid(images, level)[-1]
 
     def restore(self, features: torch.Tensor, level: int, size: tuple[int, int]) -> torch.Tensor:
         """F_level -> f^R_level(F_level) upsampled bilinearly to size: (N, in_chans, *size)."""
@@ -163,20 +169,31 @@ class PCRLv2(nn.Module):
             pred = F.interpolate(pred, size=size, mode="bilinear", align_corners=False)
         return pred
 
-    def forward_loss(self, views: MultiCropViews, level: int) -> dict[str, torch.Tensor]:
-        """Eq. 10 at one level (eq. 4 and 9 with i = level)."""
-        if not 1 <= level <= self.num_levels:
-            raise ValueError(f"level must be in 1..{self.num_levels}, got {level}")
-        global_features = [self.features(x, level) for x in views.inputs]
+    def forward_loss(self, views: MultiCropViews, levels: int | list[int]) -> dict[str, torch.Tensor]:
+        """Eq. 10 at one level (eq. 4 and 9 with i = level), or its mean over several levels; each
+        view goes through the encoder once, and the decoder as far as the finest level asked."""
+        levels = [levels] if isinstance(levels, int) else list(levels)
+        if not levels or not all(1 <= level <= self.num_levels for level in levels):
+            raise ValueError(f"levels must be in 1..{self.num_levels}, got {levels}")
+        depth = max(levels)
+        global_pyramids = [self.pyramid(x, depth) for x in views.inputs]
+        local_pyramid = self.pyramid(views.local.flatten(0, 1), depth) if self.num_local_views else None
+        terms = [self._level_loss(views, [p[level - 1] for p in global_pyramids],
+                                  None if local_pyramid is None else local_pyramid[level - 1], level)
+                 for level in levels]
+        return {name: sum(t[name] for t in terms) / len(terms) for name in terms[0]}
+
+    def _level_loss(self, views: MultiCropViews, global_features: list[torch.Tensor],
+                    local_features: torch.Tensor | None, level: int) -> dict[str, torch.Tensor]:
         loss_rec = sum(self.restoration_loss(self.restore(f, level, x.shape[-2:]), x)
                        for f, x in zip(global_features, views.targets))
         compare = self.comparison_heads[level - 1]
         (v1, p1), (v2, p2) = (compare(f) for f in global_features)
         loss_cmp = self.comparison_loss.symmetric(p1, v1, p2, v2)
         loss_local = v1.new_zeros(())
-        if self.num_local_views:
+        if local_features is not None:
             k, n = views.local.shape[:2]
-            v_local, p_local = (t.unflatten(0, (k, n)) for t in compare(self.features(views.local.flatten(0, 1), level)))
+            v_local, p_local = (t.unflatten(0, (k, n)) for t in compare(local_features))
             for j in range(k):
                 for v_global, p_global in ((v1, p1), (v2, p2)):
                     loss_local = loss_local + self.comparison_loss.symmetric(p_local[j], v_local[j], p_global, v_global)
@@ -189,9 +206,14 @@ class PCRLv2(nn.Module):
 
     def forward(self, batch: dict[str, torch.Tensor], level: int | None = None,
                 generator: torch.Generator | None = None) -> dict[str, torch.Tensor]:
-        """`level` forces the pyramid level (1..5); `generator` draws the views."""
+        """`level` forces the pyramid level (1..5); `generator` draws the views. In training a
+        level is drawn per step; out of it (a validation pass) the loss is the mean over all the
+        levels, training's expected loss: one drawn level would make passes differ by the level
+        they drew, not by the model, and would take a draw from training's rounds."""
         views = self.multi_crop(batch["image"], generator)
-        return self.forward_loss(views, self.next_level() if level is None else level)
+        if level is not None:
+            return self.forward_loss(views, level)
+        return self.forward_loss(views, self.next_level() if self.training else list(range(1, self.num_levels + 1)))
 
     @torch.no_grad()
     def reconstruct(self, images: torch.Tensor, seed: int | None = None) -> dict[str, torch.Tensor]:

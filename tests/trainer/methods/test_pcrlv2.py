@@ -83,6 +83,21 @@ def test_one_level_per_step_and_every_parameter_over_the_five():
     assert PCRLv2.uses_every_parameter is False
 
 
+def test_out_of_training_the_loss_is_the_mean_over_every_level_and_draws_none():
+    """A validation pass scores every level on the same views, so two passes differ only by the
+    model; training's rounds of levels go on where they were."""
+    model, twin = tiny(level_seed=3).eval(), tiny(level_seed=3)
+    batch = {"image": torch.randn(4, 1, 32, 32)}
+    with torch.no_grad():
+        out = model(batch, generator=seeded(1))
+        per_level = [model(batch, level=level, generator=seeded(1)) for level in range(1, 6)]
+        assert torch.equal(model(batch, generator=seeded(1))["loss"], out["loss"])
+    for name in ("loss", "loss_rec", "loss_cmp", "loss_local"):
+        torch.testing.assert_close(out[name], sum(t[name] for t in per_level) / 5)
+    assert len({round(t["loss"].item(), 6) for t in per_level}) == 5  # the levels do differ
+    assert [model.next_level() for _ in range(10)] == [twin.next_level() for _ in range(10)]
+
+
 def test_levels_come_in_shuffled_rounds_and_alike_for_equal_seeds():
     a, b, c = tiny(level_seed=3), tiny(level_seed=3), tiny(level_seed=4)
     drawn = [a.next_level() for _ in range(15)]
