@@ -9,7 +9,10 @@ split and of each evaluation split is read once and encoded by the frozen encode
 (MAE's: BatchNorm without affine, then linear) is trained on a seeded fraction of the training
 patients, then scored on the evaluation splits: accuracy, balanced accuracy, ROC AUC and average
 precision per class (several binary labels: per label, and their mean AUC). This is MLVICX's
-"frozen" linear evaluation (§IV-B); MIRAM evaluates by fine-tuning, which happens in timm.
+"frozen" protocol (§IV-B: frozen encoder, linear head, label fractions by patient) on MAE's probing
+schedule, not MLVICX's downstream settings (§IV-C: batch 64, lr 1e-5 / 1e-3, early stopping), so
+its figures compare runs rather than reproduce Tables I-III; MIRAM evaluates by fine-tuning, which
+happens in timm.
 
 Writes OUT (JSON, atomically) and prints a summary. Exit status: 0 done; 2 unusable inputs (the
 encoder, the shard set, a label, a split; named, with the reason); 1 a sample that cannot be read
