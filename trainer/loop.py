@@ -199,8 +199,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     # A step is an optimizer step: with optim.accumulate_steps > 1, several batches make one.
     updates = updates_per_epoch(steps_per_epoch, optim.accumulate_steps)
     total_steps = optim.epochs * updates
-    scheduler = CosineLRScheduler(optimizer, t_initial=total_steps, lr_min=optim.min_lr,
-                                  warmup_t=optim.warmup_epochs * updates, warmup_lr_init=0.0, t_in_epochs=False)
+    scheduler = lr_schedule(optimizer, total_steps, optim.warmup_epochs * updates, optim.min_lr)
     dtype = amp_dtype(run.precision, session.device)
     scaler = torch.amp.GradScaler(enabled=dtype == torch.float16)
     steps = OptimizerSteps(model, optimizer, scaler, accumulate=optim.accumulate_steps, clip_grad=optim.clip_grad)
@@ -321,6 +320,16 @@ def _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scale
         }, Path(tmp) / CHECKPOINT_FILE)
         (Path(tmp) / METRICS_FILE).write_bytes(metrics_json(metrics))  # its rank (trainer/checkpoints.py)
         session.report(metrics, Path(tmp))
+
+
+def lr_schedule(optimizer: torch.optim.Optimizer, total_steps: int, warmup_steps: int,
+                min_lr: float) -> CosineLRScheduler:
+    """Linear warm-up from 0 to the peak lr, then half a cosine to min_lr over the steps left: MAE's
+    lr_sched.adjust_learning_rate (and VICReg's, SimCLR's), by optimizer step. timm's default
+    (warmup_prefix False) runs the cosine over the whole run, warm-up included, so the peak is
+    never reached (0.98x of it after MAE's 40 of 500 epochs) and the decay runs ahead of MAE's."""
+    return CosineLRScheduler(optimizer, t_initial=max(1, total_steps - warmup_steps), lr_min=min_lr,
+                             warmup_t=warmup_steps, warmup_lr_init=0.0, warmup_prefix=True, t_in_epochs=False)
 
 
 @torch.no_grad()
