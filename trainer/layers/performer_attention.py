@@ -45,7 +45,8 @@ class PerformerSelfAttention(nn.Module):
     during training (the paper also tries periodic redrawing; not done here).
     """
 
-    def __init__(self, *, dim: int, num_heads: int, num_features: int = 64, qkv_bias: bool = True):
+    def __init__(self, *, dim: int, num_heads: int, num_features: int = 64, qkv_bias: bool = True,
+                 feature_eps: float = 1e-4):
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
@@ -53,6 +54,7 @@ class PerformerSelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, dim * 3, bias=qkv_bias)
         self.proj = nn.Linear(dim, dim)
         self.register_buffer("random_features", orthogonal_gaussian_features(num_features, dim // num_heads))
+        self.feature_eps = feature_eps
 
     def positive_random_features(self, x: torch.Tensor, *, is_query: bool) -> torch.Tensor:
         """x: (N, heads, L, head_dim), already scaled by head_dim^(-1/4) -> phi(x): (N, heads, L, m) > 0.
@@ -62,12 +64,14 @@ class PerformerSelfAttention(nn.Module):
         That multiplies phi(q_i) by a constant of its own and every phi(k_j) by one shared constant,
         both cancelling in D^-1, while exp can no longer overflow. The subtracted maximum includes
         -|x|^2/2 (the reference leaves that out), so the largest feature is exactly 1 and cannot
-        underflow either.
+        underflow either. `feature_eps` (the reference's 1e-4) is added to every shifted feature:
+        with the keys' one shared shift, a key of large norm pushes every other key's features to
+        0, and a query that only meets those would divide 0 by 0.
         """
         exponents = x @ self.random_features.T - x.square().sum(dim=-1, keepdim=True) / 2
         over = (-1,) if is_query else (-2, -1)
         exponents = exponents - exponents.amax(dim=over, keepdim=True).detach()
-        return exponents.exp() / math.sqrt(self.random_features.shape[0])
+        return (exponents.exp() + self.feature_eps) / math.sqrt(self.random_features.shape[0])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         n, length, dim = x.shape

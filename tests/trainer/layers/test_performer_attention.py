@@ -93,7 +93,7 @@ def test_implied_attention_is_positive_row_stochastic_and_is_what_forward_comput
 def test_max_shifts_only_rescale_the_features():
     # Queries: one factor per query; keys: one factor per sample and head (both cancel in D^-1).
     torch.manual_seed(0)
-    performer = PerformerSelfAttention(dim=DIM, num_heads=HEADS, num_features=16)
+    performer = PerformerSelfAttention(dim=DIM, num_heads=HEADS, num_features=16, feature_eps=0.0)
     z = torch.randn(2, HEADS, 5, DIM // HEADS)
     w = performer.random_features
     naive = torch.exp(z @ w.T - z.square().sum(-1, keepdim=True) / 2) / 4
@@ -110,6 +110,16 @@ def test_large_inputs_stay_finite():
     y = performer(x)
     y.sum().backward()
     assert torch.isfinite(y).all() and torch.isfinite(x.grad).all()
+
+
+@pytest.mark.parametrize("scale", [100.0, 400.0])
+def test_inputs_whose_keys_differ_widely_in_norm_stay_finite(scale):
+    """Without the features' epsilon a query meeting only keys pushed to 0 by the shared shift
+    divided 0 by 0 (here non-finite output from 100x unit scale)."""
+    torch.manual_seed(0)
+    performer = PerformerSelfAttention(dim=DIM, num_heads=HEADS, num_features=64)
+    x = scale * torch.randn(2, 197, DIM)
+    assert torch.isfinite(performer(x)).all()
 
 
 def test_features_are_drawn_once_from_torch_seed_and_kept():
