@@ -18,6 +18,8 @@ from typing import Any
 
 import yaml
 
+from shards.storage import shard_root
+
 KEEP_BY = ("newest", "val_loss")  # run.keep_by: which checkpoints a run keeps (trainer/checkpoints.py)
 
 
@@ -270,6 +272,8 @@ def load_config(path: str | Path | None, overrides: list[str] = ()) -> Experimen
     config = _build(ExperimentConfig, raw, "")
     if not config.data.sources:
         raise ConfigError("data.sources: name at least one shard set (root: path/to/shards)")
+    for source in config.data.sources:  # against the current folder here, not each Ray worker's own
+        source.root = shard_root(source.root) if source.root else source.root
     if config.data.bad_samples not in BAD_SAMPLES:
         raise ConfigError(f"data.bad_samples: {config.data.bad_samples!r} is not one of {list(BAD_SAMPLES)}")
     check_ranges(config)

@@ -88,3 +88,10 @@ def test_a_shipped_config_validates_only_on_shards_its_ingest_command_gives_a_va
         assert config.validation.every_epochs == 0
     if config.run.keep_by == "val_loss":
         assert config.validation.every_epochs > 0
+
+
+def test_relative_shard_roots_are_made_absolute_where_the_config_is_loaded(tmp_path, monkeypatch):
+    """Ray Train workers run in a folder of their own, where a relative root names nothing."""
+    monkeypatch.chdir(tmp_path)
+    config = load_config(None, ["data.sources=[{root: shards/cbis}, {root: 's3://bucket/nih/'}, {root: /abs/set}]"])
+    assert [s.root for s in config.data.sources] == [str(tmp_path / "shards" / "cbis"), "s3://bucket/nih", "/abs/set"]
