@@ -20,8 +20,9 @@ by context-bottleneck blocks, with a second VICReg loss on an embedding of all t
   optimizer was built, so they never train; here every module exists after __init__.) The 1x1
   projection runs before the resize: both are linear and bilinear weights sum to one, so the order
   does not change u, and the deep maps are projected at their own, smaller size.
-- Expanders (§IV-C): three linear layers of 2048 with BatchNorm and ReLU between them and none after
-  the last (VICReg's expander; trainer.layers.projection_head).
+- Expanders (§IV-C): three linear layers of 2048 with BatchNorm and ReLU between them, and a
+  BatchNorm (affine, no ReLU) after the last, as the released Projection_MLP and Projection_CONV
+  end (VICReg's own expander ends with the bare linear; trainer.layers.projection_head).
 - Loss (§III-B, eq. 3-8): L = L_G + lambda L_L, L_G = VICReg(Z, Z'), L_L = VICReg(M, M'), with
   VICReg's coefficients 25/25/1 and threshold 1 (trainer.losses.vicreg). The paper gives no value
   for the balance factor lambda; 1 is the authors' code (loss += vicreg(m, m')).
@@ -82,8 +83,12 @@ class MLVICX(nn.Module):
         self.level_size = level_size or img_size // self.encoder.feature_info[1]["reduction"]
         self.level_grid = level_grid
         multilevel_width = len(channels) * level_channels * level_grid**2
-        self.global_expander = ProjectionHead((self.encoder.num_features, expander_dim, expander_dim, expander_dim))
-        self.multilevel_expander = ProjectionHead((multilevel_width, expander_dim, expander_dim, expander_dim))
+        # §IV-C: three linear layers "augmented with ReLU activation functions and batch normalization";
+        # the released expanders (Projection_MLP, Projection_CONV) end with a BatchNorm1d as well.
+        self.global_expander = ProjectionHead((self.encoder.num_features, expander_dim, expander_dim, expander_dim),
+                                              last_bn=True, last_bn_affine=True)
+        self.multilevel_expander = ProjectionHead((multilevel_width, expander_dim, expander_dim, expander_dim),
+                                                  last_bn=True, last_bn_affine=True)
         self.multilevel_weight = multilevel_weight
         self.views = asymmetric_views(img_size, crop_scale, blur)
         self.loss = VICRegLoss(sim_coeff=sim_coeff, std_coeff=std_coeff, cov_coeff=cov_coeff)

@@ -80,7 +80,7 @@ def test_one_backward_reaches_every_parameter_including_the_multilevel_projectio
     out["loss"].backward()
     missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
-    # Weights of the heads and blocks get a non-zero gradient (the expanders' last biases cancel in
+    # Weights of the heads and blocks get a non-zero gradient (the expanders' last BatchNorm shifts cancel in
     # every term; timm zero-initialises each residual block's last BatchNorm, so the encoder's
     # residual convolutions start with a zero gradient).
     for n, p in model.named_parameters():
@@ -136,6 +136,7 @@ def test_base_variant_follows_the_paper():
     for head, width in ((model.global_expander, 512), (model.multilevel_expander, 5 * 128 * 4 * 4)):
         linears = [m for m in head if isinstance(m, nn.Linear)]
         assert [(m.in_features, m.out_features) for m in linears] == [(width, 2048), (2048, 2048), (2048, 2048)]
+        assert isinstance(head[-1], nn.BatchNorm1d) and head[-1].affine and linears[-1].bias is None
     assert model.views[0].scale == (0.08, 1.0) and (model.views[0].blur, model.views[1].blur) == (1.0, 0.1)
     assert (model.loss.sim_coeff, model.loss.std_coeff, model.loss.cov_coeff, model.loss.gamma) == (25.0, 25.0, 1.0, 1.0)
 
