@@ -76,6 +76,9 @@ class OptimConfig:
     accumulate_steps: int = 1
     min_lr: float = 0.0
     clip_grad: float | None = None
+    # false: no weight decay on biases and norm layers (MAE, VICReg, SimCLR); true: on every
+    # parameter, as SimSiam's and PCRLv2's released SGD(model.parameters(), ...) decays them
+    decay_norms_and_biases: bool = False
 
 
 @dataclass

@@ -70,11 +70,12 @@ def load_optimizer_state(optimizer: torch.optim.Optimizer, saved: dict[str, Any]
 
 
 def build_optimizer(model: torch.nn.Module, optim: OptimConfig, lr: float) -> torch.optim.Optimizer:
-    """timm's optimizer factory (no weight decay on biases and norms); betas for the Adam family,
-    momentum for SGD/LARS and the rest."""
+    """timm's optimizer factory (no weight decay on biases and norms unless
+    optim.decay_norms_and_biases); betas for the Adam family, momentum for SGD/LARS and the rest."""
     name = optim.name.lower()
     extra = {"betas": optim.betas} if "adam" in name or name in ("lamb", "lion") else {"momentum": optim.momentum}
-    return create_optimizer_v2(model, name, lr=lr, weight_decay=optim.weight_decay, **extra)
+    return create_optimizer_v2(model, name, lr=lr, weight_decay=optim.weight_decay,
+                               filter_bias_and_bn=not optim.decay_norms_and_biases, **extra)
 
 
 def mean_over_ranks(values: dict[str, float], device: torch.device) -> dict[str, float]:

@@ -45,3 +45,16 @@ def test_lr_warms_up_to_the_peak_then_follows_mae_cosine_over_the_steps_left(tot
         assert optimizer.param_groups[0]["lr"] == pytest.approx(mae_lr(step, total, warmup, 0.4, 1e-3), rel=1e-9), step
     schedule.step_update(warmup)
     assert optimizer.param_groups[0]["lr"] == pytest.approx(0.4)  # the peak is reached
+
+
+@pytest.mark.parametrize("decay_all", [False, True])
+def test_weight_decay_spares_norms_and_biases_unless_the_recipe_decays_them(decay_all):
+    from trainer.config import OptimConfig
+    from trainer.loop import build_optimizer
+
+    model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3), torch.nn.Linear(3, 2))
+    optim = OptimConfig(name="momentum", weight_decay=1e-4, decay_norms_and_biases=decay_all)
+    groups = build_optimizer(model, optim, 0.1).param_groups
+    decayed = {id(p) for g in groups if g["weight_decay"] == 1e-4 for p in g["params"]}
+    weights = {id(model[0].weight), id(model[2].weight)}
+    assert decayed == ({id(p) for p in model.parameters()} if decay_all else weights)
