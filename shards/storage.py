@@ -64,6 +64,15 @@ def join(location: str | Path, *names: str) -> str:
     return urlunsplit(parts._replace(path=path))
 
 
+def parent(location: str | Path) -> str | Path:
+    """The folder holding `location`: a Path's parent, or the URI with its last path component
+    dropped (its query kept, as join keeps it)."""
+    if not is_uri(location):
+        return Path(location).parent
+    parts = urlsplit(str(location))
+    return urlunsplit(parts._replace(path=parts.path.rstrip("/").rsplit("/", 1)[0]))
+
+
 def name_of(location: str | Path) -> str:
     """The last component of a location's path ('shard-000003.tar')."""
     return (urlsplit(location).path if is_uri(location) else str(location)).rstrip("/").rsplit("/", 1)[-1]

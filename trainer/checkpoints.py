@@ -25,7 +25,6 @@ import json
 import math
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import yaml
 
@@ -82,12 +81,7 @@ def read_metrics(folder: str | Path) -> dict[str, Any] | None:
 def checkpoint_val_loss(checkpoint_file: str | Path) -> float | None:
     """The val_loss of the epoch a checkpoint.pt (a path or a URI) was written at, from the
     METRICS_FILE beside it; None without a pass, or a checkpoint older than METRICS_FILE."""
-    if storage.is_uri(str(checkpoint_file)):
-        parts = urlsplit(str(checkpoint_file))
-        folder = urlunsplit(parts._replace(path=parts.path.rsplit("/", 1)[0]))
-    else:
-        folder = Path(checkpoint_file).parent
-    return score(read_metrics(folder))
+    return score(read_metrics(storage.parent(checkpoint_file)))
 
 
 def run_checkpoints(location: str | Path) -> list[str | Path]:

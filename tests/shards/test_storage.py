@@ -31,6 +31,12 @@ def test_locations_join_keep_the_query_and_name_their_last_part():
     assert storage.shard_root("relative/set") == str(Path("relative/set").resolve())
 
 
+def test_a_locations_parent_keeps_a_uris_query():
+    shard = "s3://bucket/sets/cbis/train/shard-000003.tar?endpoint_override=minio:9000"
+    assert storage.parent(shard) == "s3://bucket/sets/cbis/train?endpoint_override=minio:9000"
+    assert storage.parent("/runs/x/checkpoint_1/checkpoint.pt") == Path("/runs/x/checkpoint_1")
+
+
 def test_a_forward_reader_skips_ahead_and_refuses_to_go_back(tmp_path):
     (tmp_path / "blob").write_bytes(bytes(range(256)) * 64)
     with storage.open_input((tmp_path / "blob").as_uri()) as fh:
