@@ -40,8 +40,8 @@ class InfoNCELoss(nn.Module):
         with torch.autocast(anchors.device.type, enabled=False):
             a = F.normalize(anchors.float(), dim=1)
             p = F.normalize(positives.float(), dim=1)
-            every_a, first = gather_rows(a, training=self.training)
-            every_p, _ = gather_rows(p, training=self.training)
+            every, first = gather_rows(torch.stack([a, p], dim=1), training=self.training)  # one collective
+            every_a, every_p = every.unbind(1)
             n, mine = a.shape[0], torch.arange(first, first + a.shape[0], device=a.device)
             # Column first + i of to_views is anchor i's positive; of to_images, the anchor itself (no negative).
             to_views = a @ every_p.T / self.temperature

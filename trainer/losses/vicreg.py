@@ -80,7 +80,8 @@ class VICRegLoss(nn.Module):
         with torch.autocast(z_a.device.type, enabled=False):
             z_a, z_b = z_a.float(), z_b.float()
             invariance = F.mse_loss(z_a, z_b)
-            z_a, z_b = gather_rows(z_a, training=self.training)[0], gather_rows(z_b, training=self.training)[0]
+            both, _ = gather_rows(torch.stack([z_a, z_b], dim=1), training=self.training)  # one collective
+            z_a, z_b = both.unbind(1)
             return VICRegTerms(
                 invariance=invariance,
                 variance=(variance_hinge(z_a, self.gamma, self.eps) + variance_hinge(z_b, self.gamma, self.eps)) / 2,
