@@ -5,8 +5,8 @@
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl isal pydicom nystrom-attention
-#   bash benchmarks/gpu_checks.sh OUT_DIR            # about 5 minutes on an H200
+#       -d .whl isal pydicom nystrom-attention openpyxl et_xmlfile
+#   bash benchmarks/gpu_checks.sh OUT_DIR            # about 4 minutes on an H200
 #
 # 1. CUDA smoke run: the tiny MIRAM config in one process (run.use_ray=false: LocalSession takes
 #    the GPU, autocast in bf16 where the GPU has it) on freshly ingested sample CBIS shards; passes
@@ -16,6 +16,12 @@
 #    2-worker loader with pin_memory (what the trainer asks for on a GPU) hands over pinned batches.
 # 3. benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp: a whole
 #    MIRAM ViT-B/16 training step's time and peak memory per fine-decoder attention (Table II).
+# 4. fp16 (what run.precision=auto picks on a V100, which has no bf16: autocast with a GradScaler)
+#    for 2 epochs on the GPU, then `--resume optim.epochs=4` on the GPU (optimizer moments and the
+#    scaler's state loaded onto it), then trainer/export_encoder.py on the CPU from that GPU
+#    checkpoint; passes when every epoch's loss is finite, the run's last checkpoint is epoch 4's
+#    at step 12, the scaler's scale is a finite power of two, and the exported encoder loads on the CPU.
+# 5. benchmarks/method_step.py --device cuda --batch 64: every method's step time and peak memory.
 #
 # GPU_CHECKS_DEVICE=cpu runs 1 and 2 on the CPU and skips 3: a dry run of this script anywhere.
 set -euo pipefail
@@ -91,6 +97,34 @@ print(json.dumps({"check": "gpu_smoke", "device": device,
                   "to_device_matches_cpu": True, "loader_batches_pinned": pinned}))
 EOF
 if [ "$device" = cuda ]; then
+    fp16=(--config trainer/configs/tiny_cpu.yaml "data.sources=[{root: $out/shards}]" "run.storage_path=$out/runs"
+          run.use_ray=false 'run.use_gpu="true"' run.name=tiny-fp16 run.precision=fp16)
+    "$py" trainer/pretrain.py "${fp16[@]}" optim.epochs=2 2>&1 | tee "$out/fp16.log"
+    "$py" trainer/pretrain.py "${fp16[@]}" --resume optim.epochs=4 2>&1 | tee -a "$out/fp16.log"
+    CUDA_VISIBLE_DEVICES="" "$py" trainer/export_encoder.py "$out/runs/tiny-fp16" --out "$out/encoder-fp16.safetensors"
+    "$py" - "$out" <<'EOF'
+import csv, json, math, sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+out = Path(sys.argv[1])
+run = out / "runs" / "tiny-fp16"
+rows = list(csv.DictReader(open(run / "epochs.csv")))
+assert [int(float(r["epoch"])) for r in rows] == [0, 1, 2, 3], [r["epoch"] for r in rows]
+losses = [float(r["loss"]) for r in rows]
+assert all(math.isfinite(x) for x in losses), losses
+state = torch.load(run / "checkpoints" / "epoch_0003" / "checkpoint.pt", map_location="cpu", weights_only=True)
+scale = float(state["scaler"]["scale"])
+assert state["epoch"] == 3 and state["step"] == 12, (state["epoch"], state["step"])
+assert math.isfinite(scale) and math.log2(scale).is_integer(), scale
+encoder = load_file(str(out / "encoder-fp16.safetensors"))
+assert encoder and all(torch.isfinite(t.float()).all() for t in encoder.values())
+print(json.dumps({"check": "gpu_fp16_resume", "epoch_losses": [round(x, 4) for x in losses],
+                  "grad_scale": scale, "encoder_tensors": len(encoder)}))
+EOF
+    "$py" benchmarks/method_step.py --device cuda --batch 64 --steps 5 | tee "$out/method_step.jsonl"
     "$py" benchmarks/fine_decoder_attention.py --device cuda --full-miram --batches 64 256 --amp \
         | tee "$out/full_miram.jsonl"
 fi
