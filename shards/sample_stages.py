@@ -40,6 +40,9 @@ class SampleError(ValueError):
         super().__init__(f"{where}: {cause}")
         self.shard, self.key, self.cause = shard, key, cause
 
+    def __reduce__(self):  # pickled as its three arguments: a Ray Train worker's error reaches the driver so
+        return SampleError, (self.shard, self.key, self.cause)
+
 
 Handler = Callable[[SampleError], None]
 

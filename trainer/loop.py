@@ -24,6 +24,7 @@ from shards.stream import (BAD_SAMPLE_HANDLERS, OpenSource, ShardStream, StreamS
 from trainer.checkpoints import METRICS_FILE, metrics_json
 from trainer.config import ExperimentConfig, OptimConfig, dump_config
 from trainer.device_batches import DataWait, device_batches
+from trainer.gpu_memory import gpu_memory_error
 from trainer.optimizer_steps import OptimizerSteps, updates_per_epoch
 from trainer.pictures import reconstruction_grid, write_png
 from trainer.registry import build_method
@@ -221,8 +222,10 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
     val_loader = None  # made at the first pass
     log = RunLog(run_dir, resumed_at=step) if session.rank == 0 else None
     metrics: dict[str, float] = {}
+    epoch, phase = start_epoch, "training"
     try:
         for epoch in range(start_epoch, optim.epochs):
+            phase = "training"
             loader.dataset.set_epoch(epoch)
             torch.manual_seed(epoch_seed(run.seed, session.rank, epoch))  # masks, drop-path: as if never stopped
             model.train()
@@ -277,6 +280,7 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
             if val_plan is not None and is_due(config, epoch):
                 if val_loader is None:
                     val_loader = make_validation_loader(config, val_plan, image_size, session.device)
+                phase = "validation"
                 # every rank runs the same whole pass (trainer/validation.py): the same figure, no collective
                 checked = validate(_unwrap(model), val_loader, val_plan.steps, seed=run.seed, device=session.device,
                                    dtype=dtype)
@@ -293,6 +297,8 @@ def train(config: ExperimentConfig, session: Session, run_dir: Path) -> dict[str
                 _report_with_checkpoint(session, metrics, model, optimizer, scheduler, scaler, epoch, step, config, data)
             else:
                 session.report(metrics, None)
+    except torch.OutOfMemoryError as exc:  # GPU memory: say which settings to lower, not only torch's allocation
+        raise gpu_memory_error(exc, config, phase=phase, epoch=epoch, step=step, device=session.device) from exc
     finally:
         if log:
             log.close()

@@ -31,12 +31,12 @@ from shards.atomic_files import atomic_write_bytes, sync_folder
 from trainer.checkpoints import (LOCAL_CHECKPOINTS, RAY_CHECKPOINT_PREFIX, SCORE, best_checkpoint, keep_by_change,
                                  kept, local_checkpoints, read_metrics, score)
 from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump_config, load_config
-from trainer.loop import DataPlan, check_data, effective_batch, first_batch_terms, train
-from trainer.optimizer_steps import updates_per_epoch
-from trainer.registry import build_method, model_config_error
+from trainer.dry_run import dry_run
+from trainer.gpu_memory import GpuMemoryError
+from trainer.loop import check_data, train
+from trainer.registry import model_config_error
 from trainer.run_log import finished_line
-from trainer.worker_resources import (configured_gpu, describe, gpu_choice, per_worker, scaling_resources,
-                                      shortfall)
+from trainer.worker_resources import gpu_choice, scaling_resources, shortfall
 
 
 def run_folder(config: ExperimentConfig) -> Path:
@@ -235,7 +235,13 @@ def fit_on_ray(config: ExperimentConfig, run_dir: Path) -> None:
             failure_config=FailureConfig(max_failures=config.run.max_failures),
         ),
     )
-    result = trainer.fit()
+    try:
+        result = trainer.fit()
+    except ray.train.WorkerGroupError as exc:  # a worker's error that main() says in a line, not Ray's traceback
+        said = [e for e in exc.worker_failures.values() if isinstance(e, (SampleError, GpuMemoryError))]
+        if said:
+            raise said[0] from exc
+        raise
     print(finished_line(result.metrics, config.optim.epochs) if result.metrics else nothing_left(config), flush=True)
     if result.checkpoint is not None:
         print(f"last checkpoint: {result.checkpoint.path}", flush=True)
@@ -263,70 +269,6 @@ def has_checkpoints(config: ExperimentConfig, run_dir: Path) -> bool:
     if (run_dir / LOCAL_CHECKPOINTS).is_dir() and any((run_dir / LOCAL_CHECKPOINTS).iterdir()):
         return True
     return any(name.startswith(RAY_CHECKPOINT_PREFIX) for name in storage.list_names(ray_run_location(config)))
-
-
-def ray_ask(config: ExperimentConfig) -> str:
-    """What one worker asks Ray for, for --dry-run (run.use_gpu=auto decides on the cluster)."""
-    gpu = configured_gpu(config.run)
-    if gpu is not None:
-        return describe(per_worker(config.run, gpu))
-    return (f"{describe(per_worker(config.run, True))} where the cluster has GPUs, "
-            f"else {describe(per_worker(config.run, False))}")
-
-
-def kept_line(run) -> str:
-    """The dry run's word on which checkpoints stay (trainer/checkpoints.py)."""
-    if run.keep_by == SCORE:
-        return f"the {run.keep_checkpoints} with the lowest val_loss and the newest kept"
-    return f"newest {run.keep_checkpoints} kept"
-
-
-def validation_line(config: ExperimentConfig, plan: DataPlan) -> str:
-    """The dry run's word on validation passes."""
-    val = plan.validation
-    if val is None:
-        return "  val:   none (validation.every_epochs=0)"
-    return (f"  val:   split {config.validation.split!r}, {val.steps} batch(es) of {val.batch_size}, the whole pass on "
-            f"each worker, after every {config.validation.every_epochs} epoch(s) and the last "
-            f"({val.num_workers} loader process(es))")
-
-
-def dry_run(config: ExperimentConfig, plan: DataPlan, world_size: int) -> int:
-    """`--dry-run`: the model built for the data and run on two of its samples, and the run the
-    config describes; nothing started or written. Both happen here on the CPU (a ViT-B takes a few
-    seconds), so that an option the method does not take, or one it fails on, is found before a
-    cluster is."""
-    try:
-        model = build_method(config.model.name, in_chans=plan.channels, img_size=plan.image_size,
-                             **config.model.options)
-        terms = first_batch_terms(config, plan, model)
-    except Exception as exc:  # noqa: BLE001 -- whatever the method raises is the message: this is a check
-        print(f"pretrain: model error: {config.model.name} with options {config.model.options} on this data: "
-              f"{type(exc).__name__}: {exc}", file=sys.stderr)
-        return 2
-    optim, global_batch = config.optim, effective_batch(config, world_size)
-    where = "Ray Train workers" if config.run.use_ray else "process (run.use_ray=false)"
-    accumulated = (f" x {optim.accumulate_steps} batches accumulated = {global_batch} a step"
-                   if optim.accumulate_steps > 1 else "")
-    updates = updates_per_epoch(plan.steps_per_epoch, optim.accumulate_steps)
-    lines = [
-        "pretrain --dry-run: the config, its data and its model are usable; nothing was started or written",
-        *(f"  data:  {s.name} (weight {s.weight:g}): {len(s.shards)} shards, pixel mean {list(s.mean)} "
-          f"std {list(s.std)}" for s in plan.sources),
-        f"  input: {plan.channels} channel(s) x {plan.image_size} px; {plan.steps_per_epoch} batch(es) an epoch on each "
-        f"of {world_size} {where}, batch {config.data.batch_size} each (global "
-        f"{config.data.batch_size * world_size}{accumulated})",
-        f"  model: {config.model.name}, {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; "
-        f"on 2 samples: " + " ".join(f"{k} {v:.4f}" for k, v in terms.items()),
-        f"  optim: {optim.name}, lr {optim.blr * global_batch / 256:.3g} (blr {optim.blr:g} x {global_batch} / 256), "
-        f"{optim.epochs} epochs ({optim.warmup_epochs} warm-up) = {optim.epochs * updates} optimizer steps",
-        *([f"  ray:   each of {world_size} worker(s) asks Ray for " + ray_ask(config)] if config.run.use_ray else []),
-        validation_line(config, plan),
-        f"  run:   {run_folder(config)} (checkpoints under {config.run.storage_path}, every "
-        f"{config.run.checkpoint_every_epochs} epoch(s), {kept_line(config.run)})",
-    ]
-    print("\n".join(lines))
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -360,7 +302,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
     if args.dry_run:
-        return dry_run(config, plan, world_size)
+        return dry_run(config, plan, world_size, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.yaml").write_text(dump_config(config))
     print(f"run folder: {run_dir}", flush=True)
@@ -380,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"pretrain: {exc}\n  `shards verify` names every damaged shard of a set; data.bad_samples=skip "
               "trains without the samples that cannot be read (each named in a warning, and counted)",
               file=sys.stderr)
+        return 1
+    except GpuMemoryError as exc:
+        print(f"pretrain: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt as exc:
         stopped = isinstance(exc, Terminated)
