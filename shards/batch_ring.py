@@ -43,6 +43,10 @@ import numpy as np
 import torch
 
 _SLOT = "__ring_slot__"
+# A batch that carries, instead of samples, the exception a worker ended on (shards.stream sends a
+# bad sample's SampleError so): torch re-raises a worker's error by calling its class with the
+# traceback's text, and a class that takes more than a message became a RuntimeError of that text.
+RAISED_IN_WORKER = "__raised_in_worker__"
 # Slot states in BatchRing.busy.
 FREE, FILLED, LENT = 0, 1, 2
 # Slots of a worker that may be lent at once: the batch a `for` loop holds while it asks for the
@@ -184,6 +188,8 @@ class RingLoader:
                 batch = next(batches)
             except StopIteration:
                 return
+            if RAISED_IN_WORKER in batch:
+                raise batch[RAISED_IN_WORKER]
             slot = batch.pop(_SLOT, None)
             if slot is not None:
                 batch["image"] = self._hand_on(slot)

@@ -43,7 +43,7 @@ from shards import indexed_read, sample_stages as reading, schema, storage, stre
 from shards.sample_stages import BAD_SAMPLE_HANDLERS, SampleError, raise_sample_error, warn_and_skip
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
-from shards.batch_ring import LEND, BatchRing, RingLoader
+from shards.batch_ring import LEND, RAISED_IN_WORKER, BatchRing, RingLoader
 from shards.card import read_card
 from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
@@ -211,7 +211,14 @@ class ShardStream(IterableDataset):
         if info is not None and self.ring is not None:
             self.ring.start_epoch(worker)
             new_batch = functools.partial(self.ring.take, worker)
-        yield from self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch, new_batch)
+        batches = self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch, new_batch)
+        if info is None:
+            yield from batches
+            return
+        try:
+            yield from batches
+        except SampleError as exc:  # to the main process whole, which RingLoader raises (see RAISED_IN_WORKER)
+            yield {RAISED_IN_WORKER: exc}
 
     def reader_batches(self, reader: ReaderPlan, epoch: int,
                        new_batch=stages.fresh_batch) -> Iterator[dict[str, Any]]:

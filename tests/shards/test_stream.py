@@ -330,6 +330,20 @@ def test_a_bad_sample_raises_with_shard_and_key_or_is_skipped_and_counted(tmp_pa
     assert sum(b["skipped"] for b in batches) == 1
 
 
+def test_a_bad_sample_met_in_a_loader_worker_reaches_the_main_process_as_itself(tmp_path, rewrite_shard):
+    """torch re-raises a DataLoader worker's error by calling its class with the traceback's text;
+    SampleError takes shard, key and cause, so it arrived as a RuntimeError and the trainer's
+    one-line report of a bad sample never ran with data.num_workers > 0 (every real config)."""
+    root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(6)], [3, 3], spans=False)
+    rewrite_shard(root, "train/shard-000001.tar", lambda name, data: data[:40] if name == "toy0003.png" else data)
+    loader, _ = make_loader([StreamSource(root)], batch_size=1, image_size=8, augment="none", num_workers=2)
+    with pytest.raises(SampleError) as raised:
+        list(loader)
+    assert type(raised.value) is SampleError and raised.value.key == "toy0003"
+    assert raised.value.shard.endswith("/set/train/shard-000001.tar")
+    assert str(raised.value.cause).startswith("PNG member does not decode")
+
+
 def test_a_set_without_pixel_stats_is_refused(tmp_path):
     root = write_set(tmp_path / "set", [np.full((8, 8), i, np.uint16) for i in range(2)], [2])
     card = read_card(root)

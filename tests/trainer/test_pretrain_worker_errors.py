@@ -14,7 +14,8 @@ def test_a_bad_sample_in_a_ray_worker_ends_the_job_naming_the_shard_and_sample(r
                                                                                with_a_broken_png, tmp_path):
     shard, key = with_a_broken_png(lesion_shards, tmp_path / "shards")
     args = ["--config", "trainer/configs/tiny_cpu.yaml", f"data.sources=[{{root: {tmp_path / 'shards'}}}]",
-            f"run.storage_path={tmp_path / 'runs'}", "run.workers=1", "optim.epochs=1", "data.batch_size=8"]
+            f"run.storage_path={tmp_path / 'runs'}", "run.workers=1", "optim.epochs=1", "data.batch_size=8",
+            "data.num_workers=2"]  # in a loader process, as every real config reads
     cmd = [str(Path(sys.executable).parent / "ray"), "job", "submit", "--address", ray_cluster.dashboard_url,
            "--working-dir", str(PROJECT), "--", "python", "trainer/pretrain.py", *args]
     done = subprocess.run(cmd, env=ray_cluster.env, capture_output=True, text=True, timeout=600)
