@@ -212,13 +212,12 @@ class ShardStream(IterableDataset):
             self.ring.start_epoch(worker)
             new_batch = functools.partial(self.ring.take, worker)
         batches = self.reader_batches(self.plan(epoch).reader(self.rank, worker), epoch, new_batch)
-        if info is None:
-            yield from batches
-            return
         try:
             yield from batches
-        except SampleError as exc:  # to the main process whole, which RingLoader raises (see RAISED_IN_WORKER)
-            yield {RAISED_IN_WORKER: exc}
+        except SampleError as exc:
+            if info is None:
+                raise
+            yield {RAISED_IN_WORKER: exc}  # to the main process whole, which RingLoader raises (see RAISED_IN_WORKER)
 
     def reader_batches(self, reader: ReaderPlan, epoch: int,
                        new_batch=stages.fresh_batch) -> Iterator[dict[str, Any]]:

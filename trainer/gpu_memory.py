@@ -49,7 +49,7 @@ def _smaller_batch(batch_size: int, accumulate_steps: int) -> str:
 
 def _gpu(device: torch.device) -> str:
     """' on NVIDIA A100 (39.4 GiB)', or '' where there is no CUDA device to name."""
-    if device.type != "cuda" or not torch.cuda.is_available():
+    if device.type != "cuda":
         return ""
     props = torch.cuda.get_device_properties(device)
     return f" on {props.name} ({props.total_memory / 2**30:.1f} GiB)"
