@@ -3,7 +3,10 @@
 A table is a CSV with a header; column names are matched case-insensitively:
 - x (column) and y (row) of the cell centre in full-resolution pixels: `x`/`y`, `centroid_x`/
   `centroid_y`, or scikit-image/ark-analysis's `centroid-1`/`centroid-0` (row first there);
-- the cell type, optional: `cell_type`, `celltype` or `label` (first present wins; empty -> None);
+- the cell type, optional: `cell_type`, `celltype` or ark-analysis's `cell_meta_cluster` (first
+  present wins; empty -> None). Not `label`: scikit-image's regionprops_table and ark-analysis
+  write there the segmentation's instance number, one per cell, which as a type would give every
+  crop a class of its own;
 - the image, only in one table shared by several images: `image` or `fov`, holding the image id
   (file name without .tif/.tiff/.ome.tif, or the per-channel folder's name) or the file name.
 """
@@ -20,7 +23,7 @@ from ingest.pipeline import Reject
 
 X_COLUMNS = ("x", "centroid_x", "centroid-1")
 Y_COLUMNS = ("y", "centroid_y", "centroid-0")
-TYPE_COLUMNS = ("cell_type", "celltype", "label")
+TYPE_COLUMNS = ("cell_type", "celltype", "cell_meta_cluster")
 IMAGE_COLUMNS = ("image", "fov")
 
 
