@@ -101,7 +101,7 @@ def peak_rss_mb(root: Path, out: Path) -> tuple[float, float]:
     """(peak RSS in MB, seconds) of `ingest dicom ROOT --workers 0` in a child process."""
     start = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "ingest.cli", "dicom", str(root), "--out", str(out), "--workers", "0",
-                             "--no-progress", "--size", "64"], cwd=PROJECT, stdout=subprocess.DEVNULL)
+                             "--no-progress", "--size", "64", "--id-salt", "public"], cwd=PROJECT, stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     proc.returncode = os.waitstatus_to_exitcode(status)
     if proc.returncode != 0:
@@ -123,13 +123,13 @@ def main() -> None:
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        root = tmp / "archive"
+        root = tmp / "archive"  # generated: its patient IDs are public (--id-salt public)
         generate("ingest.sample_data.dicom_archive", root, "--images", str(args.images), "--patients",
                  str(max(1, args.images // 4)), "--shape", str(args.height), str(args.width), "--no-quirks")
-        units = dicom_archive.build_job(root=root, out=tmp / "plan", progress=False).units
+        units = dicom_archive.build_job(root=root, out=tmp / "plan", progress=False, id_salt="public").units
         rounds = alternate(
             args.repeats, lambda: dicom_limit(units, 224),
-            lambda out: dicom_archive.build_job(root=root, out=out, workers=0, progress=False), tmp / "dicom-out")
+            lambda out: dicom_archive.build_job(root=root, out=out, workers=0, progress=False, id_salt="public"), tmp / "dicom-out")
         print(throughput_line("ingest_dicom_whole", len(units), rounds,
                               image_shape=[args.height, args.width]), flush=True)
 

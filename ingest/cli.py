@@ -20,6 +20,7 @@ import warnings
 from importlib import metadata
 from pathlib import Path
 
+from ingest import pseudonym
 from ingest.arguments import held_out_fraction, non_negative_int, positive_int
 from shards import storage
 from shards.cpu_budget import usable_cpus
@@ -74,7 +75,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                         "then ends the job)")
     p.add_argument("--shard-size", type=positive_int, default=1000, help="samples per shard (default 1000)")
     p.add_argument("--id-salt", default=None,
-                   help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt)")
+                   help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt, which "
+                        "`ingest dicom` refuses; 'public' asks for it by name)")
     p.add_argument("--overwrite", action="store_true", help="rebuild an output folder that holds a finished set")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
@@ -114,7 +116,9 @@ def _write_sample_data(args: argparse.Namespace) -> int:
     except (OSError, ValueError) as exc:
         print(f"ingest sample-data {args.kind}: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    print(f"sample {args.kind} data written; ingest it with: ingest {args.kind} {made.root} --out DIR")
+    # Generated IDs are public: an archive's real ones would need a secret salt (ingest.pseudonym).
+    salt = f" --id-salt {pseudonym.PUBLIC}" if args.kind == "dicom" else ""
+    print(f"sample {args.kind} data written; ingest it with: ingest {args.kind} {made.root} --out DIR{salt}")
     return EXIT_OK
 
 

@@ -17,9 +17,10 @@ def test_every_source_has_sample_data():
 def test_sample_data_ingests_cleanly(kind, tmp_path, capsys):
     assert main(["sample-data", kind, str(tmp_path / "raw"), "--patients", "2"]) == EXIT_OK
     said = capsys.readouterr().out
-    root = said.split(f"ingest {kind} ", 1)[1].split(" --out", 1)[0]
+    root, told = said.split(f"ingest {kind} ", 1)[1].split(" --out DIR", 1)
     out = tmp_path / "shards"
-    extra = ["--unlabeled", "keep"] if kind == "cmmd" else []  # CMMD's sheet lacks rows for some breasts, as the real one does
+    extra = told.split()  # the command as printed: `ingest dicom` is told the generated IDs are public
+    extra += ["--unlabeled", "keep"] if kind == "cmmd" else []  # CMMD's sheet lacks rows for some breasts, as the real one does
     code = main([kind, root, "--out", str(out), "--workers", "1", "--no-progress", "--size", "64", *extra])
     assert code == EXIT_OK, (capsys.readouterr().err, (out / "rejects.jsonl").read_text())
     card = json.loads((out / "dataset.json").read_text())

@@ -17,6 +17,7 @@ import xxhash
 import pytest
 import webdataset as wds
 
+from ingest import pseudonym
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.dicom_pixels import decode_dicom
 from ingest.pipeline import IngestError, run_job
@@ -27,6 +28,15 @@ from shards import codecs, schema
 from shards.verify import verify
 
 BROKEN_REAL = {"JPEG-lossy.dcm", "RG2_JPLY.dcm"}  # broken on purpose (see shared/data/README.md)
+TEST_SALT = "a-secret-of-this-test-module"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def secret_salt():
+    """`ingest dicom` refuses the public salt unless asked for by name: these tests give a secret."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(pseudonym.SALT_ENV, TEST_SALT)
+        yield
 
 
 def ingest(root: Path, out: Path, **kw):
@@ -238,6 +248,32 @@ def test_cli_exit_codes(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(["dicom", str(clean.root), "--out", str(tmp_path / "e"), *bad])
         assert info.value.code == EXIT_USAGE
+
+
+def test_an_archive_needs_a_secret_salt_or_the_public_one_by_name(tmp_path, capsys, monkeypatch):
+    """With the public default, hashing every possible patient ID reverses the pseudonyms: refused
+    before anything is written. A secret (flag or environment) or `--id-salt public` is taken."""
+    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
+    monkeypatch.delenv(pseudonym.SALT_ENV)
+    args = ["dicom", str(clean.root), "--no-progress", "--workers", "0"]
+    assert main([*args, "--out", str(tmp_path / "none")]) == EXIT_USAGE
+    err = capsys.readouterr().err
+    assert "need a secret salt" in err and pseudonym.SALT_ENV in err and "--id-salt public" in err
+    assert not (tmp_path / "none").exists()
+
+    def patients(out: Path) -> set[str]:
+        return set(pq.read_table(out / schema.MANIFEST_FILE).column("patient").to_pylist())
+
+    assert main([*args, "--out", str(tmp_path / "public"), "--id-salt", "public"]) == EXIT_OK
+    assert main([*args, "--out", str(tmp_path / "flag"), "--id-salt", "s3cret"]) == EXIT_OK
+    monkeypatch.setenv(pseudonym.SALT_ENV, "s3cret")
+    assert main([*args, "--out", str(tmp_path / "env")]) == EXIT_OK
+    assert len(patients(tmp_path / "public")) == 1
+    assert patients(tmp_path / "flag") == patients(tmp_path / "env") != patients(tmp_path / "public")
+    fingerprints = {name: card_io.read_card(tmp_path / name)["parameters"]["id_salt_fingerprint"]
+                    for name in ("public", "flag", "env")}
+    assert fingerprints["public"] == pseudonym.salt_fingerprint(pseudonym.DEFAULT_SALT)
+    assert fingerprints["flag"] == fingerprints["env"] == pseudonym.salt_fingerprint("s3cret")
 
 
 def test_real_dicom_files_as_one_mixed_archive(shared_data, tmp_path, capsys):
