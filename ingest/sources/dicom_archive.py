@@ -36,6 +36,7 @@ from __future__ import annotations
 import hashlib
 import os
 import random
+import warnings
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -199,7 +200,18 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
                                      "without either, a patient of its own")
     if filtered:
         notes["filtered_out_by_modality"] = dict(sorted(filtered.items()))
+    if len(patient_split) == 1 and notes["studies"] > 1 and (test_fraction > 0 or val_fraction > 0):
+        notes["one_patient_id_for_every_study"] = True
+        warnings.warn(OnePatientArchive(
+            f"every one of the {notes['studies']} studies has the same PatientID, so all {len(units)} images are one "
+            "patient and all go to train: no val or test split by patient. An anonymiser that writes one constant "
+            "PatientID does this; if yours did, give each patient an ID of their own (a pseudonym will do) and "
+            "ingest again"), stacklevel=2)
     return ArchivePlan(units, sorted(rejects, key=lambda r: r.source_path), notes)
+
+
+class OnePatientArchive(UserWarning):
+    """An archive whose studies all share one PatientID: nothing to split by patient."""
 
 
 def luma16(rgb: np.ndarray) -> np.ndarray:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import tarfile
+import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -248,6 +249,25 @@ def test_cli_exit_codes(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(["dicom", str(clean.root), "--out", str(tmp_path / "e"), *bad])
         assert info.value.code == EXIT_USAGE
+
+
+def test_studies_that_all_share_one_patient_id_are_said_to_leave_nothing_to_split(tmp_path):
+    """An anonymiser that writes one constant PatientID makes the archive one patient: all train."""
+    one = make_dicom_archive(tmp_path / "one", images=6, patients=1, studies_per_patient=3, shape=(64, 48),
+                             quirks=False)
+    args = ["dicom", str(one.root), "--no-progress", "--workers", "0"]
+    with pytest.warns(dicom_archive.OnePatientArchive, match="^every one of the 3 studies has the same PatientID, "
+                                                             "so all 6 images are one patient and all go to train"):
+        assert main([*args, "--out", str(tmp_path / "a")]) == EXIT_OK
+    card = card_io.read_card(tmp_path / "a")
+    assert card["notes"]["one_patient_id_for_every_study"] is True and set(card["splits"]) == {"train"}
+    two = make_dicom_archive(tmp_path / "two", images=6, patients=2, shape=(64, 48), quirks=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", dicom_archive.OnePatientArchive)
+        # no split asked for, so nothing is lost; and two patients split as asked
+        assert main([*args, "--out", str(tmp_path / "b"), "--test-fraction", "0", "--val-fraction", "0"]) == EXIT_OK
+        assert main(["dicom", str(two.root), "--no-progress", "--workers", "0", "--out", str(tmp_path / "c")]) == EXIT_OK
+    assert "one_patient_id_for_every_study" not in card_io.read_card(tmp_path / "c")["notes"]
 
 
 def test_an_archive_needs_a_secret_salt_or_the_public_one_by_name(tmp_path, capsys, monkeypatch):
