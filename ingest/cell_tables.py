@@ -2,11 +2,14 @@
 
 A table is a CSV with a header; column names are matched case-insensitively:
 - x (column) and y (row) of the cell centre in full-resolution pixels: `x`/`y`, `centroid_x`/
-  `centroid_y`, or scikit-image/ark-analysis's `centroid-1`/`centroid-0` (row first there);
-- the cell type, optional: `cell_type`, `celltype` or ark-analysis's `cell_meta_cluster` (first
-  present wins; empty -> None). Not `label`: scikit-image's regionprops_table and ark-analysis
-  write there the segmentation's instance number, one per cell, which as a type would give every
-  crop a class of its own;
+  `centroid_y`, scikit-image/ark-analysis's `centroid-1`/`centroid-0` (row first there),
+  MCMICRO's `X_centroid`/`Y_centroid`, CellProfiler's `Location_Center_X`/`_Y`, or QuPath's
+  `Centroid X px`/`Centroid Y px` (QuPath's `µm` columns are refused by name: they need the pixel
+  size, which the table does not give);
+- the cell type, optional: `cell_type`, `celltype`, ark-analysis's `cell_meta_cluster` or QuPath's
+  `Class` (first present wins; empty -> None). Not `label`: scikit-image's regionprops_table and
+  ark-analysis write there the segmentation's instance number, one per cell, which as a type
+  would give every crop a class of its own;
 - the image, only in one table shared by several images: `image` or `fov`, holding the image id
   (file name without .tif/.tiff/.ome.tif, or the per-channel folder's name) or the file name.
 """
@@ -21,9 +24,10 @@ from pathlib import Path
 
 from ingest.pipeline import Reject
 
-X_COLUMNS = ("x", "centroid_x", "centroid-1")
-Y_COLUMNS = ("y", "centroid_y", "centroid-0")
-TYPE_COLUMNS = ("cell_type", "celltype", "cell_meta_cluster")
+X_COLUMNS = ("x", "centroid_x", "centroid-1", "x_centroid", "location_center_x", "centroid x px")
+Y_COLUMNS = ("y", "centroid_y", "centroid-0", "y_centroid", "location_center_y", "centroid y px")
+MICROMETRE_COLUMNS = ("centroid x µm", "centroid y µm")  # QuPath's, calibrated
+TYPE_COLUMNS = ("cell_type", "celltype", "cell_meta_cluster", "class")
 IMAGE_COLUMNS = ("image", "fov")
 
 
@@ -53,6 +57,10 @@ def read_cell_table(path: Path, name: str) -> tuple[dict[str | None, list[Cell]]
             reader = csv.DictReader(fh)
             header = {(f or "").strip().lower(): f for f in reader.fieldnames or []}
             x_col, y_col = _column(header, X_COLUMNS), _column(header, Y_COLUMNS)
+            if (x_col is None or y_col is None) and any(name in header for name in MICROMETRE_COLUMNS):
+                raise CellTableError(f"{name}: cell centres are in micrometres (QuPath's 'Centroid X µm'), and "
+                                     "crops are cut in pixels; export the measurements without pixel calibration "
+                                     "('Centroid X px') or add x,y columns in pixels")
             if x_col is None or y_col is None:
                 raise CellTableError(f"{name}: no cell centre columns; expected one of {X_COLUMNS} and one of "
                                      f"{Y_COLUMNS}, found {sorted(header)}")

@@ -92,3 +92,21 @@ def test_a_table_without_an_image_column_fits_one_image_only(tmp_path):
     assert list(by_image) == ["slide01"] and rejects == []
     with pytest.raises(CellTableError, match="no image column .* but 2 images under ROOT"):
         match_images(cells, {"slide01": "slide01", "slide02": "slide02"}, "cells.csv")
+
+
+@pytest.mark.parametrize("x, y", [("X_centroid", "Y_centroid"), ("Location_Center_X", "Location_Center_Y"),
+                                  ("Centroid X px", "Centroid Y px")])
+def test_the_pixel_centres_of_mcmicro_cellprofiler_and_qupath_are_read(tmp_path, x, y):
+    table = write(tmp_path / "cells.csv", f"CellID,{y},{x},Area\n1,10,20,55\n")
+    cells, _ = read_cell_table(table, "cells.csv")
+    assert [(c.x, c.y) for c in cells[None]] == [(20.0, 10.0)]
+
+
+def test_qupath_classes_are_cell_types_and_its_micrometres_are_refused(tmp_path):
+    table = write(tmp_path / "px.csv", "Image,Name,Class,Centroid X px,Centroid Y px\nslide01.tif,PathCellObject,"
+                                       "Tumor,5,6\n")
+    cells, _ = read_cell_table(table, "px.csv")
+    assert [(c.x, c.y, c.cell_type) for c in cells["slide01.tif"]] == [(5.0, 6.0, "Tumor")]
+    table = write(tmp_path / "um.csv", "Image,Class,Centroid X µm,Centroid Y µm\nslide01.tif,Tumor,2.5,3\n")
+    with pytest.raises(CellTableError, match=r"^um.csv: cell centres are in micrometres"):
+        read_cell_table(table, "um.csv")
