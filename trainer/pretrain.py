@@ -35,6 +35,7 @@ from trainer.dry_run import dry_run
 from trainer.gpu_memory import GpuMemoryError
 from trainer.loop import check_data, train
 from trainer.registry import model_config_error
+from trainer.resume_changes import SAVED_CONFIG, refusal, resume_changes
 from trainer.run_log import finished_line
 from trainer.worker_resources import gpu_choice, scaling_resources, shortfall
 
@@ -295,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and config.run.use_ray and (problem := keep_by_change(run_dir, config.run.keep_by)):
         print(f"pretrain: config error: {problem}", file=sys.stderr)
         return 2
+    refused, changed = resume_changes(run_dir, config) if args.resume else ([], [])
+    if refused:
+        print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
+        return 2
     world_size = config.run.workers if config.run.use_ray else 1
     try:  # here, once: not in every worker after the cluster has started, as a traceback each
         plan = check_data(config, world_size)
@@ -304,8 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.dry_run:
         return dry_run(config, plan, world_size, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text(dump_config(config))
+    (run_dir / SAVED_CONFIG).write_text(dump_config(config))
     print(f"run folder: {run_dir}", flush=True)
+    if changed:
+        print(f"resuming run {config.run.name!r} with changes: " + "; ".join(changed), flush=True)
     try:
         if config.run.use_ray:
             fit_on_ray(config, run_dir)
