@@ -229,7 +229,8 @@ def test_no_phi_in_shards_manifest_card_or_stdout(archive, tmp_path, capsys):
 
 def test_planning_a_tree_counts_its_files_on_stderr_unless_told_not_to(tmp_path, capsys, monkeypatch):
     monkeypatch.setenv("MEDSHARDS_PROGRESS_EVERY_S", "0")  # stderr is no terminal here: a line an update
-    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
+    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, studies_per_patient=1, shape=(64, 48),
+                               quirks=False)
     assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--workers", "1", "--dry-run"]) == EXIT_OK
     err = capsys.readouterr().err
     assert f"plan dicom {clean.root}:" in err and "3 images kept" in err
@@ -238,7 +239,8 @@ def test_planning_a_tree_counts_its_files_on_stderr_unless_told_not_to(tmp_path,
 
 
 def test_cli_exit_codes(tmp_path, capsys):
-    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
+    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, studies_per_patient=1, shape=(64, 48),
+                               quirks=False)
     assert main(["dicom", str(clean.root), "--out", str(tmp_path / "a"), "--no-progress", "--workers", "1"]) == EXIT_OK
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no images here\n")
@@ -273,7 +275,8 @@ def test_studies_that_all_share_one_patient_id_are_said_to_leave_nothing_to_spli
 def test_an_archive_needs_a_secret_salt_or_the_public_one_by_name(tmp_path, capsys, monkeypatch):
     """With the public default, hashing every possible patient ID reverses the pseudonyms: refused
     before anything is written. A secret (flag or environment) or `--id-salt public` is taken."""
-    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, shape=(64, 48), quirks=False)
+    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, studies_per_patient=1, shape=(64, 48),
+                               quirks=False)
     monkeypatch.delenv(pseudonym.SALT_ENV)
     args = ["dicom", str(clean.root), "--no-progress", "--workers", "0"]
     assert main([*args, "--out", str(tmp_path / "none")]) == EXIT_USAGE
