@@ -1,0 +1,47 @@
+"""The README documents every option of every command: `ingest`, `shards` and the trainer's three
+scripts. An option added without a word in the README fails here, naming it."""
+
+from __future__ import annotations
+
+import argparse
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ingest.cli import build_parser as ingest_parser
+from shards.cli import _parser as shards_parser
+
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+
+
+def _commands(parser: argparse.ArgumentParser, path: tuple[str, ...]) -> Iterator[tuple[str, argparse.ArgumentParser]]:
+    yield " ".join(path), parser
+    for action in parser._actions:  # argparse keeps subcommands only here
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                yield from _commands(sub, (*path, name))
+
+
+def _undocumented(flags: set[str]) -> list[str]:
+    return sorted(f for f in flags - {"--help"} if not re.search(re.escape(f) + r"(?![\w-])", README))
+
+
+@pytest.mark.parametrize("top, make", [("ingest", ingest_parser), ("shards", shards_parser)])
+def test_every_option_of_the_command_line_tools_is_in_the_readme(top, make):
+    missing = []
+    for command, parser in _commands(make(), (top,)):
+        flags = {flag for action in parser._actions for flag in action.option_strings if flag.startswith("--")}
+        missing += [f"{command} {flag}" for flag in _undocumented(flags)]
+    assert missing == []
+
+
+@pytest.mark.parametrize("script", ["pretrain", "export_encoder", "linear_probe"])
+def test_every_option_of_the_trainer_scripts_is_in_the_readme(script, capsys):
+    module = __import__(f"trainer.{script}", fromlist=["main"])
+    with pytest.raises(SystemExit):
+        module.main(["--help"])
+    flags = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", capsys.readouterr().out))
+    assert len(flags) > 1  # the help was read
+    assert _undocumented(flags) == []
