@@ -1,9 +1,10 @@
-"""The README documents every option of every command: `ingest`, `shards` and the trainer's three
-scripts. An option added without a word in the README fails here, naming it."""
+"""The README documents every option of every command (`ingest`, `shards`, the trainer's three
+scripts) and every config key. One added without a word in the README fails here, naming it."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,6 +13,7 @@ import pytest
 
 from ingest.cli import build_parser as ingest_parser
 from shards.cli import _parser as shards_parser
+from trainer.config import ExperimentConfig
 
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
@@ -45,3 +47,13 @@ def test_every_option_of_the_trainer_scripts_is_in_the_readme(script, capsys):
     flags = set(re.findall(r"(?<![\w-])--[a-z][\w-]*", capsys.readouterr().out))
     assert len(flags) > 1  # the help was read
     assert _undocumented(flags) == []
+
+
+def test_every_config_key_is_in_its_sections_row_of_the_readme_table():
+    """`| \\`run\\` | ... |` names every field of RunConfig, and so on for each section."""
+    config, missing = ExperimentConfig(), []
+    for section in dataclasses.fields(ExperimentConfig):
+        row = next((line for line in README.splitlines() if line.startswith(f"| `{section.name}` |")), "")
+        missing += [f"{section.name}.{key.name}" for key in dataclasses.fields(getattr(config, section.name))
+                    if not re.search(rf"`{re.escape(key.name)}(?!\w)", row)]
+    assert missing == []
