@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import json
 import logging
 import os
 import sys
@@ -35,7 +36,7 @@ from trainer.dry_run import dry_run
 from trainer.gpu_memory import GpuMemoryError
 from trainer.loop import check_data, train
 from trainer.registry import model_config_error
-from trainer.resume_changes import SAVED_CONFIG, refusal, resume_changes
+from trainer.resume_changes import DATA_RECORD, SAVED_CONFIG, data_changes, data_record, refusal, resume_changes
 from trainer.run_log import finished_line
 from trainer.worker_resources import gpu_choice, scaling_resources, shortfall
 
@@ -303,13 +304,21 @@ def main(argv: list[str] | None = None) -> int:
     world_size = config.run.workers if config.run.use_ray else 1
     try:  # here, once: not in every worker after the cluster has started, as a traceback each
         plan = check_data(config, world_size)
+        record = data_record(config, plan.channels, plan.image_size)
     except (OSError, ValueError) as exc:
         print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
+    if args.resume:
+        refused, data_changed = data_changes(run_dir, record)
+        if refused:
+            print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
+            return 2
+        changed += data_changed
     if args.dry_run:
         return dry_run(config, plan, world_size, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / SAVED_CONFIG).write_text(dump_config(config))
+    atomic_write_bytes(run_dir / SAVED_CONFIG, dump_config(config).encode())  # what --resume compares with
+    atomic_write_bytes(run_dir / DATA_RECORD, (json.dumps(record, indent=1) + "\n").encode())
     print(f"run folder: {run_dir}", flush=True)
     if changed:
         print(f"resuming run {config.run.name!r} with changes: " + "; ".join(changed), flush=True)

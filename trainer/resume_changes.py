@@ -6,20 +6,28 @@
   ended in a load_state_dict traceback after config.yaml had been overwritten with the config
   that could not resume, so the run folder no longer said what its checkpoints were trained with.
   Where the shapes happen to fit (a new mask_ratio), the run would go on as another method's.
+  So must the input the shard sets give (channels, and the side when data.image_size is left to
+  them), which the run folder's data.json records beside config.yaml.
 - Everything else may change (more epochs, another learning rate, batch size, more data, more
-  workers): those changes are said, one line, so a resumed run's log shows why it differs.
+  workers): those changes are said, one line, so a resumed run's log shows why it differs. So is
+  a shard set that was ingested again under the same path since the run last started (its card,
+  which lists every shard's sha256, differs): the rest of the run trains on other samples.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from shards.card import read_card
 from trainer.config import ExperimentConfig, dump_config
 
 SAVED_CONFIG = "config.yaml"
+DATA_RECORD = "data.json"
 MODEL_KEYS = ("model.", "data.image_size")  # a key that starts with one of these builds the weights
 _ABSENT = object()
 
@@ -59,6 +67,29 @@ def resume_changes(run_dir: Path, config: ExperimentConfig) -> tuple[list[str], 
             continue
         line = f"{key} {_shown(old)} -> {_shown(new)}"
         (refused if key.startswith(MODEL_KEYS) else allowed).append(line)
+    return refused, allowed
+
+
+def data_record(config: ExperimentConfig, channels: int, image_size: int) -> dict[str, Any]:
+    """What the run trains on beyond its config, for DATA_RECORD: the model input's channels and
+    side, and a digest of each shard set's card, by root."""
+    cards = {str(s.root): hashlib.sha256(json.dumps(read_card(s.root), sort_keys=True).encode()).hexdigest()[:16]
+             for s in config.data.sources}
+    return {"channels": channels, "image_size": image_size, "cards": cards}
+
+
+def data_changes(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(refused, allowed) as resume_changes, against the run's DATA_RECORD: another input shape is
+    refused; a shard set whose card changed is said. Both empty without a record to compare."""
+    try:
+        before = json.loads((run_dir / DATA_RECORD).read_text())
+        was_channels, was_size, was_cards = before["channels"], before["image_size"], dict(before["cards"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return [], []
+    refused = [f"input {name} {old} -> {new}" for name, old, new in
+               (("channels", was_channels, record["channels"]), ("side", was_size, record["image_size"])) if old != new]
+    allowed = [f"{root}: ingested again since the run last started (its card differs)"
+               for root, digest in record["cards"].items() if was_cards.get(root, digest) != digest]
     return refused, allowed
 
 
