@@ -336,7 +336,13 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
         raise IfInputError(f"{root}: not a folder")
     if cells is not None and not cells.is_file():
         raise IfInputError(f"--cells {cells}: file not found")
-    salt = pseudonym.resolve_salt(id_salt)
+    if patients is None:  # one patient an image, named by its file: as public as the files are
+        salt = pseudonym.resolve_salt(id_salt)
+    else:  # a lab's own subject IDs, which may be a hospital's
+        try:
+            salt = pseudonym.resolve_secret_salt(id_salt, source=SOURCE, ids="the patient IDs of --patients")
+        except pseudonym.SecretSaltNeeded as exc:
+            raise IfInputError(str(exc)) from None
     plans, rejects, notes = plan_images(root, channels=channels, crops_kind=crops, cells_table=cells,
                                         nuclear_channel=nuclear_channel)
     units, unread = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block,

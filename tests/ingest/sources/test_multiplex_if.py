@@ -20,7 +20,7 @@ import pytest
 import tifffile
 import webdataset as wds
 
-from ingest import if_plan_reads, pipeline
+from ingest import if_plan_reads, pipeline, pseudonym
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
 from ingest.multiplex_tiff import files_fingerprint
 from ingest.pipeline import run_job
@@ -203,7 +203,7 @@ def test_shared_table_random_crops_and_patients(tmp_path):
     patients = tmp_path / "patients.csv"
     patients.write_text("image,patient\nslide01,P1\nslide02,P1\nslide03,P2\n")
     summary, out = ingest(made.root, tmp_path / "out", crops="both", cells=made.cells_table, random_per_image=2,
-                          size=32, side=40, patients=patients, test_fraction=0.5)
+                          size=32, side=40, patients=patients, test_fraction=0.5, id_salt="a-lab-secret")
     assert summary.rejects_by_reason == {"cell outside image": 1, "unknown image": 1, "unreadable cell row": 1}
     for s in samples(out):  # 40-pixel crops shrunk to 32, every channel kept
         x0, y0, x1, y1 = s["meta"]["crop_box"]
@@ -214,6 +214,25 @@ def test_shared_table_random_crops_and_patients(tmp_path):
     assert all(r["labels"]["cell_type"] is None for r in rows if r["crop_kind"] == "random")
     assert len({r["patient"] for r in rows}) == 2  # slide01 and slide02 are one subject
     assert len({(r["patient"], r["split"]) for r in rows}) == 2 and {r["split"] for r in rows} == {"train", "test"}
+
+
+def test_a_patients_table_needs_a_secret_salt_or_public_by_name(tmp_path, monkeypatch, capsys):
+    """A lab's subject IDs may be a hospital's: hashed with the public salt they could be enumerated
+    back. Without --patients an image is its own patient, named by its (already public) file."""
+    made = make_if_sample(tmp_path / "src", images=2, seed=4, tables="beside", layout="ome")
+    patients = tmp_path / "patients.csv"
+    patients.write_text("image,patient\nslide01,MRN0012345\nslide02,MRN0012346\n")
+    monkeypatch.delenv(pseudonym.SALT_ENV, raising=False)
+    args = ["if", str(made.root), "--no-progress", "--workers", "0", "--size", "32"]
+    assert main([*args, "--out", str(tmp_path / "refused"), "--patients", str(patients)]) == EXIT_USAGE
+    assert "ingest if: the patient IDs of --patients need a secret salt" in capsys.readouterr().err
+    assert not (tmp_path / "refused").exists()
+    assert main([*args, "--out", str(tmp_path / "secret"), "--patients", str(patients), "--id-salt", "lab"]) == EXIT_OK
+    assert main([*args, "--out", str(tmp_path / "public"), "--patients", str(patients), "--id-salt", "public"]) == EXIT_OK
+    assert main([*args, "--out", str(tmp_path / "own")]) == EXIT_OK  # no table: the public default, as before
+    seen = {name: {r["patient"] for r in pq.read_table(tmp_path / name / schema.MANIFEST_FILE).to_pylist()}
+            for name in ("secret", "public")}
+    assert len(seen["secret"]) == len(seen["public"]) == 2 and seen["secret"] != seen["public"]
 
 
 @pytest.mark.parametrize("large", [False, True])  # large: every unit's crops travel out of band (ingest.unit_pool)
