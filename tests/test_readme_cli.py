@@ -39,6 +39,28 @@ def test_every_option_of_the_command_line_tools_is_in_the_readme(top, make):
     assert missing == []
 
 
+def _ingest_section(command: str) -> str:
+    """The README's text on `ingest COMMAND`: cbis's and sample-data's own headings; the other
+    sources' bullets, with the paragraph that opens them (their common options)."""
+    if command in ("cbis", "sample-data"):
+        return re.search(rf"\n### `ingest {command} .*?(?=\n### )", README, re.S).group(0)
+    intro = re.search(r"\n### The other sources\n.*?(?=\n- \*\*`)", README, re.S).group(0)
+    bullet = re.search(rf"\n- \*\*`ingest {re.escape(command)} .*?(?=\n- \*\*`|\n### |\n## )", README, re.S)
+    assert bullet, f"no README bullet for ingest {command}"
+    return intro + bullet.group(0)
+
+
+def test_every_ingest_option_is_where_its_source_is_described():
+    """Not only somewhere: `--patients` of `ingest if` went unsaid while sample-data's was there."""
+    [subcommands] = [a.choices for a in ingest_parser()._actions if isinstance(a, argparse._SubParsersAction)]
+    missing = []
+    for command, parser in subcommands.items():
+        section = _ingest_section(command)
+        missing += [f"ingest {command} {flag}" for action in parser._actions for flag in action.option_strings
+                    if flag.startswith("--") and flag != "--help" and not re.search(re.escape(flag) + r"(?![\w-])", section)]
+    assert missing == []
+
+
 @pytest.mark.parametrize("script", ["pretrain", "export_encoder", "linear_probe"])
 def test_every_option_of_the_trainer_scripts_is_in_the_readme(script, capsys):
     module = __import__(f"trainer.{script}", fromlist=["main"])
