@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import tarfile
-import warnings
 from collections import Counter
 from pathlib import Path
 
@@ -251,52 +250,6 @@ def test_cli_exit_codes(tmp_path, capsys):
         with pytest.raises(SystemExit) as info:
             main(["dicom", str(clean.root), "--out", str(tmp_path / "e"), *bad])
         assert info.value.code == EXIT_USAGE
-
-
-def test_studies_that_all_share_one_patient_id_are_said_to_leave_nothing_to_split(tmp_path):
-    """An anonymiser that writes one constant PatientID makes the archive one patient: all train."""
-    one = make_dicom_archive(tmp_path / "one", images=6, patients=1, studies_per_patient=3, shape=(64, 48),
-                             quirks=False)
-    args = ["dicom", str(one.root), "--no-progress", "--workers", "0"]
-    with pytest.warns(dicom_archive.OnePatientArchive, match="^every one of the 3 studies has the same PatientID, "
-                                                             "so all 6 images are one patient and all go to train"):
-        assert main([*args, "--out", str(tmp_path / "a")]) == EXIT_OK
-    card = card_io.read_card(tmp_path / "a")
-    assert card["notes"]["one_patient_id_for_every_study"] is True and set(card["splits"]) == {"train"}
-    two = make_dicom_archive(tmp_path / "two", images=6, patients=2, shape=(64, 48), quirks=False)
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", dicom_archive.OnePatientArchive)
-        # no split asked for, so nothing is lost; and two patients split as asked
-        assert main([*args, "--out", str(tmp_path / "b"), "--test-fraction", "0", "--val-fraction", "0"]) == EXIT_OK
-        assert main(["dicom", str(two.root), "--no-progress", "--workers", "0", "--out", str(tmp_path / "c")]) == EXIT_OK
-    assert "one_patient_id_for_every_study" not in card_io.read_card(tmp_path / "c")["notes"]
-
-
-def test_an_archive_needs_a_secret_salt_or_the_public_one_by_name(tmp_path, capsys, monkeypatch):
-    """With the public default, hashing every possible patient ID reverses the pseudonyms: refused
-    before anything is written. A secret (flag or environment) or `--id-salt public` is taken."""
-    clean = make_dicom_archive(tmp_path / "clean", images=3, patients=1, studies_per_patient=1, shape=(64, 48),
-                               quirks=False)
-    monkeypatch.delenv(pseudonym.SALT_ENV)
-    args = ["dicom", str(clean.root), "--no-progress", "--workers", "0"]
-    assert main([*args, "--out", str(tmp_path / "none")]) == EXIT_USAGE
-    err = capsys.readouterr().err
-    assert "need a secret salt" in err and pseudonym.SALT_ENV in err and "--id-salt public" in err
-    assert not (tmp_path / "none").exists()
-
-    def patients(out: Path) -> set[str]:
-        return set(pq.read_table(out / schema.MANIFEST_FILE).column("patient").to_pylist())
-
-    assert main([*args, "--out", str(tmp_path / "public"), "--id-salt", "public"]) == EXIT_OK
-    assert main([*args, "--out", str(tmp_path / "flag"), "--id-salt", "s3cret"]) == EXIT_OK
-    monkeypatch.setenv(pseudonym.SALT_ENV, "s3cret")
-    assert main([*args, "--out", str(tmp_path / "env")]) == EXIT_OK
-    assert len(patients(tmp_path / "public")) == 1
-    assert patients(tmp_path / "flag") == patients(tmp_path / "env") != patients(tmp_path / "public")
-    fingerprints = {name: card_io.read_card(tmp_path / name)["parameters"]["id_salt_fingerprint"]
-                    for name in ("public", "flag", "env")}
-    assert fingerprints["public"] == pseudonym.salt_fingerprint(pseudonym.DEFAULT_SALT)
-    assert fingerprints["flag"] == fingerprints["env"] == pseudonym.salt_fingerprint("s3cret")
 
 
 def test_real_dicom_files_as_one_mixed_archive(shared_data, tmp_path, capsys):
