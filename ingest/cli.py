@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> int:
             if args.dry_run:
                 return _dry_run(job)
             summary = run_job(job)
-    except (IngestError, FileNotFoundError) as exc:
+    except (IngestError, pseudonym.SecretSaltNeeded, FileNotFoundError) as exc:
         print(f"ingest {args.source}: error: {exc}", file=sys.stderr)
         return EXIT_FAILED if isinstance(exc, OutputWriteError) else EXIT_USAGE
     except KeyboardInterrupt as exc:

@@ -28,17 +28,18 @@ def resolve_salt(salt: str | None) -> str:
     return salt or os.environ.get(SALT_ENV) or DEFAULT_SALT
 
 
-def resolve_secret_salt(salt: str | None, *, source: str, ids: str = "an archive's patient IDs") -> str:
+def resolve_secret_salt(salt: str | None, *, ids: str = "an archive's patient IDs") -> str:
     """resolve_salt for identifiers that are not public already: a hospital archive's patient IDs.
     With the public default, anyone holding this code reverses a pseudonym by hashing every
     possible ID (eight-digit medical record numbers take minutes), so the manifest's patient
     column would be the raw patient ID in all but name. Refused, then, unless a secret is given
     (the argument or $MEDSHARDS_ID_SALT) or the public salt is asked for by name, for an archive
     whose IDs are public anyway (RSNA, SIIM, a test suite). `ids` names them in the message (a
-    lab's --patients table: `ingest if`). Raises SecretSaltNeeded."""
+    lab's --patients table: `ingest if`). Raises SecretSaltNeeded, which the CLI reports as a usage
+    error, as IngestError."""
     if not salt and not os.environ.get(SALT_ENV):
         raise SecretSaltNeeded(
-            f"ingest {source}: {ids} need a secret salt, or their pseudonyms can be reversed by "
+            f"{ids} need a secret salt, or their pseudonyms can be reversed by "
             f"hashing every possible ID with the public one. Set {SALT_ENV} or pass --id-salt SECRET, and keep it: "
             "the same salt gives the same pseudonyms, so sets made later join by patient. For an archive whose "
             f"IDs are public already (RSNA, SIIM, a test suite), pass --id-salt {PUBLIC}")

@@ -319,10 +319,7 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     in_store = storage.is_uri(root)
     if not in_store and not Path(root).is_dir():
         raise IngestError(f"{root}: not a folder")
-    try:
-        salt = pseudonym.resolve_secret_salt(id_salt, source=SOURCE)
-    except pseudonym.SecretSaltNeeded as exc:
-        raise IngestError(str(exc)) from None
+    salt = pseudonym.resolve_secret_salt(id_salt)
     try:
         plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
                             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress,

@@ -339,10 +339,7 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
     if patients is None:  # one patient an image, named by its file: as public as the files are
         salt = pseudonym.resolve_salt(id_salt)
     else:  # a lab's own subject IDs, which may be a hospital's
-        try:
-            salt = pseudonym.resolve_secret_salt(id_salt, source=SOURCE, ids="the patient IDs of --patients")
-        except pseudonym.SecretSaltNeeded as exc:
-            raise IfInputError(str(exc)) from None
+        salt = pseudonym.resolve_secret_salt(id_salt, ids="the patient IDs of --patients")
     plans, rejects, notes = plan_images(root, channels=channels, crops_kind=crops, cells_table=cells,
                                         nuclear_channel=nuclear_channel)
     units, unread = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block,

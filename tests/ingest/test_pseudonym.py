@@ -22,10 +22,10 @@ def test_salt_comes_from_the_argument_then_the_environment(monkeypatch):
 def test_identifiers_that_are_not_public_need_a_secret_salt_or_public_by_name(monkeypatch):
     monkeypatch.delenv(pseudonym.SALT_ENV, raising=False)
     for missing in (None, ""):
-        with pytest.raises(pseudonym.SecretSaltNeeded, match=r"^ingest dicom: an archive's patient IDs need a secret"):
-            pseudonym.resolve_secret_salt(missing, source="dicom")
-    assert pseudonym.resolve_secret_salt("public", source="dicom") == pseudonym.DEFAULT_SALT
+        with pytest.raises(pseudonym.SecretSaltNeeded, match=r"^an archive's patient IDs need a secret"):
+            pseudonym.resolve_secret_salt(missing)
+    assert pseudonym.resolve_secret_salt("public") == pseudonym.DEFAULT_SALT
     assert pseudonym.resolve_salt("public") == pseudonym.DEFAULT_SALT  # the same name means the same salt everywhere
-    assert pseudonym.resolve_secret_salt("given", source="dicom") == "given"
+    assert pseudonym.resolve_secret_salt("given") == "given"
     monkeypatch.setenv(pseudonym.SALT_ENV, "from-env")
-    assert pseudonym.resolve_secret_salt(None, source="dicom") == "from-env"
+    assert pseudonym.resolve_secret_salt(None) == "from-env"

@@ -225,7 +225,7 @@ def test_a_patients_table_needs_a_secret_salt_or_public_by_name(tmp_path, monkey
     monkeypatch.delenv(pseudonym.SALT_ENV, raising=False)
     args = ["if", str(made.root), "--no-progress", "--workers", "0", "--size", "32"]
     assert main([*args, "--out", str(tmp_path / "refused"), "--patients", str(patients)]) == EXIT_USAGE
-    assert "ingest if: the patient IDs of --patients need a secret salt" in capsys.readouterr().err
+    assert "ingest if: error: the patient IDs of --patients need a secret salt" in capsys.readouterr().err
     assert not (tmp_path / "refused").exists()
     assert main([*args, "--out", str(tmp_path / "secret"), "--patients", str(patients), "--id-salt", "lab"]) == EXIT_OK
     assert main([*args, "--out", str(tmp_path / "public"), "--patients", str(patients), "--id-salt", "public"]) == EXIT_OK
