@@ -6,6 +6,7 @@ the same inputs and parameters give the same card.
 
 from __future__ import annotations
 
+import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
@@ -68,6 +69,11 @@ def build_card(
 def write_card(root: Path, card: dict[str, Any]) -> None:
     data = json.dumps(card, indent=2, sort_keys=True).encode() + b"\n"
     atomic_write_bytes(Path(root) / schema.CARD_FILE, data)
+
+
+def card_digest(card: dict[str, Any]) -> str:
+    """A short digest of a card: it lists every shard's sha256, so a set made again differs."""
+    return hashlib.sha256(json.dumps(card, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def read_card(root: str | Path) -> dict[str, Any]:

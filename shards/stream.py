@@ -44,7 +44,7 @@ from shards.sample_stages import BAD_SAMPLE_HANDLERS, SampleError, raise_sample_
 from shards.stream_stages import StreamError, to_device
 from shards.augment import Augment
 from shards.batch_ring import LEND, RAISED_IN_WORKER, BatchRing, RingLoader
-from shards.card import read_card
+from shards.card import card_digest, read_card
 from shards.heap import keep_buffers_in_heap
 from shards.stream_plan import EpochPlan, ReaderPlan, ShardSpan, StreamPlanError, plan_epoch
 
@@ -82,6 +82,7 @@ class OpenSource:
     std: tuple[float, ...]
     dtype: str  # stored pixels: "uint8" or "uint16"
     index: indexed_read.ShardIndex | None = None  # None: read through the tar (see open_source)
+    card_digest: str = ""  # shards.card.card_digest of the card it was opened from: which make of the set
 
     @property
     def channels(self) -> int:
@@ -143,7 +144,8 @@ def open_source(source: StreamSource | OpenSource, *, by_index: bool = True) -> 
     if dtype not in _BATCH_DTYPES:
         raise ValueError(f"{root}: pixel_stats dtype {dtype!r} is not one of {sorted(_BATCH_DTYPES)}")
     return OpenSource(name=source.name or card["source"], shards=tuple(shards), crop_kinds=kinds,
-                      weight=float(source.weight), mean=mean, std=std, dtype=dtype, index=index)
+                      weight=float(source.weight), mean=mean, std=std, dtype=dtype, index=index,
+                      card_digest=card_digest(card))
 
 
 class ShardStream(IterableDataset):

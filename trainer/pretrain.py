@@ -36,7 +36,7 @@ from trainer.dry_run import dry_run
 from trainer.gpu_memory import GpuMemoryError
 from trainer.loop import check_data, train
 from trainer.registry import model_config_error
-from trainer.resume_changes import DATA_RECORD, SAVED_CONFIG, data_changes, data_record, refusal, resume_changes
+from trainer.resume_changes import DATA_RECORD, SAVED_CONFIG, data_record, refusal, resume_changes
 from trainer.run_log import finished_line
 from trainer.worker_resources import gpu_choice, scaling_resources, shortfall
 
@@ -297,23 +297,17 @@ def main(argv: list[str] | None = None) -> int:
     if args.resume and config.run.use_ray and (problem := keep_by_change(run_dir, config.run.keep_by)):
         print(f"pretrain: config error: {problem}", file=sys.stderr)
         return 2
-    refused, changed = resume_changes(run_dir, config) if args.resume else ([], [])
-    if refused:
-        print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
-        return 2
     world_size = config.run.workers if config.run.use_ray else 1
     try:  # here, once: not in every worker after the cluster has started, as a traceback each
         plan = check_data(config, world_size)
-        record = data_record(config, plan.channels, plan.image_size)
+        record = data_record(config, plan.channels, plan.image_size, plan.sources)
     except (OSError, ValueError) as exc:
         print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
-    if args.resume:
-        refused, data_changed = data_changes(run_dir, record)
-        if refused:
-            print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
-            return 2
-        changed += data_changed
+    refused, changed = resume_changes(run_dir, config, record) if args.resume else ([], [])
+    if refused:
+        print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
+        return 2
     if args.dry_run:
         return dry_run(config, plan, world_size, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)

@@ -16,14 +16,13 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from shards.card import read_card
+from shards.stream import OpenSource
 from trainer.config import ExperimentConfig, dump_config
 
 SAVED_CONFIG = "config.yaml"
@@ -49,33 +48,38 @@ def _shown(value: Any) -> str:
     return yaml.safe_dump(value, default_flow_style=True, width=1 << 16).strip().removesuffix("\n...").strip()
 
 
-def resume_changes(run_dir: Path, config: ExperimentConfig) -> tuple[list[str], list[str]]:
+def resume_changes(run_dir: Path, config: ExperimentConfig,
+                   record: dict[str, Any] | None = None) -> tuple[list[str], list[str]]:
     """(refused, allowed): the differences of `config` from the run's saved config, each
-    'key before -> now', sorted by key. Both empty where nothing differs or there is no saved
-    config to compare (a run folder made elsewhere)."""
+    'key before -> now', sorted by key, then (given the run's data_record now) those of
+    data_changes. Both empty where nothing differs or there is nothing saved to compare (a run
+    folder made elsewhere)."""
+    refused, allowed = [], []
+    was, now = _flat(_saved_config(run_dir)), _flat(yaml.safe_load(dump_config(config)))
+    for key in sorted(was.keys() | now.keys()) if was else ():
+        old, new = was.get(key, _ABSENT), now.get(key, _ABSENT)
+        if old != new:
+            (refused if key.startswith(MODEL_KEYS) else allowed).append(f"{key} {_shown(old)} -> {_shown(new)}")
+    more_refused, more_allowed = data_changes(run_dir, record) if record is not None else ([], [])
+    return refused + more_refused, allowed + more_allowed
+
+
+def _saved_config(run_dir: Path) -> dict[str, Any]:
+    """The run folder's SAVED_CONFIG, or {} where there is none to read."""
     try:
         before = yaml.safe_load((run_dir / SAVED_CONFIG).read_text())
     except (OSError, yaml.YAMLError):
-        return [], []
-    if not isinstance(before, dict):
-        return [], []
-    was, now = _flat(before), _flat(yaml.safe_load(dump_config(config)))
-    refused, allowed = [], []
-    for key in sorted(was.keys() | now.keys()):
-        old, new = was.get(key, _ABSENT), now.get(key, _ABSENT)
-        if old == new:
-            continue
-        line = f"{key} {_shown(old)} -> {_shown(new)}"
-        (refused if key.startswith(MODEL_KEYS) else allowed).append(line)
-    return refused, allowed
+        return {}
+    return before if isinstance(before, dict) else {}
 
 
-def data_record(config: ExperimentConfig, channels: int, image_size: int) -> dict[str, Any]:
+def data_record(config: ExperimentConfig, channels: int, image_size: int,
+                sources: list[OpenSource]) -> dict[str, Any]:
     """What the run trains on beyond its config, for DATA_RECORD: the model input's channels and
-    side, and a digest of each shard set's card, by root."""
-    cards = {str(s.root): hashlib.sha256(json.dumps(read_card(s.root), sort_keys=True).encode()).hexdigest()[:16]
-             for s in config.data.sources}
-    return {"channels": channels, "image_size": image_size, "cards": cards}
+    side, and the digest of each shard set's card (opened already: check_data's sources, in the
+    order of config.data.sources), by root."""
+    return {"channels": channels, "image_size": image_size,
+            "cards": {str(s.root): opened.card_digest for s, opened in zip(config.data.sources, sources, strict=True)}}
 
 
 def data_changes(run_dir: Path, record: dict[str, Any]) -> tuple[list[str], list[str]]:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from shards import schema
 from trainer.config import dump_config, load_config
+from trainer.loop import check_data
 from trainer.resume_changes import DATA_RECORD, SAVED_CONFIG, data_changes, data_record, resume_changes
 
 PROJECT = Path(__file__).resolve().parents[2]
@@ -85,16 +86,20 @@ def test_another_input_shape_is_refused_and_a_set_ingested_again_is_said(tmp_pat
 
 def test_a_card_that_changes_changes_the_record(lesion_shards, tmp_path):
     copy = tmp_path / "set"
-    copy.mkdir()
-    shutil.copy(lesion_shards / schema.CARD_FILE, copy / schema.CARD_FILE)
-    config = load_config(TINY, [f"data.sources=[{{root: {copy}}}]"])
-    first = data_record(config, 1, 64)
+    shutil.copytree(lesion_shards, copy)
+    config = load_config(TINY, [f"data.sources=[{{root: {copy}}}]", "data.batch_size=8"])
+
+    def record() -> dict:  # from the sources check_data opened, as pretrain makes it
+        plan = check_data(config, 1)
+        return data_record(config, plan.channels, plan.image_size, plan.sources)
+
+    first = record()
     assert first["channels"] == 1 and first["image_size"] == 64 and list(first["cards"]) == [str(copy)]
-    assert data_record(config, 1, 64) == first
+    assert record() == first
     card = json.loads((copy / schema.CARD_FILE).read_text())
     card["tool_version"] = "another"
     (copy / schema.CARD_FILE).write_text(json.dumps(card))
-    assert data_record(config, 1, 64)["cards"][str(copy)] != first["cards"][str(copy)]
+    assert record()["cards"][str(copy)] != first["cards"][str(copy)]
 
 
 def test_a_resume_on_a_set_ingested_again_says_so_and_on_another_shape_stops(lesion_shards, tmp_path, capsys):
