@@ -55,6 +55,13 @@ def shard_root(location: str | Path) -> str:
     return urlunsplit(parts._replace(path=parts.path.rstrip("/")))
 
 
+def base_name(location: str | Path) -> str:
+    """The last part of a folder's path or of a URI's path (the query left out): a set's name."""
+    if not is_uri(location):
+        return Path(location).name
+    return urlsplit(str(location)).path.rstrip("/").rsplit("/", 1)[-1]
+
+
 def join(location: str | Path, *names: str) -> str:
     """The location of `names` (relative, '/'-separated) under `location`; a URI keeps its query."""
     if not is_uri(location):

@@ -83,6 +83,7 @@ class OpenSource:
     dtype: str  # stored pixels: "uint8" or "uint16"
     index: indexed_read.ShardIndex | None = None  # None: read through the tar (see open_source)
     card_digest: str = ""  # shards.card.card_digest of the card it was opened from: which make of the set
+    root: str = ""  # the set's folder or URI
 
     @property
     def channels(self) -> int:
@@ -145,7 +146,25 @@ def open_source(source: StreamSource | OpenSource, *, by_index: bool = True) -> 
         raise ValueError(f"{root}: pixel_stats dtype {dtype!r} is not one of {sorted(_BATCH_DTYPES)}")
     return OpenSource(name=source.name or card["source"], shards=tuple(shards), crop_kinds=kinds,
                       weight=float(source.weight), mean=mean, std=std, dtype=dtype, index=index,
-                      card_digest=card_digest(card))
+                      card_digest=card_digest(card), root=str(root))
+
+
+def distinct_names(sources: Sequence[OpenSource]) -> list[OpenSource]:
+    """The sources, those whose names collide (two sets of one ingest source, cbis-lesion and
+    cbis-random; one set twice, for its lesion and its random crops) named further by their
+    folder, then by their crop kinds: "cbis-ddsm:cbis-lesion", "cbis-ddsm:cbis:lesion". Each
+    batch's "source" and the checkpoint's per-source normalisation go by these names."""
+    sources = list(sources)
+    qualifiers = (lambda s: storage.base_name(s.root), lambda s: "+".join(sorted(s.crop_kinds or ("all",))))
+    for qualify in qualifiers:
+        counts = Counter(s.name for s in sources)
+        if len(counts) == len(sources):
+            break
+        sources = [replace(s, name=f"{s.name}:{qualify(s)}") if counts[s.name] > 1 else s for s in sources]
+    names = [s.name for s in sources]
+    if len(set(names)) != len(names):
+        raise ValueError(f"sources need distinct names, got {names}: name each one (data.sources[].name)")
+    return sources
 
 
 class ShardStream(IterableDataset):
@@ -165,10 +184,7 @@ class ShardStream(IterableDataset):
             raise StreamPlanError(f"rank {rank} is not in [0, world_size {world_size})")
         if seed < 0 or shuffle_buffer < 1:
             raise ValueError(f"seed {seed} must be >= 0 and shuffle_buffer {shuffle_buffer} >= 1")
-        self.sources = [open_source(s, by_index=by_index) for s in sources]
-        names = [s.name for s in self.sources]
-        if len(set(names)) != len(names):
-            raise ValueError(f"sources need distinct names, got {names}: pass StreamSource(name=...)")
+        self.sources = distinct_names([open_source(s, by_index=by_index) for s in sources])
         channels = {s.name: s.channels for s in self.sources}
         if len(set(channels.values())) != 1:
             raise ValueError(f"sources in one stream need one channel count, got {channels}")

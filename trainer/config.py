@@ -38,6 +38,7 @@ class SourceConfig:
     split: str = "train"
     weight: float = 1.0
     crop_kinds: list[str] | None = None  # e.g. ["lesion"]; None keeps every kind
+    name: str | None = None  # in each batch's "source" and the checkpoint; None: the card's source (+ folder if shared)
 
 
 @dataclass

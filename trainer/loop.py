@@ -112,7 +112,7 @@ def data_shape(sources: list[StreamSource], image_size: int | None) -> tuple[int
 
 
 def stream_sources(config: ExperimentConfig) -> list[StreamSource]:
-    return [StreamSource(root=s.root, split=s.split, weight=s.weight,
+    return [StreamSource(root=s.root, split=s.split, weight=s.weight, name=s.name,
                          crop_kinds=tuple(s.crop_kinds) if s.crop_kinds else None) for s in config.data.sources]
 
 

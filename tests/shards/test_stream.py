@@ -366,3 +366,25 @@ def test_ingested_cbis_lesion_crops_stream_with_their_labels(cbis_shards):
         assert batch["labels"][0]["pathology"] in ("BENIGN", "BENIGN_WITHOUT_CALLBACK", "MALIGNANT")
         image = to_device(batch, "cpu")["image"]
         assert image.shape == (1, 1, 64, 64) and torch.isfinite(image).all()
+
+
+def test_sets_of_one_ingest_source_mix_under_names_of_their_own(cbis_shards, tmp_path):
+    """MIRAM's "MGs & Lesions" from CBIS alone: one set's lesion crops with its random crops, or a
+    copy of it in another folder. Their cards name one source, so each is named further (folder,
+    then crop kinds); names given are kept, and two alike are refused."""
+    import shutil
+
+    copy = tmp_path / "cbis-again"
+    shutil.copytree(cbis_shards, copy)
+    folders = ShardStream([StreamSource(cbis_shards), StreamSource(copy)], batch_size=1, image_size=64)
+    assert [s.name for s in folders.sources] == [f"cbis-ddsm:{cbis_shards.name}", "cbis-ddsm:cbis-again"]
+    kinds = [StreamSource(cbis_shards, crop_kinds=("lesion",), weight=3), StreamSource(cbis_shards, crop_kinds=("random",))]
+    loader, _ = make_loader(kinds, batch_size=1, image_size=64, augment="mae", samples_per_epoch=8)
+    names = [f"cbis-ddsm:{cbis_shards.name}:lesion", f"cbis-ddsm:{cbis_shards.name}:random"]
+    assert [s.name for s in loader.dataset.sources] == names
+    seen = Counter((b["source"][0], b["crop_kind"][0]) for b in loader)
+    assert set(seen) == {(names[0], "lesion"), (names[1], "random")}
+    named = ShardStream([StreamSource(cbis_shards, name="lesions"), StreamSource(copy)], batch_size=1, image_size=64)
+    assert [s.name for s in named.sources] == ["lesions", "cbis-ddsm"]
+    with pytest.raises(ValueError, match=r"sources need distinct names, got .*name each one \(data.sources\[\].name\)"):
+        ShardStream([StreamSource(cbis_shards), StreamSource(cbis_shards)], batch_size=1, image_size=64)
