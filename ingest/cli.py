@@ -7,8 +7,8 @@ what the plan foresees: 3 planning rejected inputs, 2 the output folder would be
 
 Each source is one module in ingest/sources/ with `add_arguments(parser)` (its own options and
 positional ROOT) and `job_from_args(args, common) -> IngestJob`, where `common` holds the options
-every source shares (out, size, val_fraction, seed, workers, shard_size, id_salt, overwrite,
-progress, tool_version).
+every source shares (out, size, val_fraction, seed, workers, shard_size, id_salt, splits_from,
+overwrite, progress, tool_version).
 """
 
 from __future__ import annotations
@@ -77,6 +77,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--id-salt", default=None,
                    help="secret for patient pseudonyms (default: $MEDSHARDS_ID_SALT, else a public salt, which "
                         "`ingest dicom` refuses; 'public' asks for it by name)")
+    p.add_argument("--splits-from", action="append", default=None, metavar="SET",
+                   help="a shard set made before (a folder or URI; repeat for several): its patients keep the split "
+                        "they have there, and only new patients are split by the seed (same --id-salt needed)")
     p.add_argument("--overwrite", action="store_true", help="rebuild an output folder that holds a finished set")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.add_argument("--dry-run", action="store_true",
@@ -87,7 +90,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _common(args: argparse.Namespace) -> dict:
     workers = usable_cpus() if args.workers is None else args.workers  # 0 is a choice: in this process
     return dict(out=args.out, size=args.size, val_fraction=args.val_fraction, seed=args.seed, workers=workers,
-                shard_size=args.shard_size, id_salt=args.id_salt, overwrite=args.overwrite,
+                shard_size=args.shard_size, id_salt=args.id_salt, splits_from=args.splits_from, overwrite=args.overwrite,
                 progress=not args.no_progress, tool_version=tool_version())
 
 

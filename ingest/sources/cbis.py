@@ -25,6 +25,7 @@ from ingest import mammogram, pseudonym, splits, tcia
 from ingest.arguments import least_share, non_negative_float, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.prior_splits import PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "cbis-ddsm"
@@ -184,15 +185,17 @@ class FileResolver:
         return files[0] if len(files) == 1 else None
 
 
-def assign_splits(rows: list[Abnormality], *, val_fraction: float, seed: int, overlap: str) -> tuple[dict[str, str], int]:
+def assign_splits(rows: list[Abnormality], *, val_fraction: float, seed: int, overlap: str,
+                  keep: dict[str, str] | None = None) -> tuple[dict[str, str], int]:
     """raw patient -> split. The official test set is kept. A patient in both official splits goes
     wholly to test (overlap='test', so no patient crosses splits; their rows keep
-    official_split='train' in the manifest) or stays in both (overlap='keep')."""
+    official_split='train' in the manifest) or stays in both (overlap='keep'). keep: raw patient ->
+    its split in an earlier set (--splits-from), for the validation carve."""
     test_patients = {r.patient for r in rows if r.official_split == "test"}
     train_patients = {r.patient for r in rows if r.official_split == "train"}
     crossing = train_patients & test_patients
     candidates = train_patients - crossing if overlap == "test" else train_patients
-    val = splits.carve_validation(candidates, fraction=val_fraction, seed=seed)
+    val = splits.carve_validation(candidates, fraction=val_fraction, seed=seed, keep=keep)
     out = {p: "test" for p in test_patients}
     for p in train_patients:
         if p in crossing and overlap == "test":
@@ -202,10 +205,14 @@ def assign_splits(rows: list[Abnormality], *, val_fraction: float, seed: int, ov
 
 
 def plan_units(rows: list[Abnormality], resolver: FileResolver, *, salt: str, val_fraction: float,
-               seed: int, overlap: str) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
-    """Group rows by image, resolve files, assign splits. Returns units sorted by their pseudonymous
-    id (so shards mix patients), planning rejects, and notes for the card."""
-    patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed, overlap=overlap)
+               seed: int, overlap: str, prior: PriorSplits | None = None,
+               ) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
+    """Group rows by image, resolve files, assign splits (`prior`'s patients as there). Returns
+    units sorted by their pseudonymous id (so shards mix patients), planning rejects, and notes
+    for the card."""
+    keep = prior.keep({r.patient for r in rows}, lambda p: pseudonym.pseudonym(salt, f"cbis:{p}")) if prior else None
+    patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed, overlap=overlap, keep=keep)
+    notes = {"patients_in_both_official_splits": crossing, **(prior.notes(keep, patient_split, SOURCE) if prior else {})}
     by_image: dict[str, list[Abnormality]] = defaultdict(list)
     for row in rows:
         by_image[row.image_path].append(row)
@@ -244,7 +251,7 @@ def plan_units(rows: list[Abnormality], resolver: FileResolver, *, salt: str, va
         )
         units.append(WorkUnit(pseudonym.pseudonym(salt, f"cbis-image:{image_path.split('/')[0]}"), image_path, payload))
     units.sort(key=lambda u: u.unit_id)
-    return units, rejects, {"patients_in_both_official_splits": crossing}
+    return units, rejects, notes
 
 
 @dataclass(frozen=True)
@@ -315,8 +322,9 @@ def _encode(meta: schema.SampleMeta, pixels, mask) -> EncodedSample:
 def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[Path] | None = None,
               size: int = 224, margin: float = 0.2, random_per_image: int = 4, random_side: int = 512,
               min_tissue: float = 0.9, val_fraction: float = 0.1, seed: int = 0, overlap: str = "test",
-              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None, overwrite: bool = False,
-              progress: bool = True, tool_version: str = "0+unknown") -> IngestJob:
+              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None,
+              splits_from: list[str] | None = None, overwrite: bool = False, progress: bool = True,
+              tool_version: str = "0+unknown") -> IngestJob:
     """Plan an `ingest cbis` job: read the CSVs, resolve every file, assign splits."""
     if crops not in CROP_CHOICES:
         raise CbisInputError(f"--crops must be one of {CROP_CHOICES}, got {crops!r}")
@@ -327,8 +335,9 @@ def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[P
     salt = pseudonym.resolve_salt(id_salt)
     csvs = find_csvs(root, csv_paths)
     rows, row_rejects = read_abnormalities(csvs)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
     units, plan_rejects, notes = plan_units(rows, FileResolver(root), salt=salt, val_fraction=val_fraction,
-                                            seed=seed, overlap=overlap)
+                                            seed=seed, overlap=overlap, prior=prior)
     params = mammogram.CropParams(size=size, margin=margin, random_per_image=random_per_image,
                                   random_side=random_side, min_tissue=min_tissue)
     parameters = {
@@ -336,6 +345,8 @@ def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[P
         "seed": seed, "overlap": overlap, "shard_size": shard_size, **asdict(params),
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     return IngestJob(
         source=SOURCE, out=out, units=units, process=CbisProcess(str(root.resolve()), crops, params, seed),
         parameters=parameters, tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,

@@ -31,6 +31,7 @@ from typing import Any
 from ingest import pseudonym, splits
 from ingest.arguments import positive_int
 from ingest.unit_inputs import read_unit_image
+from ingest.prior_splits import load_prior_splits
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.radiograph_crops import CROP_KINDS, RadiographCropParams, radiograph_crops
 from shards import codecs, schema
@@ -160,12 +161,14 @@ def resolve(folder: Path, path_cell: str) -> Path | None:
     return None
 
 
-def assign_splits(rows: list[Row], *, val_fraction: float, seed: int) -> tuple[dict[str, str], int]:
+def assign_splits(rows: list[Row], *, val_fraction: float, seed: int,
+                  keep: dict[str, str] | None = None) -> tuple[dict[str, str], int]:
     """raw patient -> split: valid.csv patients are test; a train.csv patient also in valid.csv
-    goes wholly to test (counted); val is carved by patient from the rest of train.csv."""
+    goes wholly to test (counted); val is carved by patient from the rest of train.csv (keep:
+    raw patient -> its split in an earlier set, --splits-from)."""
     test = {r.patient for r in rows if r.official_split == "valid"}
     train = {r.patient for r in rows if r.official_split == "train"}
-    val = splits.carve_validation(train - test, fraction=val_fraction, seed=seed)
+    val = splits.carve_validation(train - test, fraction=val_fraction, seed=seed, keep=keep)
     out = {p: "val" if p in val else "train" for p in train - test}
     out.update({p: "test" for p in test})
     return out, len(train & test)
@@ -231,7 +234,8 @@ class ChexpertProcess:
 def build_job(*, root: Path, out: Path, crops: str = "whole", uncertain: str = "zeros", views: str = "frontal",
               size: int = 224, random_per_image: int = 4, random_side: int = 512, val_fraction: float = 0.1,
               seed: int = 0, workers: int = 1, shard_size: int = 1000, id_salt: str | None = None,
-              overwrite: bool = False, progress: bool = True, tool_version: str = "0+unknown") -> IngestJob:
+              splits_from: list[str] | None = None, overwrite: bool = False, progress: bool = True,
+              tool_version: str = "0+unknown") -> IngestJob:
     """Plan an `ingest chexpert` job: read train.csv / valid.csv, resolve every image, assign splits."""
     for option, value, choices in (("--crops", crops, CROP_KINDS), ("--uncertain", uncertain, UNCERTAIN_POLICIES),
                                    ("--views", views, VIEW_CHOICES)):
@@ -243,7 +247,9 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", uncertain: str = "
     csv_paths = {name: folder / name for name in CSV_SPLITS if (folder / name).is_file()}
     salt = pseudonym.resolve_salt(id_salt)
     rows, row_rejects, filtered = read_rows(csv_paths, uncertain=uncertain, views=views)
-    patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    keep = prior.keep({r.patient for r in rows}, lambda p: pseudonym.pseudonym(salt, f"chexpert:{p}")) if prior else None
+    patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed, keep=keep)
     units, plan_rejects = plan_units(folder, rows, patient_split, salt=salt)
     params = RadiographCropParams(size=size, random_per_image=random_per_image, random_side=random_side)
     parameters = {
@@ -251,10 +257,13 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", uncertain: str = "
         "views": views, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size, **asdict(params),
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     notes = {
         "split": "train.csv -> train (val carved by patient); valid.csv -> test",
         "views_filtered_out": filtered,
         "patients_in_train_and_valid": crossing,
+        **(prior.notes(keep, patient_split, SOURCE) if prior else {}),
     }
     return IngestJob(
         source=SOURCE, out=out, units=units, process=ChexpertProcess(crops, params, seed), parameters=parameters,

@@ -30,6 +30,7 @@ from ingest import crops, mammogram, pseudonym, splits, tcia
 from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.prior_splits import PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "cmmd"
@@ -102,12 +103,15 @@ def read_sheet(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], list[R
 
 
 def plan_units(root: Path, series: dict[str, tcia.TciaSeries], breasts: dict[str, dict[str, dict[str, Any]]], *,
-               salt: str, test_fraction: float, val_fraction: float, seed: int
+               salt: str, test_fraction: float, val_fraction: float, seed: int, prior: PriorSplits | None = None,
                ) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
-    """One unit per image of every series metadata.csv lists; splits by subject."""
+    """One unit per image of every series metadata.csv lists; splits by subject (`prior`'s, from
+    --splits-from, as there)."""
     root = root.resolve()
-    subject_split = splits.split_patients({s.subject for s in series.values() if s.subject},
-                                          test_fraction=test_fraction, val_fraction=val_fraction, seed=seed)
+    subjects = {s.subject for s in series.values() if s.subject}
+    keep = prior.keep(subjects, lambda subject: pseudonym.pseudonym(salt, f"cmmd:{subject}")) if prior else None
+    subject_split = splits.split_patients(subjects, test_fraction=test_fraction, val_fraction=val_fraction,
+                                          seed=seed, keep=keep)
     units, rejects, notes = [], [], Counter()
     for entry in sorted(series.values(), key=lambda s: str(s.folder)):
         folder = entry.folder.resolve()
@@ -141,6 +145,7 @@ def plan_units(root: Path, series: dict[str, tcia.TciaSeries], breasts: dict[str
         "subjects": len(subject_split),
         "split": "CMMD has no official split: seeded split by subject (test_fraction), validation carved by subject from the rest",
         "labels": "per breast from the clinical sheet; the image's breast from ImageLaterality (else Laterality)",
+        **(prior.notes(keep, subject_split, SOURCE) if prior else {}),
     }
     return units, rejects, summary
 
@@ -199,8 +204,8 @@ class CmmdProcess:
 def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | None = None, size: int = 224,
               random_per_image: int = 4, random_side: int = 512, min_tissue: float = 0.9, test_fraction: float = 0.1,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
-              id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
-              tool_version: str = "0+unknown", unlabeled: str = "reject") -> IngestJob:
+              id_salt: str | None = None, splits_from: list[str] | None = None, overwrite: bool = False,
+              progress: bool = True, tool_version: str = "0+unknown", unlabeled: str = "reject") -> IngestJob:
     """Plan an `ingest cmmd` job: read metadata.csv and the sheet, list every image, split by subject."""
     if crops not in CROP_CHOICES:
         raise IngestError(f"--crops must be one of {CROP_CHOICES}, got {crops!r}")
@@ -219,8 +224,9 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
     sheet_path = find_sheet(root, sheet)
     breasts, sheet_rejects = read_sheet(sheet_path)
     salt = pseudonym.resolve_salt(id_salt)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
     units, plan_rejects, notes = plan_units(root, series, breasts, salt=salt, test_fraction=test_fraction,
-                                            val_fraction=val_fraction, seed=seed)
+                                            val_fraction=val_fraction, seed=seed, prior=prior)
     params = mammogram.CropParams(size=size, random_per_image=random_per_image, random_side=random_side,
                                   min_tissue=min_tissue)
     parameters = {
@@ -228,6 +234,8 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
         "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size, "unlabeled": unlabeled,
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_tissue=min_tissue)
     return IngestJob(

@@ -50,6 +50,7 @@ from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.prior_splits import PriorSplits, load_prior_splits
 from shards import codecs, schema, storage
 from shards.progress_bar import progress_bar
 
@@ -113,8 +114,9 @@ def identifying_pixels(found: dicom_tree.DicomFile) -> str | None:
 
 def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
                  test_fraction: float, val_fraction: float, seed: int, progress: bool = False,
-                 burned_in: str = "reject") -> ArchivePlan:
-    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient.
+                 burned_in: str = "reject", prior: PriorSplits | None = None) -> ArchivePlan:
+    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient
+    (`prior`'s patients, --splits-from, as there).
     With progress, a counter of the files looked at and the images kept (a hospital archive's
     walk of a million files is a long wait with no total to show)."""
     counts: Counter = Counter()
@@ -168,8 +170,10 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
     bar.close()
     rejects += [Reject(rel, reason) for rel, reason in problems]
-    patient_split = splits.split_patients({key for _, key in kept}, test_fraction=test_fraction,
-                                          val_fraction=val_fraction, seed=seed)
+    patients = {key for _, key in kept}
+    keep = prior.keep(patients, lambda key: pseudonym.pseudonym(salt, f"dicom-{key}")) if prior else None
+    patient_split = splits.split_patients(patients, test_fraction=test_fraction, val_fraction=val_fraction,
+                                          seed=seed, keep=keep)
     units = []
     for found, key in kept:
         study = found.study or f"file:{_path_id(found.rel)}"
@@ -194,6 +198,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         "frames": {"middle": "one sample per file: the middle frame of a multi-frame file",
                    "first": "one sample per file: the first frame",
                    "all": "one sample per frame"}[frames],
+        **(prior.notes(keep, patient_split, SOURCE) if prior else {}),
     }
     if counts["files_without_patient_id"] or counts["files_without_patient_id_or_study"]:
         notes["patient_fallback"] = ("a file without PatientID is one pseudonymous patient per StudyInstanceUID; "
@@ -307,8 +312,8 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
               modalities: tuple[str, ...] | None = None, size: int = 224, random_per_image: int = 4,
               random_side: int = 512, min_foreground: float = 0.9, test_fraction: float = 0.1,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
-              id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
-              tool_version: str = "0+unknown", burned_in: str = "reject") -> IngestJob:
+              id_salt: str | None = None, splits_from: list[str] | None = None, overwrite: bool = False,
+              progress: bool = True, tool_version: str = "0+unknown", burned_in: str = "reject") -> IngestJob:
     """Plan an `ingest dicom` job: walk the tree, read headers, split by patient."""
     for name, value, choices in (("--crops", crops, CROP_CHOICES), ("--frames", frames, FRAME_CHOICES),
                                  ("--color", color, COLOR_CHOICES), ("--burned-in", burned_in, BURNED_IN_CHOICES)):
@@ -320,10 +325,11 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     if not in_store and not Path(root).is_dir():
         raise IngestError(f"{root}: not a folder")
     salt = pseudonym.resolve_secret_salt(id_salt)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
     try:
         plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
                             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress,
-                            burned_in=burned_in)
+                            burned_in=burned_in, prior=prior)
     except OSError as exc:  # the store's listing failed (a file that cannot be read is a reject)
         raise IngestError(str(exc)) from exc
     if not plan.units and not plan.rejects:
@@ -338,6 +344,8 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
         "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_foreground=min_foreground)
     process = ArchiveProcess(crops=crops, color=color, size=size, random_per_image=random_per_image,

@@ -21,6 +21,7 @@ both sets, 2nd_manual for the test set only).
 
 from __future__ import annotations
 
+import functools
 import io
 import random
 import re
@@ -35,6 +36,7 @@ from PIL import Image, UnidentifiedImageError
 from ingest import crops, pseudonym, splits, tissue
 from ingest.arguments import least_share, positive_int
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.prior_splits import PriorSplits, load_prior_splits
 from ingest.unit_inputs import read_input
 from shards import codecs, schema
 
@@ -81,9 +83,10 @@ def manual_path(folder: str, number: str, manual: str) -> str:
     return f"{folder}/{manual}_manual/{number}_manual{manual[0]}.gif"
 
 
-def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float,
-               seed: int) -> tuple[list[WorkUnit], list[Reject]]:
-    """Every image under <split>/images with its masks resolved; missing files become rejects."""
+def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float, seed: int,
+               prior: PriorSplits | None = None) -> tuple[list[WorkUnit], list[Reject], dict[str, int]]:
+    """Every image under <split>/images with its masks resolved; missing files become rejects.
+    Also the card's notes on `prior`'s patients (--splits-from), when given."""
     found, rejects = [], []
     for folder, official in SPLIT_FOLDERS.items():
         images = root / folder / "images"
@@ -106,14 +109,15 @@ def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float,
             second = (root / manual_path(folder, number, "2nd")).is_file()
             found.append((rel, vessels, fov, second, official, f"drive:{folder}/{number}"))
     train_patients = {patient for *_, official, patient in found if official == "train"}
-    val = splits.carve_validation(train_patients, fraction=val_fraction, seed=seed)
-    units = []
+    keep = prior.keep({p for *_, p in found}, functools.partial(pseudonym.pseudonym, salt)) if prior else None
+    val = splits.carve_validation(train_patients, fraction=val_fraction, seed=seed, keep=keep)
+    units, assigned = [], {}
     for rel, vessels, fov, second, official, patient in found:
-        split = "test" if official == "test" else ("val" if patient in val else "train")
+        split = assigned[patient] = "test" if official == "test" else ("val" if patient in val else "train")
         payload = DriveImage(rel, vessels, fov, second, pseudonym.pseudonym(salt, patient), split, official)
         units.append(WorkUnit(pseudonym.pseudonym(salt, f"drive-image:{rel}"), rel, payload))
     units.sort(key=lambda u: u.unit_id)
-    return units, rejects
+    return units, rejects, prior.notes(keep, assigned, SOURCE) if prior else {}
 
 
 def read_gif_mask(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -229,8 +233,8 @@ def _encode(meta: schema.SampleMeta, pixels: np.ndarray, vessels: np.ndarray, fo
 def build_job(*, root: Path, out: Path, crops: str = "whole", manual: str = "1st", size: int | None = None,
               random_per_image: int = 16, random_side: int | None = None, min_fov: float = 0.9,
               val_fraction: float = 0.1, seed: int = 0, workers: int = 1, shard_size: int = 1000,
-              id_salt: str | None = None, overwrite: bool = False, progress: bool = True,
-              tool_version: str = "0+unknown") -> IngestJob:
+              id_salt: str | None = None, splits_from: list[str] | None = None, overwrite: bool = False,
+              progress: bool = True, tool_version: str = "0+unknown") -> IngestJob:
     """Plan an `ingest drive` job. size None: 512 for whole images (TOWER), 64 for random patches;
     random_side None: the output size (patches at the native scale)."""
     if crops not in CROP_CHOICES:
@@ -245,16 +249,20 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", manual: str = "1st
         raise DriveInputError("--size and --random-side must be positive, --random-per-image >= 0, --min-fov in [0, 1]")
     drive_root = find_drive_root(root)
     salt = pseudonym.resolve_salt(id_salt)
-    units, rejects = plan_units(drive_root, manual=manual, salt=salt, val_fraction=val_fraction, seed=seed)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    units, rejects, prior_notes = plan_units(drive_root, manual=manual, salt=salt, val_fraction=val_fraction,
+                                             seed=seed, prior=prior)
     parameters = {
         "root": str(root), "crops": crops, "manual": manual, "size": size, "val_fraction": val_fraction,
         "seed": seed, "shard_size": shard_size, "mask_values": "0/255",
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_fov=min_fov)
     notes = {"split": "official training -> train (validation carved by image: one patient per image), "
-                      "official test -> test"}
+                      "official test -> test", **prior_notes}
     process = DriveProcess(str(drive_root.resolve()), crops, size, random_per_image, random_side, min_fov, seed, manual)
     return IngestJob(source=SOURCE, out=out, units=units, process=process, parameters=parameters,
                      tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,

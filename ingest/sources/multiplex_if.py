@@ -45,6 +45,7 @@ from ingest.multiplex_tiff import (
     read_channel_folder, read_channel_index,
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
+from ingest.prior_splits import PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "if"
@@ -106,10 +107,12 @@ def read_patients(path: Path | None) -> dict[str, str]:
     return {r["image"].strip(): r["patient"].strip() for r in rows}
 
 
-def assign_splits(patients: set[str], *, test_fraction: float, val_fraction: float, seed: int) -> dict[str, str]:
-    """raw patient -> split: test drawn with `seed`, validation from the rest with `seed + 1`."""
-    test = splits.carve_validation(patients, fraction=test_fraction, seed=seed)
-    val = splits.carve_validation(patients - test, fraction=val_fraction, seed=seed + 1)
+def assign_splits(patients: set[str], *, test_fraction: float, val_fraction: float, seed: int,
+                  keep: dict[str, str] | None = None) -> dict[str, str]:
+    """raw patient -> split: test drawn with `seed`, validation from the rest with `seed + 1`
+    (keep: raw patient -> its split in an earlier set, --splits-from)."""
+    test = splits.carve_validation(patients, fraction=test_fraction, seed=seed, keep=keep, into="test")
+    val = splits.carve_validation(patients - test, fraction=val_fraction, seed=seed + 1, keep=keep)
     return {p: "test" if p in test else "val" if p in val else "train" for p in patients}
 
 
@@ -212,13 +215,17 @@ def plan_images(root: Path, *, channels: tuple[str, ...], crops_kind: str, cells
 
 def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], salt: str, side: int, block: int,
                crops_kind: str, random_per_image: int, test_fraction: float, val_fraction: float, seed: int,
-               workers: int, progress: bool = False) -> tuple[list[WorkUnit], list[Reject]]:
+               workers: int, progress: bool = False, prior: PriorSplits | None = None,
+               notes: dict | None = None) -> tuple[list[WorkUnit], list[Reject]]:
     """One unit per block of every image holding work, sorted by pseudonymous id, and the images
     that could not be read through. Each image is read whole twice here (fingerprint, nuclear
     threshold: ingest.if_plan_reads); with progress, a bar counts them."""
     raw_patient = {image_id: patients.get(image_id, image_id) for image_id, _ in plans}
+    keep = prior.keep(set(raw_patient.values()), lambda p: pseudonym.pseudonym(salt, f"if:{p}")) if prior else None
     split_of = assign_splits(set(raw_patient.values()), test_fraction=test_fraction, val_fraction=val_fraction,
-                             seed=seed)
+                             seed=seed, keep=keep)
+    if prior and notes is not None:
+        notes.update(prior.notes(keep, split_of, SOURCE))
     measured = list(measure_images([plan for _, plan in plans], THRESHOLD_CHUNKS, workers=workers,
                                    progress=progress))
     units, rejects = [], []
@@ -321,8 +328,9 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
               cells: Path | None = None, nuclear_channel: str = "DAPI", patients: Path | None = None,
               size: int = 128, side: int | None = None, random_per_image: int = 16, block: int = BLOCK,
               min_nucleus_area: int = 20, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
-              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None, overwrite: bool = False,
-              progress: bool = True, tool_version: str = "0+unknown") -> IngestJob:
+              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None,
+              splits_from: list[str] | None = None, overwrite: bool = False, progress: bool = True,
+              tool_version: str = "0+unknown") -> IngestJob:
     """Plan an `ingest if` job: read every image's header and cell table, split, make block units."""
     if crops not in CROP_CHOICES:
         raise IfInputError(f"--crops must be one of {CROP_CHOICES}, got {crops!r}")
@@ -340,11 +348,13 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
         salt = pseudonym.resolve_salt(id_salt)
     else:  # a lab's own subject IDs, which may be a hospital's
         salt = pseudonym.resolve_secret_salt(id_salt, ids="the patient IDs of --patients")
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
     plans, rejects, notes = plan_images(root, channels=channels, crops_kind=crops, cells_table=cells,
                                         nuclear_channel=nuclear_channel)
     units, unread = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block,
                                crops_kind=crops, random_per_image=random_per_image, test_fraction=test_fraction,
-                               val_fraction=val_fraction, seed=seed, workers=workers, progress=progress)
+                               val_fraction=val_fraction, seed=seed, workers=workers, progress=progress,
+                               prior=prior, notes=notes)
     rejects = sorted(rejects + unread, key=lambda r: r.source_path)
     parameters = {
         "root": str(root), "channels": list(channels), "crops": crops, "cells": cells.name if cells else None,
@@ -353,6 +363,8 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
         "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
         "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
     }
+    if prior:
+        parameters["splits_from"] = prior.parameters()
     notes["split"] = "no official split: test and validation patients drawn with the seed (one patient per image " \
                      "unless --patients)"
     return IngestJob(source=SOURCE, out=out, units=units, process=IfProcess(size, side, channels, min_nucleus_area),

@@ -33,6 +33,7 @@ from ingest import pseudonym, splits
 from ingest.arguments import held_out_fraction, non_negative_float, positive_int
 from ingest.crops import crop_padded, resize_to, square_context_box
 from ingest.unit_inputs import read_unit_image
+from ingest.prior_splits import load_prior_splits
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
 from ingest.radiograph_crops import RadiographCropParams, radiograph_crops
 from shards import codecs, schema
@@ -221,18 +222,19 @@ def read_official_lists(root: Path) -> dict[str, str] | None:
 
 
 def assign_splits(listed: dict[str, str], official: dict[str, str] | None, *, test_fraction: float,
-                  val_fraction: float, seed: int) -> tuple[dict[str, str], dict[str, Any]]:
+                  val_fraction: float, seed: int, keep: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """raw patient -> split, over every patient in the CSV (image -> patient), so a partial
     download gets the same split as the full one. With the official lists a patient with an image
-    in test_list.txt goes wholly to test; without them test patients are drawn with the seed."""
+    in test_list.txt goes wholly to test; without them test patients are drawn with the seed.
+    keep: raw patient -> its split in an earlier set (--splits-from)."""
     if official is None:
         notes = {"split": f"seeded by patient (no {TRAIN_VAL_LIST} / {TEST_LIST} under ROOT): "
                           f"test_fraction {test_fraction}, seed {seed}; val carved by patient from train"}
         return splits.split_patients(listed.values(), test_fraction=test_fraction, val_fraction=val_fraction,
-                                     seed=seed), notes
+                                     seed=seed, keep=keep), notes
     test = {p for image, p in listed.items() if official.get(image) == "test"}
     train = {p for image, p in listed.items() if official.get(image) == "train_val"}
-    val = splits.carve_validation(train - test, fraction=val_fraction, seed=seed)
+    val = splits.carve_validation(train - test, fraction=val_fraction, seed=seed, keep=keep)
     notes = {"split": f"official: {TRAIN_VAL_LIST} / {TEST_LIST}; val carved by patient from train_val",
              "patients_in_both_official_lists": len(train & test)}
     return {p: "test" if p in test else "val" if p in val else "train" for p in set(listed.values())}, notes
@@ -332,8 +334,9 @@ class NihProcess:
 def build_job(*, root: Path, out: Path, crops: str = "whole", csv_path: Path | None = None,
               bbox_csv: Path | None = None, size: int = 224, margin: float = 0.2, random_per_image: int = 4,
               random_side: int = 512, test_fraction: float = 0.2, val_fraction: float = 0.1, seed: int = 0,
-              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None, overwrite: bool = False,
-              progress: bool = True, tool_version: str = "0+unknown") -> IngestJob:
+              workers: int = 1, shard_size: int = 1000, id_salt: str | None = None,
+              splits_from: list[str] | None = None, overwrite: bool = False, progress: bool = True,
+              tool_version: str = "0+unknown") -> IngestJob:
     """Plan an `ingest nih-cxr14` job: read the labels (and boxes), find every PNG, assign splits."""
     if crops not in CROP_CHOICES:
         raise NihInputError(f"--crops must be one of {CROP_CHOICES}, got {crops!r}")
@@ -355,11 +358,14 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", csv_path: Path | N
             raise NihInputError(f"{root}: --crops lesion needs {BBOX_NAME} in ROOT or one folder down; pass --bbox-csv")
         boxes, box_rejects = read_boxes(bbox_csv)
     salt = pseudonym.resolve_salt(id_salt)
+    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
     images, duplicates = find_images(root)
     listed, entries, row_rejects = read_entries(csv_path, set(images))
     official = read_official_lists(root)
+    keep = prior.keep(set(listed.values()), lambda p: pseudonym.pseudonym(salt, f"nih-cxr14:{p}")) if prior else None
     patient_split, notes = assign_splits(listed, official, test_fraction=test_fraction,
-                                         val_fraction=val_fraction, seed=seed)
+                                         val_fraction=val_fraction, seed=seed, keep=keep)
+    notes.update(prior.notes(keep, patient_split, SOURCE) if prior else {})
     units, plan_rejects, plan_notes = plan_units(root, listed, entries, images, boxes, official, patient_split,
                                                  csv_name=csv_path.name, crops=crops, salt=salt)
     params = RadiographCropParams(size=size, random_per_image=random_per_image, random_side=random_side)
@@ -368,6 +374,7 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", csv_path: Path | N
         "crops": crops, "margin": margin, "split": "official" if official is not None else "seeded",
         "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
         **asdict(params), "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        **({"splits_from": prior.parameters()} if prior else {}),
     }
     return IngestJob(
         source=SOURCE, out=out, units=units, process=NihProcess(crops, params, margin, seed),

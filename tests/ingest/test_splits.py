@@ -27,3 +27,34 @@ def test_a_fraction_asked_for_carves_at_least_one_patient_of_two_or_more():
     assert carve_validation(["a", "b", "c", "d"], fraction=0.0, seed=0) == set()  # none asked for
     split = split_patients(["a", "b", "c"], test_fraction=0.2, val_fraction=0.1, seed=0)
     assert Counter(split.values()) == {"test": 1, "val": 1, "train": 1}
+
+
+def test_kept_patients_keep_their_split_and_only_new_ones_are_drawn():
+    """--splits-from: an archive's first batch, then the whole archive. Drawn afresh, the larger
+    set's shuffle moves some first-batch patients to another split; kept, none moves, and the
+    fractions apply to the new patients."""
+    first = [f"p{i:03d}" for i in range(40)]
+    everyone = first + [f"p{i:03d}" for i in range(40, 100)]
+    before = split_patients(first, test_fraction=0.2, val_fraction=0.25, seed=0)
+    afresh = split_patients(everyone, test_fraction=0.2, val_fraction=0.25, seed=0)
+    assert any(afresh[p] != before[p] for p in first)  # what --splits-from is for
+    kept = split_patients(everyone, test_fraction=0.2, val_fraction=0.25, seed=0, keep=before)
+    assert all(kept[p] == before[p] for p in first)
+    new = Counter(kept[p] for p in everyone[40:])
+    assert new == {"test": 12, "val": 12, "train": 36}  # 0.2 of the 60 new, then 0.25 of the 48 left
+    assert split_patients(everyone, test_fraction=0.2, val_fraction=0.25, seed=0, keep=dict(before)) == kept
+    assert split_patients(everyone, test_fraction=0.2, val_fraction=0.25, seed=0, keep={}) == afresh
+
+
+def test_a_kept_split_is_taken_only_by_the_carve_that_fills_it():
+    keep = {"a": "val", "b": "test", "c": "train"}
+    assert carve_validation(["a", "b", "c", "d"], fraction=0.0, seed=0, keep=keep) == {"a"}
+    assert carve_validation(["a", "b", "c", "d"], fraction=0.0, seed=0, keep=keep, into="test") == {"b"}
+    # an official split's train patients: a kept "test" one is no validation patient either
+    assert carve_validation(["b", "c", "d", "e"], fraction=0.0, seed=0, keep=keep) == set()
+
+
+def test_a_later_batch_of_one_new_patient_is_not_made_validation():
+    """The at-least-one rule is for a job's first split; a kept patient means one exists."""
+    assert carve_validation(["a", "new"], fraction=0.1, seed=0, keep={"a": "train"}) == set()
+    assert len(carve_validation(["a", "new"], fraction=0.1, seed=0)) == 1
