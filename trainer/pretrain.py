@@ -35,6 +35,7 @@ from trainer.config import ConfigError, ExperimentConfig, config_from_dict, dump
 from trainer.dry_run import dry_run
 from trainer.gpu_memory import GpuMemoryError
 from trainer.loop import check_data, train
+from trainer.patient_overlap import held_out_patients_in_training
 from trainer.registry import model_config_error
 from trainer.resume_changes import DATA_RECORD, SAVED_CONFIG, data_record, refusal, resume_changes
 from trainer.run_log import finished_line
@@ -301,6 +302,7 @@ def main(argv: list[str] | None = None) -> int:
     try:  # here, once: not in every worker after the cluster has started, as a traceback each
         plan = check_data(config, world_size)
         record = data_record(config, plan.channels, plan.image_size, plan.sources)
+        overlaps = held_out_patients_in_training(config)
     except (OSError, ValueError) as exc:
         print(f"pretrain: data error: {exc}", file=sys.stderr)
         return 2
@@ -308,6 +310,8 @@ def main(argv: list[str] | None = None) -> int:
     if refused:
         print(f"pretrain: config error: {refusal(config.run.name, refused)}", file=sys.stderr)
         return 2
+    for problem in overlaps:
+        print(f"pretrain: warning: {problem}", file=sys.stderr, flush=True)
     if args.dry_run:
         return dry_run(config, plan, world_size, run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
