@@ -134,6 +134,8 @@ def encoder_and_recipe(state: dict[str, Any], source: str) -> tuple[TimmEncoder,
         "step": state.get("step"),
         "val_loss": checkpoint_val_loss(source),  # null: no validation pass at that epoch
         "pretrained_on": {"in_chans": data["in_chans"], "img_size": data["img_size"]},
+        # the shard sets and splits it was pretrained on: linear_probe counts their patients in what it scores
+        "pretrained_sets": [{"root": storage.shard_root(s.root), "split": s.split} for s in config.data.sources],
         # fine-tuning inputs need the same (x - mean) / std, x in stored units (uint8 / uint16)
         "normalisation": data["sources"],
     }

@@ -43,6 +43,7 @@ from trainer.probe.classifier import LinearProbe, ProbeSchedule, fit_probe, pred
 from trainer.probe.encoder import ProbeError, load_encoder, random_init
 from trainer.probe.features import SplitFeatures, split_features
 from trainer.probe.metrics import multiclass_metrics, multilabel_metrics
+from trainer.probe.seen_patients import pretraining_patients
 from trainer.probe.targets import ALL_BINARY, Task, choose_task, encode_targets, patient_subset
 
 LEFT_OUT = {"unlabelled": "unlabelled", "unseen_value": "with a value training never had"}
@@ -105,6 +106,7 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
                 "patients": len({p for p, ok in zip(train.patients, chosen) if ok}),
                 "patients_labelled": len({p for p, ok in zip(train.patients, usable) if ok})}
     evaluated = {split: (read[split], *encode_targets(task, read[split].labels)) for split in eval_splits}
+    seen, unreadable = pretraining_patients(encoder.recipe)
 
     def probed(index: int) -> dict[str, Any]:
         """Encoder `index`'s probe: the head trained on its training features, each split scored."""
@@ -113,6 +115,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
         out: dict[str, Any] = {"train": {**training, "loss_first_epoch": losses[0], "loss_last_epoch": losses[-1]}}
         for split, (features, split_targets, split_usable, split_left_out) in evaluated.items():
             out[split] = _evaluate(probe, task, features, index, split_targets, split_usable, split_left_out, train)
+            if seen is not None and index == 0:  # the random-init baseline was pretrained on nothing
+                out[split]["patients_seen_in_pretraining"] = len(set(features.patients) & seen)
         return out
 
     report: dict[str, Any] = {
@@ -122,6 +126,8 @@ def run_probe(args: argparse.Namespace) -> dict[str, Any]:
         "task": task.kind, "labels": list(task.names), "classes": list(task.classes),
         "label_fraction": args.label_fraction, "seed": args.seed, "schedule": asdict(schedule), **probed(0),
     }
+    if unreadable:
+        report["pretraining_sets_unreadable"] = unreadable
     if args.random_init_baseline:
         report["random_init"] = probed(1)
     return report
@@ -158,6 +164,10 @@ def _summary(report: dict[str, Any], splits: list[str]) -> str:
         left += f"{', ' if left else ''}{m['skipped_samples']} unreadable" if m["skipped_samples"] else ""
         lines.append(f"  {split}: {m['samples']} samples{f' ({left} left out)' if left else ''}  "
                      f"AUC {number(m.get('auc'))}  AP {number(m.get('average_precision'))}{extra}")
+        if m.get("patients_seen_in_pretraining"):
+            lines.append(f"  warning: {m['patients_seen_in_pretraining']} of the {split} split's patients were in the "
+                         "encoder's pretraining data (sets split by separate ingest jobs; ingest --splits-from keeps "
+                         "one set's splits in the next)")
         if "random_init" in report:
             b = report["random_init"][split]
             lines.append(f"  {split}, random-init encoder: AUC {number(b.get('auc'))}  AP {number(b.get('average_precision'))}")

@@ -41,6 +41,8 @@ def test_export_from_a_run_folder_loads_into_timm_as_the_pretrained_encoder(pret
     assert recipe["checkpoint"] == str(newest) and (recipe["epoch"], recipe["step"]) == (state["epoch"], state["step"])
     assert recipe["method"] == "miram_vit_tiny_patch16" and recipe["timm_kwargs"]["img_size"] == 32  # MIRAM: half of 64
     card = read_card(Path(state["config"]["data"]["sources"][0]["root"]))
+    assert recipe["pretrained_sets"] == [{"root": str(Path(state["config"]["data"]["sources"][0]["root"]).resolve()),
+                                          "split": "train"}]
     assert [(s["mean"], s["std"]) for s in recipe["normalisation"]] == [(card["pixel_stats"]["mean"],
                                                                         card["pixel_stats"]["std"])]
 

@@ -39,6 +39,7 @@ def test_a_categorical_label_is_probed_on_every_sample_of_every_split(exported_e
     assert test["samples"] + test["left_out"]["unseen_value"] == per_split["test"]
     assert sum(c["samples"] for c in test["per_class"].values()) == test["samples"]
     assert 0 <= test["accuracy"] <= 1 and report["train"]["loss_last_epoch"] < report["train"]["loss_first_epoch"]
+    assert report["val"]["patients_seen_in_pretraining"] == report["test"]["patients_seen_in_pretraining"] == 0
     assert f"report: {tmp_path / 'class4.json'}" in capsys.readouterr().out
 
     again = probe(exported_encoder, lesion_shards, tmp_path, "again", "--label", "class4", "--crop-kinds", "lesion")
@@ -145,3 +146,30 @@ def test_an_mlvicx_run_is_probed_with_its_context_blocks(mlvicx_run, lesion_shar
     assert isinstance(frozen.model.layer4[-1], ContextBottleneck) and frozen.feature_dim == 128  # quarter width
     assert report["train"]["loss_last_epoch"] < report["train"]["loss_first_epoch"]
     assert report["random_init"]["train"]["loss_first_epoch"] != report["train"]["loss_first_epoch"]
+
+
+def test_scored_patients_the_encoder_was_pretrained_on_are_counted_and_warned_of(exported_encoder, lesion_shards,
+                                                                                tmp_path, capsys):
+    """An encoder pretrained on the split it is scored on (here its recipe says so: the test split;
+    in practice another set's train split holding the same patients, split by a separate job)."""
+    import shutil
+
+    encoder = tmp_path / "enc.safetensors"
+    shutil.copy(exported_encoder, encoder)
+    recipe = json.loads(exported_encoder.with_suffix(".json").read_text())
+    recipe["pretrained_sets"] = [{"root": str(lesion_shards), "split": "test"}, {"root": str(tmp_path / "gone"), "split": "train"}]
+    encoder.with_suffix(".json").write_text(json.dumps(recipe))
+    report = probe(encoder, lesion_shards, tmp_path, "seen", "--label", "class4", "--crop-kinds", "lesion",
+                   "--random-init-baseline")
+    test_patients = {r["patient"] for r in pq.read_table(lesion_shards / "manifest.parquet").to_pylist()
+                     if r["split"] == "test" and r["crop_kind"] == "lesion"}
+    assert report["test"]["patients_seen_in_pretraining"] == len(test_patients) > 0
+    assert report["val"]["patients_seen_in_pretraining"] == 0
+    assert "patients_seen_in_pretraining" not in report["random_init"]["test"]
+    assert report["pretraining_sets_unreadable"][0].startswith(str(tmp_path / "gone"))
+    said = capsys.readouterr().out
+    assert f"warning: {len(test_patients)} of the test split's patients were in the encoder's pretraining data" in said
+    del recipe["pretrained_sets"]  # exported before recipes said: nothing counted
+    encoder.with_suffix(".json").write_text(json.dumps(recipe))
+    old = probe(encoder, lesion_shards, tmp_path, "old", "--label", "class4", "--crop-kinds", "lesion")
+    assert "patients_seen_in_pretraining" not in old["test"]
