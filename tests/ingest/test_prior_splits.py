@@ -65,6 +65,17 @@ def test_a_growing_archive_keeps_its_first_batch_patients_in_their_splits(archiv
         assert (tmp_path / "again" / shard["path"]).read_bytes() == (tmp_path / "kept" / shard["path"]).read_bytes()
 
 
+def test_an_earlier_set_in_a_bucket_gives_its_splits_as_on_disk(archive, tmp_path, s3_endpoint):
+    first, whole = archive
+    assert _ingest(first, tmp_path / "first") == EXIT_OK
+    uri = s3_endpoint.upload(tmp_path / "first", "sets/first")
+    assert _ingest(whole, tmp_path / "from-bucket", "--splits-from", uri) == EXIT_OK
+    assert _ingest(whole, tmp_path / "from-disk", "--splits-from", str(tmp_path / "first")) == EXIT_OK
+    assert _splits(tmp_path / "from-bucket") == _splits(tmp_path / "from-disk")
+    (record,) = card_io.read_card(tmp_path / "from-bucket")["parameters"]["splits_from"]
+    assert record["root"] == uri and record["patients"] == 8
+
+
 def test_a_set_made_under_another_salt_is_refused_before_anything_is_written(archive, tmp_path, capsys):
     first, whole = archive
     assert _ingest(first, tmp_path / "first") == EXIT_OK
