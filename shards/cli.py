@@ -1,7 +1,8 @@
-"""The `shards` console script: ls, verify, preview, stats, index. Argument parsing only; each
-command lives in its own module (listing, verify, preview, stats, span_index) and returns the exit code.
+"""The `shards` console script: ls, verify, preview, stats, index, overlap. Argument parsing only;
+each command lives in its own module (listing, verify, preview, stats, span_index, patient_overlap)
+and returns the exit code.
 
-Exit codes: 0 good, 1 `verify` found problems, 2 usage error, ROOT is not a readable shard set, or
+Exit codes: 0 good, 1 `verify` found problems or `overlap` patients in different splits, 2 usage error, ROOT is not a readable shard set, or
 `stats` / `index` could not compute what they write.
 """
 
@@ -12,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from shards import listing, preview, schema, span_index, stats, storage, verify
+from shards import listing, patient_overlap, preview, schema, span_index, stats, storage, verify
 from shards.card import read_card
 
 
@@ -52,6 +53,11 @@ def _parser() -> argparse.ArgumentParser:
                                               "(the stream then reads it by offset, not through its tars)")
     spans.add_argument("root", help="shard set folder (holds dataset.json; not a URI: this writes the manifest)")
     spans.add_argument("--force", action="store_true", help="recompute when the manifest already has them")
+
+    shared = commands.add_parser("overlap", help="the patients several shard sets share, and in which splits (exit 1 "
+                                                 "when one is in different splits of two sets)")
+    shared.add_argument("roots", nargs="+", metavar="root", help=_ROOT_HELP + " (two or more)")
+    shared.add_argument("--json", action="store_true", help="print the pairs as JSON")
     return parser
 
 
@@ -62,6 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         value = getattr(args, name, None)
         if value is not None and value < 1:
             parser.error(f"{name} must be at least 1, got {value}")
+    if args.command == "overlap":
+        return _overlap(parser, args)
     if args.command in ("stats", "index") and storage.is_uri(args.root):
         written = "dataset.json" if args.command == "stats" else schema.MANIFEST_FILE
         print(f"shards {args.command}: error: {args.root}: {args.command} rewrites {written}, which needs a folder; "
@@ -90,6 +98,22 @@ def main(argv: list[str] | None = None) -> int:
                            cols=args.cols, channel=args.channel, tile=args.tile)
     except (OSError, ValueError, KeyError) as exc:
         print(f"shards preview: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _overlap(parser: argparse.ArgumentParser, args: argparse.Namespace) -> int:
+    if len(args.roots) < 2:
+        parser.error("overlap needs two or more shard sets")
+    for root in args.roots:
+        try:
+            read_card(root)
+        except (OSError, ValueError) as exc:
+            print(f"shards overlap: error: {root} is not a readable shard set: {exc}", file=sys.stderr)
+            return 2
+    try:
+        return patient_overlap.run(args.roots, as_json=args.json)
+    except (OSError, ValueError, KeyError) as exc:
+        print(f"shards overlap: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -23,6 +23,22 @@ def shared_data() -> Path:
     return SHARED_DATA
 
 
+@pytest.fixture(scope="session")
+def archive_exports(tmp_path_factory) -> tuple[Path, Path]:
+    """A generated 20-patient DICOM archive and its first export, the first 8 patients' folders:
+    (first, whole), the growing archive that separate ingest jobs split differently."""
+    import shutil
+
+    from ingest.sample_data.dicom_archive import make_dicom_archive
+
+    tmp = tmp_path_factory.mktemp("archive")
+    whole = make_dicom_archive(tmp / "whole", images=40, patients=20, studies_per_patient=1, shape=(64, 48),
+                               quirks=False).root
+    for folder in sorted(whole.iterdir())[:8]:
+        shutil.copytree(folder, tmp / "first" / folder.name)
+    return tmp / "first", whole
+
+
 class S3Endpoint:
     """A real S3 HTTP endpoint on 127.0.0.1 with one bucket: `uri(key)` names an object or prefix
     with the endpoint in its query, as a user names an on-premises store; `fs` is pyarrow's

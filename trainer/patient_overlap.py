@@ -7,12 +7,13 @@ can hold one patient in the first set's test split and the second's train split.
 run (data.sources), the run then trains on patients that a validation pass on the other set, or
 a later evaluation on its test split, scores as unseen. Pseudonyms match only between sets made
 by the same source under the same salt, which is when this can happen; `ingest ... --splits-from`
-makes the second set keep the first one's splits.
+makes the second set keep the first one's splits; `shards overlap` audits sets made already.
 """
 
 from __future__ import annotations
 
-from shards import schema, storage
+from shards import storage
+from shards.patient_overlap import patients_by_split
 from trainer.config import ExperimentConfig
 
 _HELD_OUT = {"val": "a validation pass on it measures patients the run trains on",
@@ -27,12 +28,7 @@ def held_out_patients_in_training(config: ExperimentConfig) -> list[str]:
     roots = list(dict.fromkeys(root for root, _ in streamed))
     if len(roots) < 2:
         return []
-    splits: dict[str, dict[str, set[str]]] = {}
-    for root in roots:
-        table = storage.read_parquet(storage.join(root, schema.MANIFEST_FILE), columns=["patient", "split"])
-        by_split = splits[root] = {}
-        for patient, split in zip(table["patient"].to_pylist(), table["split"].to_pylist()):
-            by_split.setdefault(split, set()).add(patient)
+    splits = {root: patients_by_split(root) for root in roots}
     problems = []
     for root in roots:
         # the other sets' streamed patients: within one set, ingest's split (and its --overlap) decided

@@ -3,7 +3,6 @@ hospital archive ingested batch by batch, a collection ingested again for other 
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -23,16 +22,10 @@ def _splits(out: Path) -> dict[str, str]:
     return dict(zip(table["patient"].to_pylist(), table["split"].to_pylist()))
 
 
-@pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> tuple[Path, Path]:
-    """A 20-patient archive, and its first batch: the first 8 patients' folders."""
-    tmp = tmp_path_factory.mktemp("archive")
-    whole = make_dicom_archive(tmp / "whole", images=40, patients=20, studies_per_patient=1, shape=(64, 48),
-                               quirks=False).root
-    first = tmp / "first"
-    for folder in sorted(whole.iterdir())[:8]:
-        shutil.copytree(folder, first / folder.name)
-    return first, whole
+@pytest.fixture
+def archive(archive_exports) -> tuple[Path, Path]:
+    """(first export, whole archive): tests/conftest.py."""
+    return archive_exports
 
 
 def _ingest(root: Path, out: Path, *extra: str) -> int:

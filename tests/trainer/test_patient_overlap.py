@@ -3,14 +3,12 @@ trains on (trainer.patient_overlap), before it starts."""
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
 
 from ingest.cli import EXIT_OK
 from ingest.cli import main as ingest
-from ingest.sample_data.dicom_archive import make_dicom_archive
 from trainer.config import load_config
 from trainer.patient_overlap import held_out_patients_in_training
 
@@ -18,17 +16,14 @@ TINY = Path(__file__).resolve().parents[2] / "trainer" / "configs" / "tiny_cpu.y
 
 
 @pytest.fixture(scope="module")
-def exports(tmp_path_factory) -> Path:
+def exports(archive_exports, tmp_path_factory) -> Path:
     """An archive's first export (8 patients) and its second (all 20) made into sets twice:
     split afresh, and split as the first (--splits-from)."""
+    first, whole = archive_exports
     tmp = tmp_path_factory.mktemp("exports")
-    whole = make_dicom_archive(tmp / "whole", images=40, patients=20, studies_per_patient=1, shape=(64, 48),
-                               quirks=False).root
-    for folder in sorted(whole.iterdir())[:8]:
-        shutil.copytree(folder, tmp / "first" / folder.name)
     common = ["--no-progress", "--workers", "0", "--id-salt", "a-secret-of-this-test", "--size", "64",
               "--test-fraction", "0.25", "--val-fraction", "0.25", "--shard-size", "4"]
-    assert ingest(["dicom", str(tmp / "first"), "--out", str(tmp / "v1"), *common]) == EXIT_OK
+    assert ingest(["dicom", str(first), "--out", str(tmp / "v1"), *common]) == EXIT_OK
     assert ingest(["dicom", str(whole), "--out", str(tmp / "v2"), *common]) == EXIT_OK
     assert ingest(["dicom", str(whole), "--out", str(tmp / "v2-kept"), *common,
                    "--splits-from", str(tmp / "v1")]) == EXIT_OK
