@@ -64,7 +64,7 @@ class PriorSplits:
                           f"{source}'s official split places them (see the card's notes)", stacklevel=2)
         elif not keep:
             warnings.warn("no patient of the --splits-from sets is in this job: every patient is split by the seed "
-                          "(sets of another source, or made under another salt, never share patients)", stacklevel=2)
+                          "(a set of another ingest source never shares a patient with it)", stacklevel=2)
         notes = {"patients_split_as_in_splits_from": len(keep) - moved}
         if moved:
             notes["patients_placed_otherwise_than_splits_from"] = moved
