@@ -20,13 +20,14 @@ notes (`patients_placed_otherwise_than_splits_from`) and warned of.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from ingest import pseudonym
 from ingest.pipeline import IngestError
-from shards import schema, storage
 from shards.card import card_digest, read_card
+from shards.patient_overlap import patients_by_split
 
 
 class PriorSplitsError(IngestError):
@@ -35,29 +36,37 @@ class PriorSplitsError(IngestError):
 
 @dataclass(frozen=True)
 class PriorSplits:
-    """Patient pseudonym -> split, from the manifests of the earlier sets."""
+    """Patient pseudonym -> split, from the manifests of the earlier sets, under this job's salt.
+    Without sets (no --splits-from) it keeps nothing and adds nothing to the card, so a source
+    calls it the same way either way."""
 
-    by_patient: dict[str, str]
+    by_patient: dict[str, str] = field(default_factory=dict)
     sets: list[dict[str, Any]] = field(default_factory=list)  # per set: root, card digest, patients
     patients_with_several_splits: int = 0
+    salt: str = field(default="", repr=False)  # the job's, to pseudonymise its raw patient IDs
 
-    def keep(self, patients: Iterable[str], pseudonymise: Callable[[str], str]) -> dict[str, str]:
-        """raw patient -> its earlier split, for those of `patients` an earlier set holds."""
+    def keep(self, patients: Iterable[str], prefix: str) -> dict[str, str] | None:
+        """raw patient -> its earlier split, for those of `patients` an earlier set holds; a raw
+        ID's pseudonym is the source's, pseudonym(salt, prefix + ID). None without sets."""
+        if not self.sets:
+            return None
         found = {}
         for patient in patients:
-            split = self.by_patient.get(pseudonymise(patient))
+            split = self.by_patient.get(pseudonym.pseudonym(self.salt, prefix + patient))
             if split is not None:
                 found[patient] = split
         return found
 
-    def parameters(self) -> list[dict[str, Any]]:
-        """What the card's parameters record (and the job's fingerprint covers: a resumed run
-        whose earlier sets were made again is another run)."""
-        return self.sets
+    def parameters(self) -> dict[str, Any]:
+        """What the card's parameters gain (and the job's fingerprint covers: a resumed run whose
+        earlier sets were made again is another run); nothing without sets."""
+        return {"splits_from": self.sets} if self.sets else {}
 
-    def notes(self, keep: Mapping[str, str], assigned: Mapping[str, str], source: str) -> dict[str, int]:
+    def notes(self, keep: Mapping[str, str] | None, assigned: Mapping[str, str], source: str) -> dict[str, int]:
         """The card's notes for a job whose patients got `assigned` (raw -> split), `keep` being
-        keep()'s answer; warns when an official split overrode an earlier set's."""
+        keep()'s answer; warns when an official split overrode an earlier set's. Nothing without sets."""
+        if keep is None:
+            return {}
         moved = sum(assigned.get(patient, split) != split for patient, split in keep.items())
         if moved:
             warnings.warn(f"{moved} patient(s) of the --splits-from sets are in another split here: "
@@ -73,29 +82,32 @@ class PriorSplits:
         return notes
 
 
-def load_prior_splits(roots: Sequence[str] | None, salt_fingerprint: str) -> PriorSplits | None:
-    """The splits of the shard sets at `roots` (folders or URIs); None when there are none."""
-    if not roots:
-        return None
+NO_PRIOR = PriorSplits()  # no --splits-from: sources take it as their plan functions' default
+
+
+def load_prior_splits(roots: Sequence[str] | None, salt: str) -> PriorSplits:
+    """The splits of the shard sets at `roots` (folders or URIs), for a job under `salt`."""
     by_patient: dict[str, str] = {}
     origin: dict[str, str] = {}  # patient -> the root that gave its split
     several: set[str] = set()
     sets = []
-    for root in roots:
+    fingerprint = pseudonym.salt_fingerprint(salt)
+    for root in roots or ():
         try:
             card = read_card(root)
-            table = storage.read_parquet(storage.join(root, schema.MANIFEST_FILE), columns=["patient", "split"])
+            by_split = patients_by_split(root)
         except (OSError, ValueError, KeyError) as exc:
             raise PriorSplitsError(f"--splits-from {root}: {exc}") from None
         theirs = card.get("parameters", {}).get("id_salt_fingerprint")
-        if theirs != salt_fingerprint:
+        if theirs != fingerprint:
             raise PriorSplitsError(
                 f"--splits-from {root}: made under another patient-ID salt (fingerprint {theirs}, this job's "
-                f"{salt_fingerprint}), so no patient would match; give the --id-salt (or $MEDSHARDS_ID_SALT) it was made with")
+                f"{fingerprint}), so no patient would match; give the --id-salt (or $MEDSHARDS_ID_SALT) it was made with")
         splits: dict[str, set[str]] = {}
-        for patient, split in zip(table["patient"].to_pylist(), table["split"].to_pylist()):
-            splits.setdefault(patient, set()).add(split)
-        for patient, found in splits.items():
+        for split, patients in by_split.items():
+            for patient in patients:
+                splits.setdefault(patient, set()).add(split)
+        for patient, found in sorted(splits.items()):
             if len(found) > 1:
                 several.add(patient)
                 continue
@@ -109,4 +121,4 @@ def load_prior_splits(roots: Sequence[str] | None, salt_fingerprint: str) -> Pri
         sets.append({"root": str(root), "card_digest": card_digest(card), "patients": len(splits)})
     for patient in several:
         by_patient.pop(patient, None)
-    return PriorSplits(by_patient, sets, len(several))
+    return PriorSplits(by_patient, sets, len(several), salt)

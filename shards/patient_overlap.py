@@ -45,7 +45,7 @@ def crossings(sets: dict[str, dict[str, set[str]]]) -> tuple[list[Crossing], lis
 
 def run(roots: Sequence[str], *, as_json: bool = False) -> int:
     """Prints each pair's shared patients; 1 when some patient is in different splits of two sets."""
-    sets = {storage.shard_root(root): patients_by_split(storage.shard_root(root)) for root in roots}
+    sets = {root: patients_by_split(root) for root in map(storage.shard_root, roots)}
     different, same = crossings(sets)
     if as_json:
         rows = [dict(zip(("set", "split", "other_set", "other_split", "patients"), c)) for c in different + same]

@@ -25,7 +25,7 @@ from ingest import mammogram, pseudonym, splits, tcia
 from ingest.arguments import least_share, non_negative_float, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import PriorSplits, load_prior_splits
+from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "cbis-ddsm"
@@ -205,14 +205,13 @@ def assign_splits(rows: list[Abnormality], *, val_fraction: float, seed: int, ov
 
 
 def plan_units(rows: list[Abnormality], resolver: FileResolver, *, salt: str, val_fraction: float,
-               seed: int, overlap: str, prior: PriorSplits | None = None,
-               ) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
+               seed: int, overlap: str, prior: PriorSplits = NO_PRIOR) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
     """Group rows by image, resolve files, assign splits (`prior`'s patients as there). Returns
     units sorted by their pseudonymous id (so shards mix patients), planning rejects, and notes
     for the card."""
-    keep = prior.keep({r.patient for r in rows}, lambda p: pseudonym.pseudonym(salt, f"cbis:{p}")) if prior else None
+    keep = prior.keep({r.patient for r in rows}, "cbis:")
     patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed, overlap=overlap, keep=keep)
-    notes = {"patients_in_both_official_splits": crossing, **(prior.notes(keep, patient_split, SOURCE) if prior else {})}
+    notes = {"patients_in_both_official_splits": crossing, **prior.notes(keep, patient_split, SOURCE)}
     by_image: dict[str, list[Abnormality]] = defaultdict(list)
     for row in rows:
         by_image[row.image_path].append(row)
@@ -335,7 +334,7 @@ def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[P
     salt = pseudonym.resolve_salt(id_salt)
     csvs = find_csvs(root, csv_paths)
     rows, row_rejects = read_abnormalities(csvs)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     units, plan_rejects, notes = plan_units(rows, FileResolver(root), salt=salt, val_fraction=val_fraction,
                                             seed=seed, overlap=overlap, prior=prior)
     params = mammogram.CropParams(size=size, margin=margin, random_per_image=random_per_image,
@@ -343,10 +342,8 @@ def build_job(*, root: Path, out: Path, crops: str = "lesion", csv_paths: list[P
     parameters = {
         "root": str(root), "csvs": [c.name for c in csvs], "crops": crops, "val_fraction": val_fraction,
         "seed": seed, "overlap": overlap, "shard_size": shard_size, **asdict(params),
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     return IngestJob(
         source=SOURCE, out=out, units=units, process=CbisProcess(str(root.resolve()), crops, params, seed),
         parameters=parameters, tool_version=tool_version, workers=workers, max_samples_per_shard=shard_size,

@@ -247,23 +247,21 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", uncertain: str = "
     csv_paths = {name: folder / name for name in CSV_SPLITS if (folder / name).is_file()}
     salt = pseudonym.resolve_salt(id_salt)
     rows, row_rejects, filtered = read_rows(csv_paths, uncertain=uncertain, views=views)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
-    keep = prior.keep({r.patient for r in rows}, lambda p: pseudonym.pseudonym(salt, f"chexpert:{p}")) if prior else None
+    prior = load_prior_splits(splits_from, salt)
+    keep = prior.keep({r.patient for r in rows}, "chexpert:")
     patient_split, crossing = assign_splits(rows, val_fraction=val_fraction, seed=seed, keep=keep)
     units, plan_rejects = plan_units(folder, rows, patient_split, salt=salt)
     params = RadiographCropParams(size=size, random_per_image=random_per_image, random_side=random_side)
     parameters = {
         "root": str(root), "csvs": sorted(csv_paths), "crops": crops, "uncertain": uncertain, "blank": "negative",
         "views": views, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size, **asdict(params),
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     notes = {
         "split": "train.csv -> train (val carved by patient); valid.csv -> test",
         "views_filtered_out": filtered,
         "patients_in_train_and_valid": crossing,
-        **(prior.notes(keep, patient_split, SOURCE) if prior else {}),
+        **prior.notes(keep, patient_split, SOURCE),
     }
     return IngestJob(
         source=SOURCE, out=out, units=units, process=ChexpertProcess(crops, params, seed), parameters=parameters,

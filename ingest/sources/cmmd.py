@@ -30,7 +30,7 @@ from ingest import crops, mammogram, pseudonym, splits, tcia
 from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import PriorSplits, load_prior_splits
+from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "cmmd"
@@ -103,13 +103,13 @@ def read_sheet(path: Path) -> tuple[dict[str, dict[str, dict[str, Any]]], list[R
 
 
 def plan_units(root: Path, series: dict[str, tcia.TciaSeries], breasts: dict[str, dict[str, dict[str, Any]]], *,
-               salt: str, test_fraction: float, val_fraction: float, seed: int, prior: PriorSplits | None = None,
+               salt: str, test_fraction: float, val_fraction: float, seed: int, prior: PriorSplits = NO_PRIOR,
                ) -> tuple[list[WorkUnit], list[Reject], dict[str, Any]]:
     """One unit per image of every series metadata.csv lists; splits by subject (`prior`'s, from
     --splits-from, as there)."""
     root = root.resolve()
     subjects = {s.subject for s in series.values() if s.subject}
-    keep = prior.keep(subjects, lambda subject: pseudonym.pseudonym(salt, f"cmmd:{subject}")) if prior else None
+    keep = prior.keep(subjects, "cmmd:")
     subject_split = splits.split_patients(subjects, test_fraction=test_fraction, val_fraction=val_fraction,
                                           seed=seed, keep=keep)
     units, rejects, notes = [], [], Counter()
@@ -145,7 +145,7 @@ def plan_units(root: Path, series: dict[str, tcia.TciaSeries], breasts: dict[str
         "subjects": len(subject_split),
         "split": "CMMD has no official split: seeded split by subject (test_fraction), validation carved by subject from the rest",
         "labels": "per breast from the clinical sheet; the image's breast from ImageLaterality (else Laterality)",
-        **(prior.notes(keep, subject_split, SOURCE) if prior else {}),
+        **prior.notes(keep, subject_split, SOURCE),
     }
     return units, rejects, summary
 
@@ -224,7 +224,7 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
     sheet_path = find_sheet(root, sheet)
     breasts, sheet_rejects = read_sheet(sheet_path)
     salt = pseudonym.resolve_salt(id_salt)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     units, plan_rejects, notes = plan_units(root, series, breasts, salt=salt, test_fraction=test_fraction,
                                             val_fraction=val_fraction, seed=seed, prior=prior)
     params = mammogram.CropParams(size=size, random_per_image=random_per_image, random_side=random_side,
@@ -232,10 +232,8 @@ def build_job(*, root: Path, out: Path, crops: str = "random", sheet: Path | Non
     parameters = {
         "root": str(root), "sheet": sheet_path.name, "crops": crops, "size": size, "test_fraction": test_fraction,
         "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size, "unlabeled": unlabeled,
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_tissue=min_tissue)
     return IngestJob(

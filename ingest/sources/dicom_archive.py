@@ -50,7 +50,7 @@ from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import PriorSplits, load_prior_splits
+from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
 from shards import codecs, schema, storage
 from shards.progress_bar import progress_bar
 
@@ -114,7 +114,7 @@ def identifying_pixels(found: dicom_tree.DicomFile) -> str | None:
 
 def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
                  test_fraction: float, val_fraction: float, seed: int, progress: bool = False,
-                 burned_in: str = "reject", prior: PriorSplits | None = None) -> ArchivePlan:
+                 burned_in: str = "reject", prior: PriorSplits = NO_PRIOR) -> ArchivePlan:
     """Walk the tree, read headers, keep the images that pass the modality filter, split by patient
     (`prior`'s patients, --splits-from, as there).
     With progress, a counter of the files looked at and the images kept (a hospital archive's
@@ -171,7 +171,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     bar.close()
     rejects += [Reject(rel, reason) for rel, reason in problems]
     patients = {key for _, key in kept}
-    keep = prior.keep(patients, lambda key: pseudonym.pseudonym(salt, f"dicom-{key}")) if prior else None
+    keep = prior.keep(patients, "dicom-")
     patient_split = splits.split_patients(patients, test_fraction=test_fraction, val_fraction=val_fraction,
                                           seed=seed, keep=keep)
     units = []
@@ -198,7 +198,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         "frames": {"middle": "one sample per file: the middle frame of a multi-frame file",
                    "first": "one sample per file: the first frame",
                    "all": "one sample per frame"}[frames],
-        **(prior.notes(keep, patient_split, SOURCE) if prior else {}),
+        **prior.notes(keep, patient_split, SOURCE),
     }
     if counts["files_without_patient_id"] or counts["files_without_patient_id_or_study"]:
         notes["patient_fallback"] = ("a file without PatientID is one pseudonymous patient per StudyInstanceUID; "
@@ -325,7 +325,7 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
     if not in_store and not Path(root).is_dir():
         raise IngestError(f"{root}: not a folder")
     salt = pseudonym.resolve_secret_salt(id_salt)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     try:
         plan = plan_archive(root, skip=None if in_store else out, salt=salt, modalities=modalities, frames=frames,
                             test_fraction=test_fraction, val_fraction=val_fraction, seed=seed, progress=progress,
@@ -342,10 +342,8 @@ def build_job(*, root: Path | str, out: Path, crops: str = "whole", frames: str 
         "root": str(root), "crops": crops, "frames": frames, "color": color, "burned_in": burned_in,
         "modalities": list(modalities) if modalities else None, "size": size, "test_fraction": test_fraction,
         "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_foreground=min_foreground)
     process = ArchiveProcess(crops=crops, color=color, size=size, random_per_image=random_per_image,

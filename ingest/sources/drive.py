@@ -21,7 +21,6 @@ both sets, 2nd_manual for the test set only).
 
 from __future__ import annotations
 
-import functools
 import io
 import random
 import re
@@ -36,7 +35,7 @@ from PIL import Image, UnidentifiedImageError
 from ingest import crops, pseudonym, splits, tissue
 from ingest.arguments import least_share, positive_int
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import PriorSplits, load_prior_splits
+from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
 from ingest.unit_inputs import read_input
 from shards import codecs, schema
 
@@ -84,9 +83,9 @@ def manual_path(folder: str, number: str, manual: str) -> str:
 
 
 def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float, seed: int,
-               prior: PriorSplits | None = None) -> tuple[list[WorkUnit], list[Reject], dict[str, int]]:
+               prior: PriorSplits = NO_PRIOR) -> tuple[list[WorkUnit], list[Reject], dict[str, int]]:
     """Every image under <split>/images with its masks resolved; missing files become rejects.
-    Also the card's notes on `prior`'s patients (--splits-from), when given."""
+    Also the card's notes on `prior`'s patients (--splits-from)."""
     found, rejects = [], []
     for folder, official in SPLIT_FOLDERS.items():
         images = root / folder / "images"
@@ -109,7 +108,7 @@ def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float, seed:
             second = (root / manual_path(folder, number, "2nd")).is_file()
             found.append((rel, vessels, fov, second, official, f"drive:{folder}/{number}"))
     train_patients = {patient for *_, official, patient in found if official == "train"}
-    keep = prior.keep({p for *_, p in found}, functools.partial(pseudonym.pseudonym, salt)) if prior else None
+    keep = prior.keep({p for *_, p in found}, "")  # the raw IDs carry their "drive:" prefix
     val = splits.carve_validation(train_patients, fraction=val_fraction, seed=seed, keep=keep)
     units, assigned = [], {}
     for rel, vessels, fov, second, official, patient in found:
@@ -117,7 +116,7 @@ def plan_units(root: Path, *, manual: str, salt: str, val_fraction: float, seed:
         payload = DriveImage(rel, vessels, fov, second, pseudonym.pseudonym(salt, patient), split, official)
         units.append(WorkUnit(pseudonym.pseudonym(salt, f"drive-image:{rel}"), rel, payload))
     units.sort(key=lambda u: u.unit_id)
-    return units, rejects, prior.notes(keep, assigned, SOURCE) if prior else {}
+    return units, rejects, prior.notes(keep, assigned, SOURCE)
 
 
 def read_gif_mask(path: Path, name: str, shape: tuple[int, int]) -> np.ndarray:
@@ -249,16 +248,14 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", manual: str = "1st
         raise DriveInputError("--size and --random-side must be positive, --random-per-image >= 0, --min-fov in [0, 1]")
     drive_root = find_drive_root(root)
     salt = pseudonym.resolve_salt(id_salt)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     units, rejects, prior_notes = plan_units(drive_root, manual=manual, salt=salt, val_fraction=val_fraction,
                                              seed=seed, prior=prior)
     parameters = {
         "root": str(root), "crops": crops, "manual": manual, "size": size, "val_fraction": val_fraction,
         "seed": seed, "shard_size": shard_size, "mask_values": "0/255",
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     if crops == "random":
         parameters.update(random_per_image=random_per_image, random_side=random_side, min_fov=min_fov)
     notes = {"split": "official training -> train (validation carved by image: one patient per image), "

@@ -45,7 +45,7 @@ from ingest.multiplex_tiff import (
     read_channel_folder, read_channel_index,
 )
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import PriorSplits, load_prior_splits
+from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
 from shards import codecs, schema
 
 SOURCE = "if"
@@ -215,16 +215,16 @@ def plan_images(root: Path, *, channels: tuple[str, ...], crops_kind: str, cells
 
 def plan_units(plans: list[tuple[str, ImagePlan]], *, patients: dict[str, str], salt: str, side: int, block: int,
                crops_kind: str, random_per_image: int, test_fraction: float, val_fraction: float, seed: int,
-               workers: int, progress: bool = False, prior: PriorSplits | None = None,
+               workers: int, progress: bool = False, prior: PriorSplits = NO_PRIOR,
                notes: dict | None = None) -> tuple[list[WorkUnit], list[Reject]]:
     """One unit per block of every image holding work, sorted by pseudonymous id, and the images
     that could not be read through. Each image is read whole twice here (fingerprint, nuclear
     threshold: ingest.if_plan_reads); with progress, a bar counts them."""
     raw_patient = {image_id: patients.get(image_id, image_id) for image_id, _ in plans}
-    keep = prior.keep(set(raw_patient.values()), lambda p: pseudonym.pseudonym(salt, f"if:{p}")) if prior else None
+    keep = prior.keep(set(raw_patient.values()), "if:")
     split_of = assign_splits(set(raw_patient.values()), test_fraction=test_fraction, val_fraction=val_fraction,
                              seed=seed, keep=keep)
-    if prior and notes is not None:
+    if notes is not None:
         notes.update(prior.notes(keep, split_of, SOURCE))
     measured = list(measure_images([plan for _, plan in plans], THRESHOLD_CHUNKS, workers=workers,
                                    progress=progress))
@@ -348,7 +348,7 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
         salt = pseudonym.resolve_salt(id_salt)
     else:  # a lab's own subject IDs, which may be a hospital's
         salt = pseudonym.resolve_secret_salt(id_salt, ids="the patient IDs of --patients")
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     plans, rejects, notes = plan_images(root, channels=channels, crops_kind=crops, cells_table=cells,
                                         nuclear_channel=nuclear_channel)
     units, unread = plan_units(plans, patients=read_patients(patients), salt=salt, side=side, block=block,
@@ -361,10 +361,8 @@ def build_job(*, root: Path, out: Path, channels: tuple[str, ...] = DAMA_CHANNEL
         "nuclear_channel": nuclear_channel, "patients": patients.name if patients else None, "size": size,
         "side": side, "random_per_image": random_per_image, "block": block, "min_nucleus_area": min_nucleus_area,
         "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
-        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
+        "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
-    if prior:
-        parameters["splits_from"] = prior.parameters()
     notes["split"] = "no official split: test and validation patients drawn with the seed (one patient per image " \
                      "unless --patients)"
     return IngestJob(source=SOURCE, out=out, units=units, process=IfProcess(size, side, channels, min_nucleus_area),

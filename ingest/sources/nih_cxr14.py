@@ -225,8 +225,8 @@ def assign_splits(listed: dict[str, str], official: dict[str, str] | None, *, te
                   val_fraction: float, seed: int, keep: dict[str, str] | None = None) -> tuple[dict[str, str], dict[str, Any]]:
     """raw patient -> split, over every patient in the CSV (image -> patient), so a partial
     download gets the same split as the full one. With the official lists a patient with an image
-    in test_list.txt goes wholly to test; without them test patients are drawn with the seed.
-    keep: raw patient -> its split in an earlier set (--splits-from)."""
+    in test_list.txt goes wholly to test; without them test patients are drawn with the seed
+    (keep: raw patient -> its split in an earlier set, --splits-from)."""
     if official is None:
         notes = {"split": f"seeded by patient (no {TRAIN_VAL_LIST} / {TEST_LIST} under ROOT): "
                           f"test_fraction {test_fraction}, seed {seed}; val carved by patient from train"}
@@ -358,14 +358,14 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", csv_path: Path | N
             raise NihInputError(f"{root}: --crops lesion needs {BBOX_NAME} in ROOT or one folder down; pass --bbox-csv")
         boxes, box_rejects = read_boxes(bbox_csv)
     salt = pseudonym.resolve_salt(id_salt)
-    prior = load_prior_splits(splits_from, pseudonym.salt_fingerprint(salt))
+    prior = load_prior_splits(splits_from, salt)
     images, duplicates = find_images(root)
     listed, entries, row_rejects = read_entries(csv_path, set(images))
     official = read_official_lists(root)
-    keep = prior.keep(set(listed.values()), lambda p: pseudonym.pseudonym(salt, f"nih-cxr14:{p}")) if prior else None
+    keep = prior.keep(set(listed.values()), "nih-cxr14:")
     patient_split, notes = assign_splits(listed, official, test_fraction=test_fraction,
                                          val_fraction=val_fraction, seed=seed, keep=keep)
-    notes.update(prior.notes(keep, patient_split, SOURCE) if prior else {})
+    notes.update(prior.notes(keep, patient_split, SOURCE))
     units, plan_rejects, plan_notes = plan_units(root, listed, entries, images, boxes, official, patient_split,
                                                  csv_name=csv_path.name, crops=crops, salt=salt)
     params = RadiographCropParams(size=size, random_per_image=random_per_image, random_side=random_side)
@@ -373,8 +373,7 @@ def build_job(*, root: Path, out: Path, crops: str = "whole", csv_path: Path | N
         "root": str(root), "csv": csv_path.name, "bbox_csv": bbox_csv.name if crops == "lesion" else None,
         "crops": crops, "margin": margin, "split": "official" if official is not None else "seeded",
         "test_fraction": test_fraction, "val_fraction": val_fraction, "seed": seed, "shard_size": shard_size,
-        **asdict(params), "id_salt_fingerprint": pseudonym.salt_fingerprint(salt),
-        **({"splits_from": prior.parameters()} if prior else {}),
+        **asdict(params), "id_salt_fingerprint": pseudonym.salt_fingerprint(salt), **prior.parameters(),
     }
     return IngestJob(
         source=SOURCE, out=out, units=units, process=NihProcess(crops, params, margin, seed),

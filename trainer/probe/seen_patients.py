@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from shards import schema, storage
+from shards.patient_overlap import patients_by_split
 
 
 def pretraining_patients(recipe: dict[str, Any]) -> tuple[set[str] | None, list[str]]:
@@ -25,10 +25,7 @@ def pretraining_patients(recipe: dict[str, Any]) -> tuple[set[str] | None, list[
     unreadable = []
     for entry in sets:
         try:
-            table = storage.read_parquet(storage.join(entry["root"], schema.MANIFEST_FILE), columns=["patient", "split"])
+            seen.update(patients_by_split(entry["root"]).get(entry["split"], ()))
         except (OSError, ValueError) as exc:
             unreadable.append(f"{entry['root']} ({exc})")
-            continue
-        seen.update(p for p, split in zip(table["patient"].to_pylist(), table["split"].to_pylist())
-                    if split == entry["split"])
     return seen, unreadable
