@@ -28,7 +28,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from ingest.sources.nih_cxr14 import BBOX_NAME, FINDINGS, TEST_LIST, TRAIN_VAL_LIST
+from ingest.nih_tables import FINDINGS
+from ingest.sources.nih_cxr14 import BBOX_NAME, TEST_LIST, TRAIN_VAL_LIST
 
 V2020_HEADER = ("Image Index,Finding Labels,Follow-up #,Patient ID,Patient Age,Patient Gender,View Position,"
                 "OriginalImage[Width,Height],OriginalImagePixelSpacing[x,y]")

@@ -20,6 +20,7 @@ import webdataset as wds
 from PIL import Image
 
 from ingest.cli import EXIT_OK, EXIT_REJECTS, EXIT_USAGE, main
+from ingest.nih_tables import FINDINGS
 from ingest.pipeline import run_job
 from ingest.sample_data.nih_cxr14 import make_nih_sample
 from ingest.sources import nih_cxr14
@@ -54,7 +55,7 @@ def csv_truth(path: Path) -> dict[str, tuple[set[str], int, str]]:
 
 
 def expected_labels(findings: set[str]) -> dict:
-    return {**{f: f in findings for f in nih_cxr14.FINDINGS}, "no_finding": "No Finding" in findings}
+    return {**{f: f in findings for f in FINDINGS}, "no_finding": "No Finding" in findings}
 
 
 def by_fingerprint(root: Path) -> dict[str, Path]:
