@@ -41,7 +41,7 @@ from shards import card as card_io
 from shards import schema
 from shards.heap import keep_buffers_in_heap
 from shards.atomic_files import atomic_write_bytes, remove_atomic_temps
-from shards.manifest import write_manifest
+from shards.manifest import ManifestRows, write_manifest
 from shards.progress_bar import progress_bar
 from shards.writer import ShardWriter
 
@@ -300,7 +300,8 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
     staging = _prepare_out(job)
     writers, done, good = _open_writers(job, staging)
 
-    rows: list[dict[str, Any]] = []
+    rows = ManifestRows()  # as Arrow chunks: a million-image job's rows would be GBs as dicts
+    counts = card_io.RowCounts()
     rejects = list(job.planning_rejects)
     notes: Counter = Counter()
     stats: dict[str, Any] = {}
@@ -308,6 +309,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
     def take(sidecar: dict[str, Any]) -> None:
         for sample in sidecar["samples"]:
             rows.append(sample["row"])
+            counts.add(sample["row"])
             if sample["row"]["split"] == "train":
                 accumulate_moments(stats, sample)
         rejects.extend(Reject(**r) for r in sidecar["rejects"])
@@ -315,9 +317,11 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
 
     for record in done:
         take(record.sidecar)
-    bar = progress_bar(total=len(job.units), initial=len(done), unit="img", desc=f"ingest {job.source}",
+    resumed = len(done)
+    del done  # what a resumed run holds of its finished units is in rows, counts and stats now
+    bar = progress_bar(total=len(job.units), initial=resumed, unit="img", desc=f"ingest {job.source}",
                        enabled=job.progress)
-    pending = job.units[len(done):]
+    pending = job.units[resumed:]
     committing: Future | None = None
 
     def commit(unit: WorkUnit, output: UnitOutput, log: ProgressLog) -> None:
@@ -369,7 +373,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         source=job.source,
         tool_version=job.tool_version,
         parameters=job.parameters,
-        rows=rows,
+        counts=counts,
         records=records,
         pixel_stats=train_pixel_stats(stats),
         rejects_by_reason=by_reason,
@@ -377,7 +381,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
     )
     card_io.write_card(job.out, card)  # last: its presence marks the shard set complete
     shutil.rmtree(staging)
-    samples = Counter(r["split"] for r in rows)
+    samples = counts.samples
     return JobSummary(
         out=job.out,
         units=len(job.units),
@@ -386,7 +390,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         rejects_by_reason=by_reason,
         seconds=time.perf_counter() - start,
         input_bytes=input_bytes,
-        resumed_units=len(done),
+        resumed_units=resumed,
         counts={name: n for name, n in card_notes.items() if type(n) is int and n},
     )
 

@@ -10,23 +10,44 @@ import hashlib
 import json
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from shards import schema, storage
 from shards.atomic_files import atomic_write_bytes
 from shards.writer import ShardRecord
 
 
-def label_counts(rows: list[dict[str, Any]]) -> dict[str, dict[str, dict[str, int]]]:
-    """split -> label name -> value -> count. List-valued (multi-label) labels count each element."""
-    counts: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
-    for row in rows:
+class RowCounts:
+    """What the card counts of a job's manifest rows, gathered row by row (the rows themselves
+    need not be kept): samples, distinct patients and crop kinds per split, and split -> label
+    name -> value -> count, where list-valued (multi-label) labels count each element."""
+
+    def __init__(self) -> None:
+        self.samples: Counter = Counter()
+        self.patients: dict[str, set[str]] = defaultdict(set)
+        self.crop_kinds: dict[str, Counter] = defaultdict(Counter)
+        self.labels: dict[str, dict[str, Counter]] = defaultdict(lambda: defaultdict(Counter))
+
+    @classmethod
+    def of(cls, rows: Iterable[dict[str, Any]]) -> RowCounts:
+        counts = cls()
+        for row in rows:
+            counts.add(row)
+        return counts
+
+    def add(self, row: dict[str, Any]) -> None:
+        split = row["split"]
+        self.samples[split] += 1
+        self.patients[split].add(row["patient"])
+        self.crop_kinds[split][row["crop_kind"]] += 1
         for name, value in row["labels"].items():
-            values = value if isinstance(value, list) else [value]
-            for v in values:
+            for v in value if isinstance(value, list) else [value]:
                 if v is not None:
-                    counts[row["split"]][name][str(v)] += 1
-    return {split: {name: dict(sorted(c.items())) for name, c in sorted(by.items())} for split, by in sorted(counts.items())}
+                    self.labels[split][name][str(v)] += 1
+
+    def label_counts(self) -> dict[str, dict[str, dict[str, int]]]:
+        return {split: {name: dict(sorted(c.items())) for name, c in sorted(by.items())}
+                for split, by in sorted(self.labels.items())}
 
 
 def build_card(
@@ -34,7 +55,7 @@ def build_card(
     source: str,
     tool_version: str,
     parameters: dict[str, Any],
-    rows: list[dict[str, Any]],
+    counts: RowCounts,
     records: list[ShardRecord],
     pixel_stats: dict[str, Any] | None,
     rejects_by_reason: dict[str, int],
@@ -42,14 +63,13 @@ def build_card(
 ) -> dict[str, Any]:
     splits: dict[str, Any] = {}
     for split in schema.SPLITS:
-        split_rows = [r for r in rows if r["split"] == split]
         shards = [vars(r) for r in records if r.path.startswith(split + "/")]
-        if not split_rows and not shards:
+        if not counts.samples[split] and not shards:
             continue
         splits[split] = {
-            "samples": len(split_rows),
-            "patients": len({r["patient"] for r in split_rows}),
-            "crop_kinds": dict(sorted(Counter(r["crop_kind"] for r in split_rows).items())),
+            "samples": counts.samples[split],
+            "patients": len(counts.patients[split]),
+            "crop_kinds": dict(sorted(counts.crop_kinds[split].items())),
             "shards": shards,
         }
     return {
@@ -59,7 +79,7 @@ def build_card(
         "source": source,
         "parameters": parameters,
         "splits": splits,
-        "label_counts": label_counts(rows),
+        "label_counts": counts.label_counts(),
         "pixel_stats": pixel_stats,
         "rejects": {"count": sum(rejects_by_reason.values()), "by_reason": dict(sorted(rejects_by_reason.items()))},
         "notes": notes,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from shards import codecs, schema
-from shards.card import build_card, read_card, write_card
+from shards.card import RowCounts, build_card, read_card, write_card
 from shards.manifest import write_manifest
 from shards.writer import ShardWriter, file_sha256
 
@@ -73,7 +73,8 @@ def write_shard_set(root: Path, samples) -> Path:
                     rows.append(meta.manifest_row(placed.shard, placed.spans))
         records += writer.records
     write_manifest(root / schema.MANIFEST_FILE, rows)
-    card = build_card(source="toy", tool_version="0.1.0", parameters={"size": 48}, rows=rows, records=records,
+    card = build_card(source="toy", tool_version="0.1.0", parameters={"size": 48}, counts=RowCounts.of(rows),
+                      records=records,
                       pixel_stats={"uint16": {"mean": 2047.5, "std": 1182.3}}, rejects_by_reason={"no_roi": 2},
                       notes={})
     write_card(root, card)

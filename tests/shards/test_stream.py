@@ -19,7 +19,7 @@ import torch
 from shards import codecs, schema
 from shards import sample_stages as reading
 from shards.batch_ring import LEND
-from shards.card import build_card, read_card, write_card
+from shards.card import RowCounts, build_card, read_card, write_card
 from shards.manifest import read_manifest, write_manifest
 from shards.stream import (SampleError, ShardStream, StreamSource, make_loader, open_source, pinning_available,
                            to_device, warn_and_skip)
@@ -56,7 +56,7 @@ def write_set(root: Path, images: list[np.ndarray], shard_sizes: list[int], *, s
         stats = {"mean": values.mean(axis=0).tolist(), "std": values.std(axis=0).tolist()}
     stats = {"dtype": str(images[0].dtype), **stats}
     write_manifest(root / schema.MANIFEST_FILE, rows)
-    write_card(root, build_card(source=source, tool_version="test", parameters={}, rows=rows, records=writer.records,
+    write_card(root, build_card(source=source, tool_version="test", parameters={}, counts=RowCounts.of(rows), records=writer.records,
                                 pixel_stats={"split": "train", "channels": len(stats["mean"]), **stats},
                                 rejects_by_reason={}, notes={}))
     return root

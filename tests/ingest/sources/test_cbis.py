@@ -25,7 +25,7 @@ from ingest.pipeline import run_job
 from ingest.sample_data.cbis_ddsm import make_cbis_sample
 from ingest.sources import cbis
 from ingest.progress import read_progress
-from shards import codecs, schema
+from shards import codecs, manifest, schema
 
 PROJECT = Path(__file__).resolve().parents[3]
 
@@ -171,6 +171,18 @@ def test_same_inputs_give_byte_identical_shards_whatever_the_worker_count(tcia_t
     _, second = ingest(tcia_tree, tmp_path / "again", crops="both", shard_size=7, val_fraction=0.3, random_side=96, workers=2)
     assert shard_digests(first) == shard_digests(second) and shard_digests(first)
     assert (first / schema.MANIFEST_FILE).read_bytes() == (second / schema.MANIFEST_FILE).read_bytes()
+
+
+def test_a_manifest_gathered_in_many_chunks_is_the_one_a_single_chunk_gives(tcia_tree, both_crops, tmp_path,
+                                                                           monkeypatch):
+    """Lesion and random crops carry other labels, so chunks of 3 rows differ in their label names."""
+    _, first = both_crops
+    monkeypatch.setattr(manifest, "CHUNK_ROWS", 3)
+    summary, second = ingest(tcia_tree, tmp_path / "chunked", crops="both", shard_size=7, val_fraction=0.3,
+                             random_side=96, workers=0)
+    assert sum(summary.samples.values()) > 3 * 3
+    for name in (schema.MANIFEST_FILE, schema.CARD_FILE):
+        assert (first / name).read_bytes() == (second / name).read_bytes()
 
 
 def test_uid_layout_gives_the_same_samples(tmp_path):
