@@ -33,11 +33,7 @@ Rules (each also written into the card's notes):
 
 from __future__ import annotations
 
-import hashlib
-import os
 import random
-import warnings
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,178 +41,19 @@ from typing import Any
 import cv2
 import numpy as np
 
-from ingest import crops, dicom_tree, pseudonym, splits, tissue
+from ingest import crops, dicom_tree, pseudonym, tissue
 from ingest.arguments import held_out_fraction, least_share, positive_int
 from ingest.dicom_pixels import UINT16_MAX
 from ingest.unit_inputs import decode_unit_dicom, read_input
 from ingest.pipeline import EncodedSample, IngestError, IngestJob, Reject, UnitOutput, WorkUnit
-from ingest.prior_splits import NO_PRIOR, PriorSplits, load_prior_splits
+from ingest.dicom_plan import SOURCE, ArchiveImage, plan_archive, unreadable
+from ingest.prior_splits import load_prior_splits
 from shards import codecs, schema, storage
-from shards.progress_bar import progress_bar
 
-SOURCE = "dicom"
 CROP_CHOICES = ("whole", "random")
 FRAME_CHOICES = ("middle", "first", "all")
 COLOR_CHOICES = ("gray", "reject", "rgb")
 BURNED_IN_CHOICES = ("reject", "keep")
-
-
-@dataclass(frozen=True)
-class ArchiveImage:
-    """A work unit's payload: one DICOM image file and where its samples go."""
-
-    path: str
-    patient: str  # pseudonym
-    study: str  # pseudonym
-    series: str  # pseudonym
-    split: str
-    frame: int | None  # the one frame to decode; None: every frame
-    bare_syntax: str | None  # see dicom_tree.DicomFile
-
-
-@dataclass(frozen=True)
-class ArchivePlan:
-    units: list[WorkUnit]
-    rejects: list[Reject]
-    notes: dict[str, Any]
-
-
-def _path_id(rel: str) -> str:
-    """A path as an identifier to hash: Linux paths need not be UTF-8 (os.scandir hands them over
-    with surrogate escapes, which cannot be encoded), so their bytes are used, one char each."""
-    return os.fsencode(rel).decode("latin-1")
-
-
-def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
-    if found.patient_id:
-        return f"patient:{found.patient_id}"
-    if found.study:
-        notes["files_without_patient_id"] += 1
-        return f"study:{found.study}"
-    notes["files_without_patient_id_or_study"] += 1
-    return f"file:{_path_id(found.rel)}"
-
-
-def unreadable(exc: OSError) -> str:
-    """A reject's reason for a file or object that could not be read, in planning or in a worker."""
-    return f"unreadable file: {exc.strerror or str(exc) or type(exc).__name__}"
-
-
-def identifying_pixels(found: dicom_tree.DicomFile) -> str | None:
-    """A reject's reason for a file whose header says its pixels identify the patient, else None."""
-    said = [what for what, value in (("Burned In Annotation (0028,0301)", found.burned_in),
-                                     ("Recognizable Visual Features (0028,0302)", found.recognizable)) if value == "YES"]
-    if not said:
-        return None
-    return (f"identifying pixels: {' and '.join(said)} YES: the image itself may show patient data (text drawn "
-            "into it, or a face); --burned-in keep ingests such files")
-
-
-def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: tuple[str, ...] | None, frames: str,
-                 test_fraction: float, val_fraction: float, seed: int, progress: bool = False,
-                 burned_in: str = "reject", prior: PriorSplits = NO_PRIOR) -> ArchivePlan:
-    """Walk the tree, read headers, keep the images that pass the modality filter, split by patient
-    (`prior`'s patients, --splits-from, as there).
-    With progress, a counter of the files looked at and the images kept (a hospital archive's
-    walk of a million files is a long wait with no total to show)."""
-    counts: Counter = Counter()
-    filtered: Counter = Counter()
-    problems: list[tuple[str, str]] = []
-    rejects: list[Reject] = []
-    kept: list[tuple[dicom_tree.DicomFile, str]] = []  # (file, raw patient key): memory per file, no pixels
-    sop_seen: set[bytes] = set()
-    skip_real = os.path.realpath(skip) if skip is not None else None
-    files = dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems)
-    if storage.is_uri(root):  # one ranged request a file, many in flight
-        examined = dicom_tree.object_heads(files)
-    else:
-        examined = ((rel, path, None) for rel, path in files)
-    bar = progress_bar(unit=" files", desc=f"plan dicom {root}", enabled=progress)
-    for rel, path, head in examined:
-        counts["files_seen"] += 1
-        bar.update(1)
-        if counts["files_seen"] % 1000 == 0:
-            bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
-        try:
-            if isinstance(head, OSError):
-                raise head
-            how = dicom_tree.sniff(path, head)
-            found = dicom_tree.read_plan_header(rel, path, how, head) if how else None
-        except OSError as exc:
-            rejects.append(Reject(rel, unreadable(exc)))
-            continue
-        except dicom_tree.DicomTreeError as exc:
-            rejects.append(Reject(rel, str(exc)))
-            continue
-        if found is None:
-            counts["non_dicom_files_skipped"] += 1
-            continue
-        if found.kind != "image":
-            counts["dicomdir_files_skipped" if found.kind == "dicomdir" else "dicom_files_without_pixels_skipped"] += 1
-            continue
-        counts["bare_dicom_files_without_preamble"] += found.bare_syntax is not None
-        if modalities is not None and (found.modality or "(none)") not in modalities:
-            filtered[found.modality or "(none)"] += 1
-            continue
-        if burned_in == "reject" and (reason := identifying_pixels(found)):
-            rejects.append(Reject(rel, reason))
-            continue
-        counts["files_not_saying_whether_text_is_burned_in"] += found.burned_in not in ("YES", "NO")
-        if found.sop_instance:
-            digest = hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest()
-            counts["files_sharing_a_sop_instance_uid"] += digest in sop_seen
-            sop_seen.add(digest)
-        kept.append((found, _patient_key(found, counts)))
-    bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
-    bar.close()
-    rejects += [Reject(rel, reason) for rel, reason in problems]
-    patients = {key for _, key in kept}
-    keep = prior.keep(patients, "dicom-")
-    patient_split = splits.split_patients(patients, test_fraction=test_fraction, val_fraction=val_fraction,
-                                          seed=seed, keep=keep)
-    units = []
-    for found, key in kept:
-        study = found.study or f"file:{_path_id(found.rel)}"
-        payload = ArchiveImage(
-            path=found.path,
-            patient=pseudonym.pseudonym(salt, f"dicom-{key}"),
-            study=pseudonym.pseudonym(salt, f"dicom-study:{study}"),
-            series=pseudonym.pseudonym(salt, f"dicom-series:{study}/{found.series or _path_id(found.rel)}"),
-            split=patient_split[key],
-            frame={"first": 0, "middle": found.frames // 2, "all": None}[frames],
-            bare_syntax=found.bare_syntax,
-        )
-        units.append(WorkUnit(pseudonym.pseudonym(salt, f"dicom-image:{_path_id(found.rel)}"), found.rel, payload))
-    units.sort(key=lambda u: u.unit_id)
-    notes: dict[str, Any] = {
-        **dict(sorted((k, v) for k, v in counts.items() if v)),
-        "image_files": len(units),
-        "patients": len(patient_split),
-        "studies": len({u.payload.study for u in units}),
-        "series": len({u.payload.series for u in units}),
-        "split": "no official split: seeded split by patient (test_fraction), validation carved by patient from the rest",
-        "frames": {"middle": "one sample per file: the middle frame of a multi-frame file",
-                   "first": "one sample per file: the first frame",
-                   "all": "one sample per frame"}[frames],
-        **prior.notes(keep, patient_split, SOURCE),
-    }
-    if counts["files_without_patient_id"] or counts["files_without_patient_id_or_study"]:
-        notes["patient_fallback"] = ("a file without PatientID is one pseudonymous patient per StudyInstanceUID; "
-                                     "without either, a patient of its own")
-    if filtered:
-        notes["filtered_out_by_modality"] = dict(sorted(filtered.items()))
-    if len(patient_split) == 1 and notes["studies"] > 1 and (test_fraction > 0 or val_fraction > 0):
-        notes["one_patient_id_for_every_study"] = True
-        warnings.warn(OnePatientArchive(
-            f"every one of the {notes['studies']} studies has the same PatientID, so all {len(units)} images are one "
-            "patient and all go to train: no val or test split by patient. An anonymiser that writes one constant "
-            "PatientID does this; if yours did, give each patient an ID of their own (a pseudonym will do) and "
-            "ingest again"), stacklevel=2)
-    return ArchivePlan(units, sorted(rejects, key=lambda r: r.source_path), notes)
-
-
-class OnePatientArchive(UserWarning):
-    """An archive whose studies all share one PatientID: nothing to split by patient."""
 
 
 def luma16(rgb: np.ndarray) -> np.ndarray:

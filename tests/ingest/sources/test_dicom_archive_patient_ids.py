@@ -9,10 +9,9 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-from ingest import pseudonym
+from ingest import dicom_plan, pseudonym
 from ingest.cli import EXIT_OK, EXIT_USAGE, main
 from ingest.sample_data.dicom_archive import make_dicom_archive
-from ingest.sources import dicom_archive
 from shards import card as card_io
 from shards import schema
 
@@ -23,14 +22,14 @@ def test_studies_that_all_share_one_patient_id_are_said_to_leave_nothing_to_spli
     one = make_dicom_archive(tmp_path / "one", images=6, patients=1, studies_per_patient=3, shape=(64, 48),
                              quirks=False)
     args = ["dicom", str(one.root), "--no-progress", "--workers", "0"]
-    with pytest.warns(dicom_archive.OnePatientArchive, match="^every one of the 3 studies has the same PatientID, "
+    with pytest.warns(dicom_plan.OnePatientArchive, match="^every one of the 3 studies has the same PatientID, "
                                                              "so all 6 images are one patient and all go to train"):
         assert main([*args, "--out", str(tmp_path / "a")]) == EXIT_OK
     card = card_io.read_card(tmp_path / "a")
     assert card["notes"]["one_patient_id_for_every_study"] is True and set(card["splits"]) == {"train"}
     two = make_dicom_archive(tmp_path / "two", images=6, patients=2, shape=(64, 48), quirks=False)
     with warnings.catch_warnings():
-        warnings.simplefilter("error", dicom_archive.OnePatientArchive)
+        warnings.simplefilter("error", dicom_plan.OnePatientArchive)
         # no split asked for, so nothing is lost; and two patients split as asked
         assert main([*args, "--out", str(tmp_path / "b"), "--test-fraction", "0", "--val-fraction", "0"]) == EXIT_OK
         assert main(["dicom", str(two.root), "--no-progress", "--workers", "0", "--out", str(tmp_path / "c")]) == EXIT_OK
