@@ -10,6 +10,7 @@ keep 509, where whole DicomFile records and a pseudonym string per unit took 1,5
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import warnings
@@ -161,13 +162,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     keep = prior.keep(patients, "dicom-")
     patient_split = splits.split_patients(patients, test_fraction=test_fraction, val_fraction=val_fraction,
                                           seed=seed, keep=keep)
-    named: dict[str, str] = {}  # pseudonyms of patients, studies and series, made once each
-
-    def pseudonym_of(text: str) -> str:
-        if text not in named:
-            named[text] = pseudonym.pseudonym(salt, text)
-        return named[text]
-
+    pseudonym_of = functools.cache(functools.partial(pseudonym.pseudonym, salt))  # once per patient, study, series
     units = []
     for k in kept:
         payload = ArchiveImage(

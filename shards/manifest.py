@@ -1,10 +1,10 @@
 """The Parquet manifest: one row per sample (columns in schema.MANIFEST_COLUMNS).
 
 A job's rows are gathered by ManifestRows, which keeps them as Arrow tables of CHUNK_ROWS rows
-rather than as Python dicts: a manifest row as a dict is about 1.2 KB (twenty keys, a labels dict,
-strings of its own), as Arrow columns a few hundred bytes, so the writing process of an archive
-of a million images holds a few hundred MB for its manifest, not more than a GB, and does not
-copy every row once more into column lists at the end.
+rather than as Python dicts. Measured on 100,000 rows as a worker's outputs reach the writing
+process (each row with strings of its own): a dicom row 2.6 KB as a dict, 0.25 KB as Arrow; a
+CBIS lesion row (11 labels) 4.2 KB against 0.13 KB. Nor is every row copied once more into
+column lists at the end.
 """
 
 from __future__ import annotations
@@ -35,12 +35,10 @@ class ManifestRows:
         self.chunk_rows = chunk_rows or CHUNK_ROWS
         self._pending: list[dict[str, Any]] = []
         self._chunks: list[pa.Table] = []
-        self._rows = 0
         self._spans = True
 
     def append(self, row: dict[str, Any]) -> None:
         self._pending.append(row)
-        self._rows += 1
         self._spans = self._spans and all(span in row for span in schema.MEMBER_SPAN_COLUMNS)
         if len(self._pending) >= self.chunk_rows:
             self._flush()
@@ -49,22 +47,19 @@ class ManifestRows:
         for row in rows:
             self.append(row)
 
-    def __len__(self) -> int:
-        return self._rows
-
     def table(self) -> pa.Table:
         self._flush()
-        names = schema.MANIFEST_COLUMNS + (schema.MEMBER_SPAN_COLUMNS if self._spans else ())
         if not self._chunks:
-            return _chunk_table([], names)
-        chunks = _without_unlabelled_chunks([chunk.select(names) for chunk in self._chunks])
-        table = chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks, promote_options="permissive")
-        return _labels_in_name_order(table.combine_chunks())
+            return _chunk_table([], self._columns())
+        chunks = _same_label_fields([chunk.select(self._columns()) for chunk in self._chunks])
+        return chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks, promote_options="permissive").combine_chunks()
+
+    def _columns(self) -> tuple[str, ...]:
+        return schema.MANIFEST_COLUMNS + (schema.MEMBER_SPAN_COLUMNS if self._spans else ())
 
     def _flush(self) -> None:
         if self._pending:
-            names = schema.MANIFEST_COLUMNS + (schema.MEMBER_SPAN_COLUMNS if self._spans else ())
-            self._chunks.append(_chunk_table(self._pending, names))
+            self._chunks.append(_chunk_table(self._pending, self._columns()))
             self._pending = []
 
 
@@ -90,34 +85,28 @@ def _chunk_table(rows: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table
     return pa.table(arrays)
 
 
-def _without_unlabelled_chunks(chunks: list[pa.Table]) -> list[pa.Table]:
-    """Chunks whose rows have no labels at all (a null labels column) given the other chunks'
-    label names, each null: their rows then read {name: None, ...} as in a single table."""
-    names = sorted({field.name for chunk in chunks if pa.types.is_struct(chunk.schema.field("labels").type)
-                    for field in chunk.schema.field("labels").type})
+def _same_label_fields(chunks: list[pa.Table]) -> list[pa.Table]:
+    """Every chunk's labels struct given the union of the chunks' label names, in name order, a
+    name a chunk lacks as nulls (a chunk without labels at all, a null column, likewise): its rows
+    then read {name: None, ...} as in one table, and concat_tables need only promote types."""
+    def fields(chunk: pa.Table) -> list[str]:
+        labels = chunk.schema.field("labels").type
+        return [field.name for field in labels] if pa.types.is_struct(labels) else []
+
+    names = sorted({name for chunk in chunks for name in fields(chunk)})
     if not names:
         return chunks
     at = chunks[0].schema.get_field_index("labels")
-
-    def all_null(rows: int) -> pa.StructArray:
-        return pa.StructArray.from_arrays([pa.nulls(rows)] * len(names), names=names)
-
-    return [chunk if pa.types.is_struct(chunk.schema.field("labels").type)
-            else chunk.set_column(at, "labels", all_null(len(chunk))) for chunk in chunks]
-
-
-def _labels_in_name_order(table: pa.Table) -> pa.Table:
-    """The labels struct's fields sorted by name (chunks with other label names were unified in
-    the order they came)."""
-    labels = table.column("labels")
-    if not pa.types.is_struct(labels.type):
-        return table
-    names = sorted(labels.type.field(i).name for i in range(labels.type.num_fields))
-    if names == [labels.type.field(i).name for i in range(labels.type.num_fields)]:
-        return table
-    struct = labels.chunk(0) if labels.num_chunks == 1 else pa.concat_arrays(labels.chunks)
-    ordered = pa.StructArray.from_arrays([struct.field(n) for n in names], names=names, mask=struct.is_null())
-    return table.set_column(table.schema.get_field_index("labels"), "labels", ordered)
+    out = []
+    for chunk in chunks:
+        have = fields(chunk)
+        if have != names:
+            struct = chunk.column("labels").combine_chunks()
+            children = [struct.field(n) if n in have else pa.nulls(len(chunk)) for n in names]
+            mask = struct.is_null() if have else None
+            chunk = chunk.set_column(at, "labels", pa.StructArray.from_arrays(children, names=names, mask=mask))
+        out.append(chunk)
+    return out
 
 
 def write_manifest(path: Path, rows: Iterable[dict[str, Any]] | ManifestRows) -> None:
