@@ -1,11 +1,12 @@
 """The plan of `ingest dicom`: the archive walked, every file's header read, the images kept
 split by patient and made work units (ingest.sources.dicom_archive decodes them).
 
-Memory per file, no pixels: while the walk goes on a kept file is its paths and raw keys, the
-patient, study and series keys one string object each however many files share them; a unit
-holds its pseudonyms, one object for each patient, study and series. Measured (tracemalloc) on a
-generated archive of 10,000 files, 5 per series: the plan peaks at 863 bytes a file and its units
-keep 509, where whole DicomFile records and a pseudonym string per unit took 1,557 and 681.
+Memory: the plan does not grow with the archive's files. Each kept file is a row (its paths,
+frame count and pseudonyms; never a raw identifier) spilled to disk as the walk goes, and the
+job's units are read back from the sorted table (ingest.unit_table) a batch at a time. What the
+plan holds in memory is one entry a patient (the split is by patient) and, to count distinct
+studies, series and SOP instances, 8 bytes a file (a series' neighbouring files once).
+Before, every kept file and its unit were Python objects: 1.4 KB a file (10,000 files, tracemalloc).
 """
 
 from __future__ import annotations
@@ -14,12 +15,17 @@ import functools
 import hashlib
 import os
 import warnings
+from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any
 
-from ingest import dicom_tree, pseudonym, splits
+import numpy as np
+import pyarrow as pa
+
+from ingest import dicom_tree, pseudonym, splits, unit_table
 from ingest.pipeline import Reject, WorkUnit
 from ingest.prior_splits import NO_PRIOR, PriorSplits
 from shards import storage
@@ -43,7 +49,7 @@ class ArchiveImage:
 
 @dataclass(frozen=True)
 class ArchivePlan:
-    units: list[WorkUnit]
+    units: Sequence[WorkUnit]  # a unit_table.UnitTable
     rejects: list[Reject]
     notes: dict[str, Any]
 
@@ -54,24 +60,48 @@ def _path_id(rel: str) -> str:
     return os.fsencode(rel).decode("latin-1")
 
 
-class _Kept(NamedTuple):
-    """A planned image file, as the plan holds it until its unit is made: its raw patient, study
-    and series keys (never output; pseudonymised into the unit), shared by the files of a series."""
-
-    rel: str
-    path: str
-    bare_syntax: str | None
-    frames: int
-    patient: str
-    study: str  # the StudyInstanceUID, or "file:PATH" when the file has none
-    series: str  # "STUDY/SeriesInstanceUID", or "STUDY/PATH"
+# A planned file as the walk spills it, sorted by unit id: pseudonyms only, never a raw identifier.
+_RUN_SCHEMA = pa.schema([("unit_id", pa.string()), ("rel", pa.binary()), ("path", pa.binary()),
+                         ("bare_syntax", pa.string()), ("frames", pa.int64()), ("patient", pa.string()),
+                         ("study", pa.string()), ("series", pa.string())])
+# A unit as the job reads it: the same, with its split and the frame to decode (None: every frame).
+_UNIT_SCHEMA = pa.schema([("unit_id", pa.string()), ("rel", pa.binary()), ("path", pa.binary()),
+                          ("bare_syntax", pa.string()), ("frame", pa.int64()), ("patient", pa.string()),
+                          ("study", pa.string()), ("series", pa.string()), ("split", pa.string())])
 
 
-def _kept(found: dicom_tree.DicomFile, patient: str, shared: dict[str, str]) -> _Kept:
-    study = found.study or f"file:{_path_id(found.rel)}"
-    series = f"{study}/{found.series or _path_id(found.rel)}"
-    return _Kept(found.rel, found.path, found.bare_syntax, found.frames, shared.setdefault(patient, patient),
-                 shared.setdefault(study, study), shared.setdefault(series, series))
+def unit_of_row(row: tuple) -> WorkUnit:
+    """A _UNIT_SCHEMA row as the job's WorkUnit (paths are bytes in the table: a Linux file name
+    need not be UTF-8, and Arrow strings must be)."""
+    unit_id, rel, path, bare_syntax, frame, patient, study, series, split = row
+    return WorkUnit(unit_id, os.fsdecode(rel), ArchiveImage(
+        path=os.fsdecode(path), patient=patient, study=study, series=series, split=split, frame=frame,
+        bare_syntax=bare_syntax))
+
+
+class _Distinct:
+    """How many distinct 64-bit values were added, at 8 bytes a value added (not a set of
+    Python objects): a run of one value, a series' files in its folder, is stored once."""
+
+    def __init__(self):
+        self.values = array("Q")
+        self.added = 0
+
+    def add(self, value: int) -> None:
+        self.added += 1
+        if not self.values or self.values[-1] != value:
+            self.values.append(value)
+
+    def count(self) -> int:
+        return int(np.unique(np.frombuffer(self.values, np.uint64)).size) if self.values else 0
+
+    def repeats(self) -> int:
+        """Values added that an earlier one had."""
+        return self.added - self.count()
+
+
+def _hex64(pseudo: str) -> int:
+    return int(pseudo[:16], 16)
 
 
 def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
@@ -110,9 +140,10 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     filtered: Counter = Counter()
     problems: list[tuple[str, str]] = []
     rejects: list[Reject] = []
-    kept: list[_Kept] = []  # memory per file, no pixels: what a unit needs, its raw keys shared with its series
-    sop_seen: set[bytes] = set()
-    shared: dict[str, str] = {}  # one string object for each raw patient, study and series key
+    pseudonym_of = functools.lru_cache(4096)(functools.partial(pseudonym.pseudonym, salt))  # a series' files are neighbours
+    patients: dict[str, str] = {}  # raw patient key -> its pseudonym: what the plan holds in memory a patient
+    studies, series, sops = _Distinct(), _Distinct(), _Distinct()
+    planned = unit_table.UnitTableBuilder(_RUN_SCHEMA, prefix="medshards-dicom-plan-")  # spilled as it grows
     skip_real = os.path.realpath(skip) if skip is not None else None
     files = dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems)
     if storage.is_uri(root):  # one ranged request a file, many in flight
@@ -120,11 +151,12 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     else:
         examined = ((rel, path, None) for rel, path in files)
     bar = progress_bar(unit=" files", desc=f"plan dicom {root}", enabled=progress)
+    kept = 0
     for rel, path, head in examined:
         counts["files_seen"] += 1
         bar.update(1)
         if counts["files_seen"] % 1000 == 0:
-            bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
+            bar.set_postfix_str(f"{kept} images kept", refresh=False)
         try:
             if isinstance(head, OSError):
                 raise head
@@ -151,37 +183,39 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
             continue
         counts["files_not_saying_whether_text_is_burned_in"] += found.burned_in not in ("YES", "NO")
         if found.sop_instance:
-            digest = hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest()
-            counts["files_sharing_a_sop_instance_uid"] += digest in sop_seen
-            sop_seen.add(digest)
-        kept.append(_kept(found, _patient_key(found, counts), shared))
-    bar.set_postfix_str(f"{len(kept)} images kept", refresh=False)
+            sops.add(int.from_bytes(hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest(), "little"))
+        patient = _patient_key(found, counts)
+        if patient not in patients:
+            patients[patient] = pseudonym_of(f"dicom-{patient}")
+        study = found.study or f"file:{_path_id(rel)}"
+        study_pseudonym = pseudonym_of(f"dicom-study:{study}")
+        series_pseudonym = pseudonym_of(f"dicom-series:{study}/{found.series or _path_id(rel)}")
+        studies.add(_hex64(study_pseudonym))
+        series.add(_hex64(series_pseudonym))
+        planned.add((pseudonym.pseudonym(salt, f"dicom-image:{_path_id(rel)}"), os.fsencode(rel), os.fsencode(path),
+                     found.bare_syntax, found.frames, patients[patient], study_pseudonym, series_pseudonym))
+        kept += 1
+    bar.set_postfix_str(f"{kept} images kept", refresh=False)
     bar.close()
+    counts["files_sharing_a_sop_instance_uid"] = sops.repeats()
     rejects += [Reject(rel, reason) for rel, reason in problems]
-    patients = {k.patient for k in kept}
     keep = prior.keep(patients, "dicom-")
     patient_split = splits.split_patients(patients, test_fraction=test_fraction, val_fraction=val_fraction,
                                           seed=seed, keep=keep)
-    pseudonym_of = functools.cache(functools.partial(pseudonym.pseudonym, salt))  # once per patient, study, series
-    units = []
-    for k in kept:
-        payload = ArchiveImage(
-            path=k.path,
-            patient=pseudonym_of(f"dicom-{k.patient}"),
-            study=pseudonym_of(f"dicom-study:{k.study}"),
-            series=pseudonym_of(f"dicom-series:{k.series}"),
-            split=patient_split[k.patient],
-            frame={"first": 0, "middle": k.frames // 2, "all": None}[frames],
-            bare_syntax=k.bare_syntax,
-        )
-        units.append(WorkUnit(pseudonym.pseudonym(salt, f"dicom-image:{_path_id(k.rel)}"), k.rel, payload))
-    units.sort(key=lambda u: u.unit_id)
+    split_of = {patients[raw]: split for raw, split in patient_split.items()}  # by pseudonym, as the rows have it
+    frame_of = {"first": lambda n: 0, "middle": lambda n: n // 2, "all": lambda n: None}[frames]
+
+    def unit_row(row: tuple) -> tuple:
+        unit_id, rel, path, bare_syntax, frame_count, patient, study, series_ = row
+        return unit_id, rel, path, bare_syntax, frame_of(frame_count), patient, study, series_, split_of[patient]
+
+    units = planned.finish(_UNIT_SCHEMA, unit_of_row, unit_row)
     notes: dict[str, Any] = {
         **dict(sorted((k, v) for k, v in counts.items() if v)),
         "image_files": len(units),
         "patients": len(patient_split),
-        "studies": len({u.payload.study for u in units}),
-        "series": len({u.payload.series for u in units}),
+        "studies": studies.count(),
+        "series": series.count(),
         "split": "no official split: seeded split by patient (test_fraction), validation carved by patient from the rest",
         "frames": {"middle": "one sample per file: the middle frame of a multi-frame file",
                    "first": "one sample per file: the first frame",

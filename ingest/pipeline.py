@@ -18,13 +18,12 @@ from __future__ import annotations
 import contextlib
 import errno
 import functools
-import hashlib
 import json
 import pickle
 import shutil
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +35,7 @@ from ingest.job_summary import JobSummary
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
 from ingest.pixel_moments import accumulate_moments, pixel_moments, train_pixel_stats
 from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
+from ingest.unit_ids import job_fingerprint, repeats_an_id, unit_ids
 from ingest.unit_pool import map_units
 from shards import card as card_io
 from shards import schema
@@ -134,7 +134,7 @@ def _run_unit(unit: WorkUnit) -> UnitOutput:
 class IngestJob:
     source: str
     out: Path
-    units: list[WorkUnit]
+    units: Sequence[WorkUnit]  # a list, or a unit table read from disk (ingest.unit_table)
     process: Callable[[WorkUnit], UnitOutput]  # module-level function or functools.partial of one
     parameters: dict[str, Any]  # everything that changes the output; goes into the card
     tool_version: str
@@ -146,8 +146,7 @@ class IngestJob:
     progress: bool = True
 
     def fingerprint(self) -> str:
-        blob = json.dumps({"parameters": self.parameters, "units": [u.unit_id for u in self.units]}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()
+        return job_fingerprint(self.parameters, self.units)
 
 
 def out_state(job: IngestJob) -> str:
@@ -209,7 +208,7 @@ def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter]
     log's good length). With none logged they start afresh, and resuming from no checkpoint
     clears the split folders of shards and partial files a run killed before that left."""
     records, good = read_progress(staging)
-    expected = [u.unit_id for u in job.units[: len(records)]]
+    expected = list(unit_ids(job.units[: len(records)]))
     if [r.unit_id for r in records] != expected:
         raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
     try:
@@ -221,7 +220,7 @@ def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter]
     return writers, records, good
 
 
-def _unit_outputs(job: IngestJob, pending: list[WorkUnit]) -> Iterator[UnitOutput]:
+def _unit_outputs(job: IngestJob, pending: Sequence[WorkUnit]) -> Iterator[UnitOutput]:
     """The pending units' outputs in unit order, computed by job.workers worker processes
     (ingest.unit_pool: a worker that dies costs its unit, as a reject, and not the job), or here
     in the writing process for workers=0. One worker is a process too: a file whose decoder
@@ -264,8 +263,7 @@ def run_job(job: IngestJob) -> JobSummary:
     """Run (or resume) the job; returns its summary. Raises IngestError for unusable arguments."""
     if not job.units and not job.planning_rejects:
         raise IngestError(f"{job.source}: nothing to ingest (no images found)")
-    ids = [u.unit_id for u in job.units]
-    if len(set(ids)) != len(ids):
+    if repeats_an_id(job.units):
         raise IngestError(f"{job.source}: duplicate work unit ids; this is a bug in the source")
     start = time.perf_counter()
     try:

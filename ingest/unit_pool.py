@@ -268,12 +268,22 @@ def _map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int,
     release_free_heap()  # a forked worker would copy the heap's free pages on first write
     ctx = multiprocessing.get_context(start_method or ("fork" if sys.platform == "linux" else "spawn"))
     pool = [_Worker(ctx, init, run, units) for _ in range(min(workers, len(units)))]
-    todo: deque[Task] = deque(enumerate(units))
+    again: deque[Task] = deque()  # handed out before and to be run again; they go first
+    upcoming = 0  # the first unit never handed out (units are read when handed out: a unit table's from disk)
     done: dict[int, Any] = {}
     deaths: dict[int, int] = {}  # unit index -> workers that died on it
     waiting_for = 0
 
     half = max(1, in_flight // 2)
+
+    def next_task() -> Task | None:
+        nonlocal upcoming
+        if again:
+            return again.popleft() if again[0][0] < waiting_for + window else None
+        if upcoming < min(len(units), waiting_for + window):
+            upcoming += 1
+            return upcoming - 1, units[upcoming - 1]
+        return None
 
     def feed(worker: _Worker) -> None:
         """Up to half of in_flight more tasks, in one message, once half of the worker's have come
@@ -281,8 +291,8 @@ def _map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int,
         if len(worker.queued) > in_flight - half:
             return
         tasks = []
-        while todo and len(tasks) < half and todo[0][0] < waiting_for + window:
-            tasks.append(todo.popleft())
+        while len(tasks) < half and (task := next_task()) is not None:
+            tasks.append(task)
         if tasks:
             worker.send(tasks)
 
@@ -304,10 +314,10 @@ def _map_units(units: Sequence[Any], run: Callable[[Any], Any], *, workers: int,
                 except (EOFError, OSError):
                     worker.process.join()
                     index, unit = worker.queued.popleft()
-                    todo.extendleft(reversed(worker.queued))  # sent but never started
+                    again.extendleft(reversed(worker.queued))  # sent but never started
                     deaths[index] = deaths.get(index, 0) + 1
                     if deaths[index] < TRIES:  # the OOM killer's pick can be any worker: once more, first
-                        todo.appendleft((index, unit))
+                        again.appendleft((index, unit))
                     else:
                         done[index] = died(unit, describe_death(worker.process.exitcode, TRIES))
                     worker.conn.close()

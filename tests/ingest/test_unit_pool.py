@@ -1,6 +1,6 @@
 """The unit pool: outputs in unit order whatever the workers' timing; a worker that dies costs its
 own unit only (as died(...), naming the signal) and a new worker carries on; no unit starts more
-than `window` units ahead of the one being waited for."""
+than `window` units ahead of the one being waited for, and none is read from its sequence before."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,10 @@ def _kill_on_three(unit: int) -> int:
     if unit == 3:
         os.kill(os.getpid(), signal.SIGKILL)
     return unit * 10
+
+
+def _double(unit: int) -> int:
+    return 2 * unit
 
 
 def _died(unit: int, reason: str) -> str:
@@ -219,3 +224,27 @@ def test_workers_end_when_the_parent_is_killed_outright(tmp_path, start_method, 
     while any(map(running, workers)) and time.monotonic() < deadline:
         time.sleep(0.01)
     assert not any(map(running, workers)), "workers outlived their killed parent"
+
+
+class _WatchedUnits(Sequence):
+    """Units that record which of them the parent has read (a unit table reads them from disk)."""
+
+    def __init__(self, n: int):
+        self.n, self.read = n, []
+
+    def __len__(self) -> int:
+        return self.n
+
+    def __getitem__(self, index: int) -> int:
+        if not 0 <= index < self.n:
+            raise IndexError(index)
+        self.read.append(index)
+        return index
+
+
+def test_units_are_read_only_as_they_are_handed_out():
+    units = _WatchedUnits(40)
+    for k, unit in enumerate(map_units(units, _double, workers=2, died=_died, window=4)):
+        assert unit == 2 * k
+        assert max(units.read) < k + 4, "a unit read before it could be handed out"
+    assert sorted(set(units.read)) == list(range(40))
