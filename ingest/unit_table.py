@@ -36,7 +36,7 @@ import pyarrow as pa
 
 from ingest.pipeline import WorkUnit
 
-RUN_ROWS = 32768  # rows sorted in memory, then written, during planning
+RUN_ROWS = 8192  # rows sorted in memory, then written, during planning (~4 MB of them)
 BATCH_ROWS = 1024  # rows a read of the unit table brings into memory
 RUN_BATCH_ROWS = 256  # rows a merge holds of each run it reads
 MERGE_FAN = 32  # runs of one size merged into one (so a merge holds at most 32 x 256 rows, and as many files open)
@@ -90,6 +90,15 @@ def _write(path: Path, schema: pa.Schema, rows: Iterator[Row], batch_rows: int |
     return count
 
 
+def _spill(path: Path, schema: pa.Schema, rows: Iterator[Row], batch_rows: int | None = None) -> int:
+    """_write, and a failure said as what it is: a full $TMPDIR (pyarrow's message names no folder)."""
+    try:
+        return _write(path, schema, rows, batch_rows)
+    except OSError as exc:
+        raise OSError(exc.errno, f"writing the plan's rows failed ({exc}); they wait in $TMPDIR until the job "
+                                 "ends: set TMPDIR to a folder with room", str(path)) from exc
+
+
 def _batch(schema: pa.Schema, rows: list[Row]) -> pa.RecordBatch:
     return pa.record_batch([pa.array(column, type=f.type) for column, f in zip(zip(*rows), schema)], schema=schema)
 
@@ -132,7 +141,7 @@ class UnitTableBuilder:
     def _run_file(self, rows: Iterator[Row]) -> Path:
         path = self.folder.path / f"run-{self._written:06d}.arrow"
         self._written += 1
-        _write(path, self.run_schema, rows, RUN_BATCH_ROWS)
+        _spill(path, self.run_schema, rows, RUN_BATCH_ROWS)
         return path
 
     def sorted_rows(self) -> Iterator[Row]:
@@ -152,7 +161,7 @@ class UnitTableBuilder:
         runs are removed as they are merged."""
         rows = self.sorted_rows()
         path = self.folder.path / "units.arrow"
-        count = _write(path, schema, map(transform, rows) if transform else rows)
+        count = _spill(path, schema, map(transform, rows) if transform else rows)
         for _, run in self._runs:
             run.unlink()
         self._runs, self._rows = [], []

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
+from typing import BinaryIO
 
 ATOMIC_TEMP = ".tmp-"  # atomic_write_bytes(path) writes f".{path.name}.tmp-{pid}" first
 
@@ -16,10 +18,18 @@ ATOMIC_TEMP = ".tmp-"  # atomic_write_bytes(path) writes f".{path.name}.tmp-{pid
 def atomic_write_bytes(path: Path, data: bytes, *, durable: bool = True) -> None:
     """Write `data` to `path` so readers see the old file or the whole new one, never a part.
     durable=False skips the fsync: still atomic against a killed process, not against power loss."""
+    with atomic_writer(path, durable=durable) as fh:
+        fh.write(data)
+
+
+@contextlib.contextmanager
+def atomic_writer(path: Path, *, durable: bool = True) -> Iterator[BinaryIO]:
+    """A file to write `path`'s new content into, as it is made (a file too large to hold as
+    bytes first); it replaces `path` when the block ends, and is removed if the block fails."""
     tmp = path.with_name(f".{path.name}{ATOMIC_TEMP}{os.getpid()}")
     try:
         with open(tmp, "wb") as fh:
-            fh.write(data)
+            yield fh
             if durable:
                 fh.flush()
                 os.fsync(fh.fileno())

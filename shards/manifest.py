@@ -1,29 +1,38 @@
 """The Parquet manifest: one row per sample (columns in schema.MANIFEST_COLUMNS).
 
-A job's rows are gathered by ManifestRows, which keeps them as Arrow tables of CHUNK_ROWS rows
-rather than as Python dicts. Measured on 100,000 rows as a worker's outputs reach the writing
-process (each row with strings of its own): a dicom row 2.6 KB as a dict, 0.25 KB as Arrow; a
-CBIS lesion row (11 labels) 4.2 KB against 0.13 KB. Nor is every row copied once more into
-column lists at the end.
+A job's rows are gathered by ManifestRows in Arrow chunks of CHUNK_ROWS rows, each spilled
+(LZ4-compressed) to an anonymous temporary file as it fills (tempfile's, so in $TMPDIR; the
+system removes it however the process ends), and written as Parquet row groups of ROW_GROUP_ROWS rows, read back
+a group at a time. So what the writing process holds of its rows is a chunk being filled and a
+group being written, however many samples the job makes. Kept in memory instead, a million-row
+job's chunks were 250 MB (dicom rows, 0.25 KB each as Arrow, against 2.6 KB as Python dicts),
+and writing them took as much again and more. The row groups' bounds are fixed by row count,
+so the file's bytes do not depend on the chunk size; a manifest of up to ROW_GROUP_ROWS rows is
+one row group, as pyarrow.parquet.write_table makes it.
 """
 
 from __future__ import annotations
 
 import io
+import tempfile
+from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from shards import schema
-from shards.atomic_files import atomic_write_bytes
+from shards.atomic_files import atomic_write_bytes, atomic_writer
 
 CHUNK_ROWS = 4096
+ROW_GROUP_ROWS = 16384  # a 16,384-row group peaks at ~45 MB as it is written (dicom rows)
+_SPILL_OPTIONS = pa.ipc.IpcWriteOptions(compression="lz4")
 
 
 class ManifestRows:
-    """Manifest rows appended in order, kept as Arrow chunks; table() gives the manifest.
+    """Manifest rows appended in order, spilled as Arrow chunks; write() makes the manifest,
+    table() gives it as one table (for a set small enough to hold).
 
     `labels` becomes a struct column whose fields are the union of the label names of all rows,
     in name order (missing ones null), so a shard set with lesion and random crops, which carry
@@ -34,7 +43,8 @@ class ManifestRows:
     def __init__(self, chunk_rows: int | None = None):
         self.chunk_rows = chunk_rows or CHUNK_ROWS
         self._pending: list[dict[str, Any]] = []
-        self._chunks: list[pa.Table] = []
+        self._spill = tempfile.TemporaryFile(prefix="medshards-manifest-")
+        self._chunks: list[tuple[int, int, pa.DataType]] = []  # (offset in the spill, bytes, labels type)
         self._spans = True
 
     def append(self, row: dict[str, Any]) -> None:
@@ -48,19 +58,50 @@ class ManifestRows:
             self.append(row)
 
     def table(self) -> pa.Table:
+        tables = list(self._tables())
+        return tables[0] if len(tables) == 1 else pa.concat_tables(tables).combine_chunks()
+
+    def write(self, path: Path) -> None:
+        """The manifest written atomically, ROW_GROUP_ROWS rows a row group (zstd Parquet)."""
+        with atomic_writer(Path(path)) as fh:
+            writer = None
+            for group in _row_groups(self._tables(), ROW_GROUP_ROWS):
+                writer = writer or pq.ParquetWriter(fh, group.schema, compression="zstd")
+                writer.write_table(group, row_group_size=ROW_GROUP_ROWS)
+            writer.close()
+
+    def _tables(self) -> Iterator[pa.Table]:
+        """The rows as tables in the manifest's schema, a chunk at a time (one empty table for no rows)."""
         self._flush()
+        columns = self._columns()
         if not self._chunks:
-            return _chunk_table([], self._columns())
-        chunks = _same_label_fields([chunk.select(self._columns()) for chunk in self._chunks])
-        return chunks[0] if len(chunks) == 1 else pa.concat_tables(chunks, promote_options="permissive").combine_chunks()
+            yield _chunk_table([], columns)
+            return
+        labels = _labels_type([labels for _, _, labels in self._chunks])
+        for offset, size, _ in self._chunks:
+            self._spill.seek(offset)
+            chunk = pa.ipc.open_stream(self._spill.read(size)).read_all().select(columns)
+            yield chunk if labels is None else _with_labels(chunk, labels)
 
     def _columns(self) -> tuple[str, ...]:
         return schema.MANIFEST_COLUMNS + (schema.MEMBER_SPAN_COLUMNS if self._spans else ())
 
     def _flush(self) -> None:
-        if self._pending:
-            self._chunks.append(_chunk_table(self._pending, self._columns()))
-            self._pending = []
+        if not self._pending:
+            return
+        chunk = _chunk_table(self._pending, self._columns())
+        sink = pa.BufferOutputStream()
+        with pa.ipc.new_stream(sink, chunk.schema, options=_SPILL_OPTIONS) as stream:
+            stream.write_table(chunk)
+        data = sink.getvalue()
+        try:
+            offset = self._spill.seek(0, io.SEEK_END)
+            self._spill.write(data)
+        except OSError as exc:  # said as where it is: not the output folder
+            raise OSError(exc.errno, exc.strerror, f"{tempfile.gettempdir()} ($TMPDIR), where the manifest's rows wait "
+                                                   "until the job ends") from exc
+        self._chunks.append((offset, data.size, chunk.schema.field("labels").type))
+        self._pending = []
 
 
 def _chunk_table(rows: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table:
@@ -85,37 +126,56 @@ def _chunk_table(rows: list[dict[str, Any]], names: tuple[str, ...]) -> pa.Table
     return pa.table(arrays)
 
 
-def _same_label_fields(chunks: list[pa.Table]) -> list[pa.Table]:
-    """Every chunk's labels struct given the union of the chunks' label names, in name order, a
-    name a chunk lacks as nulls (a chunk without labels at all, a null column, likewise): its rows
-    then read {name: None, ...} as in one table, and concat_tables need only promote types."""
-    def fields(chunk: pa.Table) -> list[str]:
-        labels = chunk.schema.field("labels").type
-        return [field.name for field in labels] if pa.types.is_struct(labels) else []
+def _labels_type(chunk_types: list[pa.DataType]) -> pa.StructType | None:
+    """The manifest's labels struct: the union of the chunks' label names, in name order, each of
+    the type pyarrow promotes its chunks' types to (None: no chunk has labels)."""
+    types: dict[str, list[pa.DataType]] = {}
+    for struct in chunk_types:
+        if pa.types.is_struct(struct):
+            for field in struct:
+                types.setdefault(field.name, []).append(field.type)
+    if not types:
+        return None
+    return pa.struct([pa.unify_schemas([pa.schema([(name, t)]) for t in types[name]], promote_options="permissive")
+                      .field(name) for name in sorted(types)])
 
-    names = sorted({name for chunk in chunks for name in fields(chunk)})
-    if not names:
-        return chunks
-    at = chunks[0].schema.get_field_index("labels")
-    out = []
-    for chunk in chunks:
-        have = fields(chunk)
-        if have != names:
-            struct = chunk.column("labels").combine_chunks()
-            children = [struct.field(n) if n in have else pa.nulls(len(chunk)) for n in names]
-            mask = struct.is_null() if have else None
-            chunk = chunk.set_column(at, "labels", pa.StructArray.from_arrays(children, names=names, mask=mask))
-        out.append(chunk)
-    return out
+
+def _with_labels(chunk: pa.Table, labels: pa.StructType) -> pa.Table:
+    """The chunk's labels as the manifest's struct: a name it lacks as nulls (a chunk without labels
+    at all, a null column, likewise: its rows then read {name: None, ...}), each field cast."""
+    if chunk.schema.field("labels").type == labels:
+        return chunk
+    struct = chunk.column("labels").combine_chunks()
+    have = {field.name for field in struct.type} if pa.types.is_struct(struct.type) else set()
+    children = [struct.field(f.name).cast(f.type) if f.name in have else pa.nulls(len(chunk), f.type) for f in labels]
+    mask = struct.is_null() if have else None
+    at = chunk.schema.get_field_index("labels")
+    return chunk.set_column(at, "labels", pa.StructArray.from_arrays(children, fields=list(labels), mask=mask))
+
+
+def _row_groups(tables: Iterable[pa.Table], rows: int) -> Iterator[pa.Table]:
+    """The tables' rows regrouped into tables of `rows` rows (the last may be shorter), each one
+    chunk; no rows at all give one empty table (the file still has the manifest's schema)."""
+    held: list[pa.Table] = []
+    count, made = 0, False
+    for table in tables:
+        held.append(table)
+        count += len(table)
+        while count >= rows:
+            joined = pa.concat_tables(held)
+            yield joined.slice(0, rows).combine_chunks()
+            held, count, made = [joined.slice(rows)], count - rows, True
+    if count or not made:
+        yield pa.concat_tables(held).combine_chunks()
 
 
 def write_manifest(path: Path, rows: Iterable[dict[str, Any]] | ManifestRows) -> None:
-    """Write rows (a ManifestRows, or rows as dicts) atomically, as ManifestRows.table() lays them out."""
+    """Write rows (a ManifestRows, or rows as dicts) atomically, as ManifestRows.write() lays them out."""
     if not isinstance(rows, ManifestRows):
         gathered = ManifestRows()
         gathered.extend(rows)
         rows = gathered
-    write_table(path, rows.table())
+    rows.write(path)
 
 
 def write_table(path: Path, table: pa.Table) -> None:

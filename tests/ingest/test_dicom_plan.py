@@ -4,6 +4,7 @@ merged on disk give the same units as one run in memory."""
 
 from __future__ import annotations
 
+import errno
 import gc
 
 import pydicom
@@ -11,6 +12,8 @@ import pytest
 
 from ingest import pseudonym, unit_table
 from ingest.dicom_plan import plan_archive
+from ingest.pipeline import IngestError
+from ingest.sources import dicom_archive
 from ingest.sample_data.dicom_archive import make_dicom_archive
 
 SALT = "test-salt"
@@ -77,3 +80,12 @@ def test_the_plans_folder_goes_with_its_units(archive):
     del plan
     gc.collect()
     assert not folder.exists()
+
+
+def test_a_plan_that_cannot_spill_is_a_clear_error(archive, tmp_path, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(unit_table, "_write", full)
+    with pytest.raises(IngestError, match="No space left on device.*set TMPDIR to a folder with room"):
+        dicom_archive.build_job(root=archive.root, out=tmp_path / "out", progress=False, id_salt=SALT)

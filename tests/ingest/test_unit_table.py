@@ -4,6 +4,7 @@ goes when the table does."""
 
 from __future__ import annotations
 
+import errno
 import gc
 import pickle
 import random
@@ -146,3 +147,15 @@ def test_fingerprint_is_the_digest_of_the_whole_json_resumable_runs_recorded():
     for some in (units, []):
         blob = json.dumps({"parameters": parameters, "units": [u.unit_id for u in some]}, sort_keys=True)
         assert job_fingerprint(parameters, some) == hashlib.sha256(blob.encode()).hexdigest()
+
+
+def test_a_full_tmpdir_is_said_as_such(small_runs, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    builder = unit_table.UnitTableBuilder(SCHEMA)
+    monkeypatch.setattr(unit_table, "_write", full)
+    with pytest.raises(OSError, match=r"plan's rows failed .*set TMPDIR to a folder with room") as raised:
+        for row in _rows(10):
+            builder.add(row)
+    assert raised.value.errno == errno.ENOSPC and raised.value.filename.startswith(str(builder.folder.path))

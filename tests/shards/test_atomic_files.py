@@ -7,7 +7,7 @@ import os
 
 import pytest
 
-from shards.atomic_files import ATOMIC_TEMP, atomic_write_bytes, remove_atomic_temps
+from shards.atomic_files import ATOMIC_TEMP, atomic_write_bytes, atomic_writer, remove_atomic_temps
 from shards.writer import is_temporary
 
 
@@ -37,3 +37,17 @@ def test_temps_that_killed_writers_left_are_removed_and_named_temporary(tmp_path
     remove_atomic_temps(target)
     assert sorted(p.name for p in tmp_path.iterdir()) == [other.name, "manifest.parquet"]
     assert target.read_bytes() == b"the manifest"
+
+
+def test_a_streamed_write_replaces_the_file_only_when_its_block_ends(tmp_path):
+    target = tmp_path / "manifest.parquet"
+    target.write_bytes(b"old")
+    with atomic_writer(target) as fh:
+        fh.write(b"new ")
+        assert target.read_bytes() == b"old"
+        fh.write(b"manifest")
+    assert target.read_bytes() == b"new manifest"
+    with pytest.raises(ValueError), atomic_writer(target) as fh:
+        fh.write(b"half")
+        raise ValueError("the writer failed")
+    assert target.read_bytes() == b"new manifest" and [p.name for p in tmp_path.iterdir()] == ["manifest.parquet"]

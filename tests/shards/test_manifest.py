@@ -1,12 +1,15 @@
-"""shards.manifest: rows gathered in Arrow chunks give the manifest one table of the same rows gives."""
+"""shards.manifest: rows gathered in Arrow chunks, spilled to disk, give the manifest one table of the
+same rows gives; row groups are cut by row count, never by chunk."""
 
 from __future__ import annotations
 
+import errno
 import io
 
 import pyarrow.parquet as pq
+import pytest
 
-from shards import schema
+from shards import manifest, schema
 from shards.card import RowCounts
 from shards.manifest import ManifestRows, read_manifest, write_manifest
 
@@ -102,3 +105,43 @@ def test_row_counts_count_what_the_rows_say():
     assert dict(counts.samples) == {"train": 12, "test": 2}
     assert {s: len(p) for s, p in counts.patients.items()} == {"train": 7, "test": 2}
     assert counts.crop_kinds["train"] == {"whole": 8, "random": 4}
+
+
+def test_row_groups_are_bounded_by_row_count_whatever_the_chunks(tmp_path, monkeypatch):
+    monkeypatch.setattr(manifest, "ROW_GROUP_ROWS", 5)
+    rows = mixed_rows()  # 14 rows: groups of 5, 5, 4
+    written = []
+    for chunk_rows in (3, 4, 100):
+        path = tmp_path / f"{chunk_rows}.parquet"
+        write_manifest(path, gathered(rows, chunk_rows=chunk_rows))
+        written.append(path.read_bytes())
+    assert written[0] == written[1] == written[2]
+    meta = pq.ParquetFile(tmp_path / "3.parquet").metadata
+    assert [meta.row_group(i).num_rows for i in range(meta.num_row_groups)] == [5, 5, 4]
+    assert pq.read_table(tmp_path / "3.parquet").equals(gathered(rows, chunk_rows=100).table())
+
+
+def test_a_manifest_of_one_row_group_is_what_write_table_makes(tmp_path):
+    rows = mixed_rows()
+    write_manifest(tmp_path / schema.MANIFEST_FILE, gathered(rows, chunk_rows=4))
+    assert (tmp_path / schema.MANIFEST_FILE).read_bytes() == parquet_bytes(gathered(rows, chunk_rows=1000).table())
+
+
+def test_chunks_wait_on_disk_not_in_memory():
+    rows = ManifestRows(chunk_rows=4)
+    rows.extend(mixed_rows())
+    assert len(rows._pending) == 14 % 4
+    assert rows._spill.seek(0, io.SEEK_END) > 0  # the three full chunks, as Arrow streams
+    assert [len(t) for t in rows._tables()] == [4, 4, 4, 2]
+
+
+def test_a_spill_that_cannot_be_written_names_tmpdir_not_the_output():
+    class Full(io.BytesIO):
+        def write(self, data):
+            raise OSError(errno.ENOSPC, "No space left on device")
+
+    rows = ManifestRows(chunk_rows=2)
+    rows._spill = Full()
+    with pytest.raises(OSError) as raised:
+        rows.extend(mixed_rows())
+    assert raised.value.errno == errno.ENOSPC and "$TMPDIR" in raised.value.filename
