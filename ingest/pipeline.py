@@ -34,7 +34,7 @@ import numpy as np
 from ingest.job_summary import JobSummary
 from ingest.out_lock import LOCK_FILE, FolderBusy, hold_out_lock
 from ingest.pixel_moments import accumulate_moments, pixel_moments, train_pixel_stats
-from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
+from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, progress_records, unit_sidecar
 from ingest.unit_ids import job_fingerprint, repeats_an_id, unit_ids
 from ingest.unit_pool import map_units
 from shards import card as card_io
@@ -203,21 +203,31 @@ def _prepare_out(job: IngestJob) -> Path:
     return staging
 
 
-def _open_writers(job: IngestJob, staging: Path) -> tuple[dict[str, ShardWriter], list[UnitRecord], int]:
-    """The splits' writers resumed from the progress log's finished units (returned with the
-    log's good length). With none logged they start afresh, and resuming from no checkpoint
-    clears the split folders of shards and partial files a run killed before that left."""
-    records, good = read_progress(staging)
-    expected = list(unit_ids(job.units[: len(records)]))
-    if [r.unit_id for r in records] != expected:
-        raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
+def _open_writers(job: IngestJob, staging: Path, take: Callable[[dict[str, Any]], None]
+                  ) -> tuple[dict[str, ShardWriter], int, int]:
+    """The splits' writers resumed from the progress log's finished units, each unit's sidecar
+    handed to take() as it is read (returned with how many units and the log's good length).
+    With none logged they start afresh, and resuming from no checkpoint clears the split folders
+    of shards and partial files a run killed before that left."""
+    ids = unit_ids(job.units)
+    finished: dict[str, list] = {split: [] for split in schema.SPLITS}
+    opened: dict[str, Any] = dict.fromkeys(schema.SPLITS)
+    resumed = good = 0
+    for record, good in progress_records(staging):
+        if next(ids, None) != record.unit_id:
+            raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
+        take(record.sidecar)
+        for split in schema.SPLITS:  # the shards each split finished, and where its open one had got to
+            finished[split] += record.writers[split]["finished"]
+            opened[split] = record.writers[split]["open"]
+        resumed += 1
     try:
         writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard,
-                                      resume=[r.writers[split] for r in records])
+                                      resume=[{"finished": finished[split], "open": opened[split]}] if resumed else [])
                    for split in schema.SPLITS}
     except FileNotFoundError as exc:
         raise IngestError(f"cannot resume the interrupted run: {exc}; pass --overwrite to start over") from exc
-    return writers, records, good
+    return writers, resumed, good
 
 
 def _unit_outputs(job: IngestJob, pending: Sequence[WorkUnit]) -> Iterator[UnitOutput]:
@@ -296,8 +306,6 @@ def _write_failure(out: Path, exc: OSError) -> str:
 def _run_locked(job: IngestJob, start: float) -> JobSummary:
     """run_job's work, with the output folder's lock held."""
     staging = _prepare_out(job)
-    writers, done, good = _open_writers(job, staging)
-
     rows = ManifestRows()  # as Arrow chunks: a million-image job's rows would be GBs as dicts
     counts = card_io.RowCounts()
     rejects = list(job.planning_rejects)
@@ -313,10 +321,7 @@ def _run_locked(job: IngestJob, start: float) -> JobSummary:
         rejects.extend(Reject(**r) for r in sidecar["rejects"])
         notes.update(sidecar["notes"])
 
-    for record in done:
-        take(record.sidecar)
-    resumed = len(done)
-    del done  # what a resumed run holds of its finished units is in rows, counts and stats now
+    writers, resumed, good = _open_writers(job, staging, take)  # a resumed run's finished units go to take()
     bar = progress_bar(total=len(job.units), initial=resumed, unit="img", desc=f"ingest {job.source}",
                        enabled=job.progress)
     pending = job.units[resumed:]

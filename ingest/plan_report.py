@@ -14,7 +14,7 @@ from collections import Counter, defaultdict
 
 from ingest.out_lock import busy_message, writer_of
 from ingest.pipeline import STAGING_DIR, IngestJob, out_state, refusal
-from ingest.progress import read_progress
+from ingest.progress import progress_records
 from shards import schema
 
 SHOWN_REJECTS = 5
@@ -60,8 +60,8 @@ def describe_plan(job: IngestJob) -> tuple[str, str | None]:
     elif reason:
         lines.append(f"output: the run would refuse: {reason}")
     elif state == "resume":
-        done, _ = read_progress(job.out / STAGING_DIR)
-        lines.append(f"output: {job.out} holds this job interrupted; the run would resume after {len(done)} of "
+        done = sum(1 for _ in progress_records(job.out / STAGING_DIR))
+        lines.append(f"output: {job.out} holds this job interrupted; the run would resume after {done} of "
                      f"{len(job.units)} work units")
     else:
         lines.append(f"output: {job.out} (new)")

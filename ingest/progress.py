@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import os
 import struct
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -72,11 +73,18 @@ def unit_sidecar(output: UnitOutput, placements: list[Placement]) -> dict[str, A
 def read_progress(staging: Path) -> tuple[list[UnitRecord], int]:
     """The log's complete records, in order, and the length of the log they fill (what follows
     is a tail cut short by a killed run, or damage: resume drops it). No log: ([], 0)."""
+    records, good = [], 0
+    for record, good in progress_records(staging):
+        records.append(record)
+    return records, good
+
+
+def progress_records(staging: Path) -> Iterator[tuple[UnitRecord, int]]:
+    """read_progress's records one at a time, each with the log's good length once it is read:
+    a resumed job of a million units reads its log without holding every unit's record."""
     path = staging / LOG_FILE
-    records: list[UnitRecord] = []
-    good = 0
     if not path.is_file():
-        return records, good
+        return
     with open(path, "rb") as fh:
         while len(head := fh.read(_RECORD_HEAD.size)) == _RECORD_HEAD.size:
             magic, length = _RECORD_HEAD.unpack(head)
@@ -87,11 +95,10 @@ def read_progress(staging: Path) -> tuple[list[UnitRecord], int]:
                 break
             try:
                 fields = json.loads(payload)
-                records.append(UnitRecord(fields["unit"], fields["sidecar"], fields["writers"]))
+                record = UnitRecord(fields["unit"], fields["sidecar"], fields["writers"])
             except (ValueError, KeyError, TypeError):
                 break
-            good = fh.tell()
-    return records, good
+            yield record, fh.tell()
 
 
 class ProgressLog:

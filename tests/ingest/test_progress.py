@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections import Counter
 
 from ingest.pipeline import EncodedSample, Reject, UnitOutput
-from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, read_progress, unit_sidecar
+from ingest.progress import LOG_FILE, ProgressLog, UnitRecord, progress_records, read_progress, unit_sidecar
 from shards.writer import Placement
 from shards import schema
 
@@ -72,3 +72,16 @@ def test_appending_after_resume_drops_the_tail(tmp_path):
     records, good = read_progress(tmp_path)
     _log(tmp_path, [7], keep=good)
     assert [r.unit_id for r in read_progress(tmp_path)[0]] == ["unit0", "unit7"]
+
+
+def test_records_stream_one_at_a_time_with_the_length_they_fill(tmp_path):
+    _log(tmp_path, range(3))
+    size = (tmp_path / LOG_FILE).stat().st_size
+    with open(tmp_path / LOG_FILE, "ab") as fh:
+        fh.write(b"a tail cut short")
+    stream = progress_records(tmp_path)
+    first, at = next(stream)
+    assert first == _record(0) and 0 < at < size
+    rest = list(stream)
+    assert [r for r, _ in rest] == [_record(1), _record(2)] and rest[-1][1] == size
+    assert read_progress(tmp_path) == ([_record(u) for u in range(3)], size)
