@@ -1,17 +1,16 @@
 """`ingest dicom` and `ingest cmmd` throughput beside their decode-bound limits, and `ingest dicom`
-peak memory on a small and a 10x larger tree. Prints three JSON lines.
+peak memory on trees of 10,000 to 90,000 files. Prints three JSON lines.
 
 limit:  per image, in one process and nothing else: read the file, decode_dicom, the crops, the
         PNG encode (dicom: the whole image padded to a square; cmmd: random tissue crops);
 ingest: the full job (plan included) in one process (workers 0) on the same files. Target ratio >= 0.9.
 memory: peak RSS (the child's own ru_maxrss, from wait4) of `ingest dicom --workers 0` run as a
-        subprocess on a --small-tree and a --large-tree of tiny images, and kb_per_extra_file between
-        them: what grows per file is its plan entry and manifest row, never pixels. Both trees are
-        large enough for the job's own memory to pass the process's start-up peak (imports): at
-        1,000 and 10,000 files both read 244 MB here, which said nothing of the growth.
+        subprocess on trees of 10,000, 30,000 and 90,000 tiny images (--trees), and kb_per_extra_file
+        between the two largest. The job's fixed buffers (a plan run of 8,192 rows, a manifest row
+        group of 8,192 as it is written) are full from about 10,000 files, so growth is read above that.
 
     python benchmarks/ingest_dicom.py [--images 96 --height 2048 --width 1664] [--cmmd-subjects 24]
-        [--small-tree 10000 --large-tree 30000] [--repeats 3]
+        [--trees 10000,30000,90000] [--repeats 3]
 """
 
 from __future__ import annotations
@@ -119,8 +118,8 @@ def main() -> None:
     parser.add_argument("--cmmd-subjects", type=int, default=24, help="cmmd: subjects (2 or 4 images each)")
     parser.add_argument("--cmmd-height", type=int, default=2294, help="default: the real CMMD image size")
     parser.add_argument("--cmmd-width", type=int, default=1914)
-    parser.add_argument("--small-tree", type=int, default=10000)
-    parser.add_argument("--large-tree", type=int, default=30000)
+    parser.add_argument("--trees", type=lambda text: sorted(int(n) for n in text.split(",")), default=[10000, 30000, 90000],
+                        help="files in each memory tree, comma-separated (kb_per_extra_file: between the two largest)")
     parser.add_argument("--repeats", type=int, default=3, help="alternating rounds (best and median of rounds are reported)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,19 +145,21 @@ def main() -> None:
         print(throughput_line("ingest_cmmd_random", len(units), rounds,
                               image_shape=[args.cmmd_height, args.cmmd_width]), flush=True)
 
-        memory = {"benchmark": "ingest_dicom_memory", "image_shape": [64, 64]}
-        for label, files in (("small", args.small_tree), ("large", args.large_tree)):
+        memory: dict = {"benchmark": "ingest_dicom_memory", "image_shape": [64, 64], "trees": []}
+        for files in args.trees:
             tree = tmp / f"tree-{files}"
             generated_s = generate("ingest.sample_data.dicom_archive", tree, "--images", str(files), "--patients",
                                    str(max(1, files // 20)), "--shape", "64", "64", "--no-quirks")
             rss, seconds = peak_rss_mb(tree, tmp / f"tree-out-{files}")
-            memory.update({f"{label}_files": files, f"{label}_peak_rss_mb": round(rss, 1),
-                           f"{label}_ingest_s": round(seconds, 1), f"{label}_generate_s": round(generated_s, 1)})
+            memory["trees"].append({"files": files, "peak_rss_mb": round(rss, 1), "ingest_s": round(seconds, 1),
+                                    "generate_s": round(generated_s, 1)})
             shutil.rmtree(tree)
             shutil.rmtree(tmp / f"tree-out-{files}")
-        memory["peak_rss_ratio_large_to_small"] = round(memory["large_peak_rss_mb"] / memory["small_peak_rss_mb"], 3)
-        memory["kb_per_extra_file"] = round((memory["large_peak_rss_mb"] - memory["small_peak_rss_mb"]) * 1024
-                                            / max(1, args.large_tree - args.small_tree), 2)
+        trees = memory["trees"]
+        first, before, last = trees[0], trees[max(0, len(trees) - 2)], trees[-1]
+        memory["peak_rss_ratio_largest_to_smallest"] = round(last["peak_rss_mb"] / first["peak_rss_mb"], 3)
+        memory["kb_per_extra_file"] = round((last["peak_rss_mb"] - before["peak_rss_mb"]) * 1024
+                                            / max(1, last["files"] - before["files"]), 3)
         print(json.dumps(memory), flush=True)
 
 

@@ -4,8 +4,9 @@ The archive is a folder or a prefix in an object store (`ingest dicom s3://bucke
 Files are found by content, not name (ingest.dicom_tree): Part-10 files and bare ones alike,
 DICOMDIRs, DICOM files without pixels (reports, presentation states) and non-DICOM files are
 counted in the card's notes, never ingested. The tree is walked and planned from headers alone;
-pixels are decoded in the workers, one file per work unit, so what grows with the tree is a plan
-entry and a manifest row a file (ingest.dicom_plan), never pixels.
+pixels are decoded in the workers, one file per work unit. The plan's rows and the manifest's are
+spilled to disk as they are made (ingest.dicom_plan, shards.manifest), so what the job holds in
+memory grows with its patients, not with its files, and never holds pixels.
 
 Rules (each also written into the card's notes):
 - patients: PatientID; a file without one counts as one pseudonymous patient per
