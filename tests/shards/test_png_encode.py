@@ -1,4 +1,4 @@
-"""PNGs written with ISA-L: libpng (OpenCV) reads back the exact pixels, so does medshards' own
+"""PNGs written with zlib-ng: libpng (OpenCV) reads back the exact pixels, so does medshards' own
 decoder on its fast path, and what a PNG cannot hold is refused."""
 
 from __future__ import annotations
