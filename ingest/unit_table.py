@@ -158,7 +158,7 @@ class UnitTableBuilder:
     def finish(self, schema: pa.Schema, make_unit: Callable[[Row], WorkUnit],
                transform: Callable[[Row], Row] | None = None) -> UnitTable:
         """The table of every row (transform(row) when given, in `schema`), in unit id order; the
-        runs are removed as they are merged."""
+        runs are removed once merged into it."""
         rows = self.sorted_rows()
         path = self.folder.path / "units.arrow"
         count = _spill(path, schema, map(transform, rows) if transform else rows)
