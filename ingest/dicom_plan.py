@@ -12,20 +12,18 @@ Before, every kept file and its unit were Python objects: 1.4 KB a file (10,000 
 from __future__ import annotations
 
 import functools
-import hashlib
 import os
 import warnings
-from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pyarrow as pa
 
 from ingest import dicom_tree, pseudonym, splits, unit_table
+from ingest.distinct_count import DistinctCount
 from ingest.pipeline import Reject, WorkUnit
 from ingest.prior_splits import NO_PRIOR, PriorSplits
 from shards import storage
@@ -79,27 +77,6 @@ def unit_of_row(row: tuple) -> WorkUnit:
         bare_syntax=bare_syntax))
 
 
-class _Distinct:
-    """How many distinct 64-bit values were added, at 8 bytes a value added (not a set of
-    Python objects): a run of one value, a series' files in its folder, is stored once."""
-
-    def __init__(self):
-        self.values = array("Q")
-        self.added = 0
-
-    def add(self, value: int) -> None:
-        self.added += 1
-        if not self.values or self.values[-1] != value:
-            self.values.append(value)
-
-    def count(self) -> int:
-        return int(np.unique(np.frombuffer(self.values, np.uint64)).size) if self.values else 0
-
-    def repeats(self) -> int:
-        """Values added that an earlier one had."""
-        return self.added - self.count()
-
-
 def _hex64(pseudo: str) -> int:
     return int(pseudo[:16], 16)
 
@@ -142,7 +119,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
     rejects: list[Reject] = []
     pseudonym_of = functools.lru_cache(4096)(functools.partial(pseudonym.pseudonym, salt))  # a series' files are neighbours
     patients: dict[str, str] = {}  # raw patient key -> its pseudonym: what the plan holds in memory a patient
-    studies, series, sops = _Distinct(), _Distinct(), _Distinct()
+    studies, series, sops = DistinctCount(), DistinctCount(), DistinctCount()
     planned = unit_table.UnitTableBuilder(_RUN_SCHEMA, prefix="medshards-dicom-plan-")  # spilled as it grows
     skip_real = os.path.realpath(skip) if skip is not None else None
     files = dicom_tree.walk_files(str(root), skip=skip_real, counts=counts, problems=problems)
@@ -183,7 +160,7 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
             continue
         counts["files_not_saying_whether_text_is_burned_in"] += found.burned_in not in ("YES", "NO")
         if found.sop_instance:
-            sops.add(int.from_bytes(hashlib.blake2b(found.sop_instance.encode(), digest_size=8).digest(), "little"))
+            sops.add_text(found.sop_instance)
         patient = _patient_key(found, counts)
         if patient not in patients:
             patients[patient] = pseudonym_of(f"dicom-{patient}")

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from ingest.distinct_count import DistinctCount
 from ingest.out_lock import busy_message, writer_of
 from ingest.pipeline import STAGING_DIR, IngestJob, out_state, refusal
 from ingest.progress import progress_records
@@ -26,20 +27,20 @@ def _count(n: int, noun: str) -> str:
 
 def describe_plan(job: IngestJob) -> tuple[str, str | None]:
     """(the report, why the run would refuse the output folder or None)."""
-    images: dict[str, set[str]] = defaultdict(set)
+    images: dict[str, DistinctCount] = defaultdict(DistinctCount)  # an archive's paths: 8 bytes each, no set
     patients: dict[str, set[str]] = defaultdict(set)
     for unit in job.units:
         split = unit.payload.split
-        images[split].add(unit.source_path)
+        images[split].add_text(unit.source_path)
         patients[split].add(unit.payload.patient)  # a pseudonym: the plan holds no raw patient ID
-    total_images = len({unit.source_path for unit in job.units})
+    total_images = DistinctCount().union(*images.values()).count()
     total_patients = len(set().union(*patients.values())) if patients else 0
     lines = [f"dry run of ingest {job.source}: nothing written",
              f"plan: {_count(total_images, 'image')} of {_count(total_patients, 'patient')} in "
              f"{_count(len(job.units), 'work unit')}"]
     for split in (*schema.SPLITS, *sorted(set(images) - set(schema.SPLITS))):
         if split in images:
-            lines.append(f"  {split}: {_count(len(images[split]), 'image')}, {_count(len(patients[split]), 'patient')}")
+            lines.append(f"  {split}: {_count(images[split].count(), 'image')}, {_count(len(patients[split]), 'patient')}")
     rejects = job.planning_rejects
     if rejects:
         reasons = Counter(reject.reason_kind for reject in rejects)
