@@ -13,7 +13,8 @@ equal), so a resumed or repeated job could end with other shard checksums. zlib-
 search compares bytes only, so it cannot depend on memory state: two such runs, 0 of 30,000.
 Measured on 224 px 16-bit crops (one run): 0.32 ms an encode against ISA-L's 0.12 ms and the
 standard library zlib's 0.79 ms with the same strategy; 76.4 KB against ISA-L's 76.3; a whole
-decode (shards.png_region, ISA-L inflate) 0.225 ms against 0.204.
+decode (shards.png_region, ISA-L inflate) 0.225 ms against 0.204. Whole 8-bit radiographs cost
+more: real NIH 1024 px images 2.0 ms against 1.05 and ~15% larger (253 KB against 216).
 """
 
 from __future__ import annotations
