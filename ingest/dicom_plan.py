@@ -77,10 +77,6 @@ def unit_of_row(row: tuple) -> WorkUnit:
         bare_syntax=bare_syntax))
 
 
-def _hex64(pseudo: str) -> int:
-    return int(pseudo[:16], 16)
-
-
 def _patient_key(found: dicom_tree.DicomFile, notes: Counter) -> str:
     if found.patient_id:
         return f"patient:{found.patient_id}"
@@ -167,8 +163,8 @@ def plan_archive(root: Path | str, *, skip: Path | None, salt: str, modalities: 
         study = found.study or f"file:{_path_id(rel)}"
         study_pseudonym = pseudonym_of(f"dicom-study:{study}")
         series_pseudonym = pseudonym_of(f"dicom-series:{study}/{found.series or _path_id(rel)}")
-        studies.add(_hex64(study_pseudonym))
-        series.add(_hex64(series_pseudonym))
+        studies.add_text(study_pseudonym)
+        series.add_text(series_pseudonym)
         planned.add((pseudonym.pseudonym(salt, f"dicom-image:{_path_id(rel)}"), os.fsencode(rel), os.fsencode(path),
                      found.bare_syntax, found.frames, patients[patient], study_pseudonym, series_pseudonym))
         kept += 1

@@ -43,7 +43,7 @@ from shards.heap import keep_buffers_in_heap
 from shards.atomic_files import atomic_write_bytes, remove_atomic_temps
 from shards.manifest import ManifestRows, write_manifest
 from shards.progress_bar import progress_bar
-from shards.writer import ShardWriter
+from shards.writer import ShardWriter, fold_checkpoint
 
 STAGING_DIR = schema.STAGING_DIR
 # A unit whose members add up to this travels out of band from a worker process (ingest.unit_pool)
@@ -210,20 +210,18 @@ def _open_writers(job: IngestJob, staging: Path, take: Callable[[dict[str, Any]]
     With none logged they start afresh, and resuming from no checkpoint clears the split folders
     of shards and partial files a run killed before that left."""
     ids = unit_ids(job.units)
-    finished: dict[str, list] = {split: [] for split in schema.SPLITS}
-    opened: dict[str, Any] = dict.fromkeys(schema.SPLITS)
+    folded: dict[str, dict[str, Any] | None] = dict.fromkeys(schema.SPLITS)
     resumed = good = 0
     for record, good in progress_records(staging):
         if next(ids, None) != record.unit_id:
             raise IngestError(f"{staging / LOG_FILE} does not follow this job's units; pass --overwrite to start over")
         take(record.sidecar)
-        for split in schema.SPLITS:  # the shards each split finished, and where its open one had got to
-            finished[split] += record.writers[split]["finished"]
-            opened[split] = record.writers[split]["open"]
+        for split in schema.SPLITS:
+            folded[split] = fold_checkpoint(folded[split], record.writers[split])
         resumed += 1
     try:
         writers = {split: ShardWriter(job.out, split, max_samples=job.max_samples_per_shard,
-                                      resume=[{"finished": finished[split], "open": opened[split]}] if resumed else [])
+                                      resume=[folded[split]] if resumed else [])
                    for split in schema.SPLITS}
     except FileNotFoundError as exc:
         raise IngestError(f"cannot resume the interrupted run: {exc}; pass --overwrite to start over") from exc

@@ -254,6 +254,18 @@ class ShardWriter:
             self.abort()
 
 
+def fold_checkpoint(folded: dict[str, Any] | None, checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """One checkpoint that resumes as the list of every checkpoint folded so far would
+    (`resume=[folded]`): the shards they finished, in order, and the last one's shard in
+    progress. A resumed job of a million units holds one, not a million. `folded` is extended in
+    place (None: the first)."""
+    if folded is None:
+        return {"finished": list(checkpoint["finished"]), "open": checkpoint["open"]}
+    folded["finished"].extend(checkpoint["finished"])
+    folded["open"] = checkpoint["open"]
+    return folded
+
+
 class _HashingFile:
     """A write-only file wrapper that hashes and counts bytes as they are written (no re-read).
 

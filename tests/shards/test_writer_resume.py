@@ -11,7 +11,7 @@ import os
 import pytest
 
 from shards import writer as writer_module
-from shards.writer import PARTIAL_SUFFIX, ShardWriter
+from shards.writer import PARTIAL_SUFFIX, ShardWriter, fold_checkpoint
 
 SAMPLES = 7
 MAX_SAMPLES = 2
@@ -133,3 +133,29 @@ def test_a_failed_background_datasync_fails_the_shard(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="Input/output error"):
         writer.close()
     assert not (tmp_path / "train" / "shard-000000.tar").exists()
+
+
+@pytest.mark.parametrize(("done", "beyond"), [(0, 3), (3, 1), (5, 2), (7, 0)])
+def test_one_folded_checkpoint_resumes_as_the_whole_list(tmp_path, uninterrupted, done, beyond):
+    root = tmp_path / "killed"
+    writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
+    states = [writer.checkpoint()]
+    for i in range(done):
+        writer.write(_sample(i))
+        states.append(writer.checkpoint())
+    for i in range(done, min(done + beyond, SAMPLES)):
+        writer.write(_sample(i))
+    writer.checkpoint()
+    writer.suspend()
+
+    folded = None
+    for state in json.loads(json.dumps(states)):
+        folded = fold_checkpoint(folded, state)
+    assert len(folded["finished"]) == done // MAX_SAMPLES
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=[folded])
+    for i in range(done, SAMPLES):
+        resumed.write(_sample(i))
+    records = resumed.close()
+    files, reference_records = uninterrupted
+    assert _files(root) == files
+    assert records == reference_records
