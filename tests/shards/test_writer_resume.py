@@ -34,14 +34,9 @@ def uninterrupted(tmp_path):
     return _files(root), writer.records
 
 
-# checkpoint after sample `done - 1`; the killed process then wrote `beyond` more samples
-# hash_batch: bytes a batch for the hashing thread (tiny: the resumed shard's bytes, re-read and
-# hashed again, cross batches; the default: they are handed over at the end)
-@pytest.mark.parametrize("hash_batch", [200, writer_module.HASH_BATCH_BYTES])
-@pytest.mark.parametrize(("done", "beyond"), [(0, 3), (1, 1), (2, 1), (2, 3), (4, 0), (5, 2), (7, 0)])
-def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond, hash_batch, monkeypatch):
-    monkeypatch.setattr(writer_module, "HASH_BATCH_BYTES", hash_batch)
-    root = tmp_path / "killed"
+def _killed(root, done: int, beyond: int) -> list[dict]:
+    """A writer's checkpoints after each of samples 0..done-1; then `beyond` more samples are
+    written and reach the file, as a killed process's would, and the writer stops unfinished."""
     writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
     states = [writer.checkpoint()]
     for i in range(done):
@@ -49,10 +44,28 @@ def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyon
         states.append(writer.checkpoint())
     for i in range(done, min(done + beyond, SAMPLES)):
         writer.write(_sample(i))  # lost work: past the checkpoint
-    writer.checkpoint()  # its bytes reached the file, as a killed process's would
+    writer.checkpoint()
     writer.suspend()
+    return states
 
-    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=json.loads(json.dumps(states)))
+
+# checkpoint after sample `done - 1`; the killed process then wrote `beyond` more samples
+# hash_batch: bytes a batch for the hashing thread (tiny: the resumed shard's bytes, re-read and
+# hashed again, cross batches; the default: they are handed over at the end)
+# folded: the checkpoints folded into one (shards.writer.fold_checkpoint), as a resumed ingest passes them
+@pytest.mark.parametrize("folded", [False, True])
+@pytest.mark.parametrize("hash_batch", [200, writer_module.HASH_BATCH_BYTES])
+@pytest.mark.parametrize(("done", "beyond"), [(0, 3), (1, 1), (2, 1), (2, 3), (4, 0), (5, 2), (7, 0)])
+def test_resumed_writer_ends_byte_identical(tmp_path, uninterrupted, done, beyond, hash_batch, folded, monkeypatch):
+    monkeypatch.setattr(writer_module, "HASH_BATCH_BYTES", hash_batch)
+    root = tmp_path / "killed"
+    states = json.loads(json.dumps(_killed(root, done, beyond)))
+    if folded:
+        one = None
+        for state in states:
+            one = fold_checkpoint(one, state)
+        states = [one]
+    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=states)
     for i in range(done, SAMPLES):
         resumed.write(_sample(i))
     records = resumed.close()
@@ -134,28 +147,3 @@ def test_a_failed_background_datasync_fails_the_shard(tmp_path, monkeypatch):
         writer.close()
     assert not (tmp_path / "train" / "shard-000000.tar").exists()
 
-
-@pytest.mark.parametrize(("done", "beyond"), [(0, 3), (3, 1), (5, 2), (7, 0)])
-def test_one_folded_checkpoint_resumes_as_the_whole_list(tmp_path, uninterrupted, done, beyond):
-    root = tmp_path / "killed"
-    writer = ShardWriter(root, "train", max_samples=MAX_SAMPLES)
-    states = [writer.checkpoint()]
-    for i in range(done):
-        writer.write(_sample(i))
-        states.append(writer.checkpoint())
-    for i in range(done, min(done + beyond, SAMPLES)):
-        writer.write(_sample(i))
-    writer.checkpoint()
-    writer.suspend()
-
-    folded = None
-    for state in json.loads(json.dumps(states)):
-        folded = fold_checkpoint(folded, state)
-    assert len(folded["finished"]) == done // MAX_SAMPLES
-    resumed = ShardWriter(root, "train", max_samples=MAX_SAMPLES, resume=[folded])
-    for i in range(done, SAMPLES):
-        resumed.write(_sample(i))
-    records = resumed.close()
-    files, reference_records = uninterrupted
-    assert _files(root) == files
-    assert records == reference_records
